@@ -1,0 +1,158 @@
+"""Pure-Python learning-rate formulas, one function per schedule family.
+
+Every function has the signature ``f(t, T, spe, lr0, metrics, **params) -> float``:
+``t`` is the 0-based optimizer step, ``T`` the total number of steps, ``spe`` the steps per
+epoch, ``lr0`` the base LR, ``metrics`` the validation metric of each finished epoch (only
+``plateau`` reads it). These functions are the reference that the PyTorch schedulers, the
+fused trainer and the exported code must reproduce. They use only ``math`` and ``random`` so
+that the exporter can paste their source into user code as it is.
+"""
+
+import math
+import random
+
+
+def fraction_steps(fraction, T):
+    """Steps covered by ``fraction`` of a ``T``-step run (at least 1)."""
+    return max(1, int(round(fraction * T)))
+
+
+def constant(t, T, spe, lr0, metrics):
+    return lr0
+
+
+def step(t, T, spe, lr0, metrics, step_size, gamma):
+    return lr0 * gamma ** (t // fraction_steps(step_size, T))
+
+
+def multistep(t, T, spe, lr0, metrics, first, interval, gamma):
+    milestones = multistep_milestones(T, first, interval)
+    passed = sum(1 for m in milestones if t >= m)
+    return lr0 * gamma**passed
+
+
+def multistep_milestones(T, first, interval):
+    """Milestone steps at ``first``, ``first + interval``, … (fractions of training) below 1."""
+    fractions = []
+    f = first
+    while f < 1.0 - 1e-12:
+        fractions.append(f)
+        f += interval
+    return sorted({fraction_steps(f, T) for f in fractions})
+
+
+def exponential(t, T, spe, lr0, metrics, gamma):
+    return lr0 * (gamma ** (1.0 / spe)) ** t
+
+
+def inverse_time(t, T, spe, lr0, metrics, decay_rate):
+    return lr0 / (1.0 + decay_rate * t / spe)
+
+
+def polynomial(t, T, spe, lr0, metrics, power, end_factor):
+    return lr0 * end_factor + (lr0 - lr0 * end_factor) * (1.0 - t / T) ** power
+
+
+def cosine(t, T, spe, lr0, metrics, eta_min_ratio):
+    eta_min = eta_min_ratio * lr0
+    return eta_min + (lr0 - eta_min) * (1.0 + math.cos(math.pi * t / T)) / 2.0
+
+
+def cosine_restarts(t, T, spe, lr0, metrics, T_0, T_mult, eta_min_ratio):
+    period = fraction_steps(T_0, T)
+    while t >= period:
+        t -= period
+        period *= T_mult
+    eta_min = eta_min_ratio * lr0
+    return eta_min + (lr0 - eta_min) * (1.0 + math.cos(math.pi * t / period)) / 2.0
+
+
+def cyclic(t, T, spe, lr0, metrics, base_ratio, step_size, mode):
+    up = fraction_steps(step_size, T)
+    total = 2 * up
+    cycle = math.floor(1 + t / total)
+    x = 1.0 + t / total - cycle
+    scale = x / 0.5 if x <= 0.5 else (x - 1) / (0.5 - 1)
+    base = lr0 * base_ratio
+    height = (lr0 - base) * scale
+    return base + height * (1.0 if mode == "triangular" else 1 / (2.0 ** (cycle - 1)))
+
+
+def onecycle(t, T, spe, lr0, metrics, pct_start, div_factor, final_div_factor, anneal):
+    initial = lr0 / div_factor
+    phases = [(float(pct_start * T) - 1, initial, lr0), (T - 1, lr0, initial / final_div_factor)]
+    start = 0.0
+    for i, (end, lr_from, lr_to) in enumerate(phases):
+        if t <= end or i == len(phases) - 1:
+            pct = (t - start) / (end - start)
+            if anneal == "cos":
+                return lr_to + (lr_from - lr_to) / 2.0 * (math.cos(math.pi * pct) + 1)
+            return (lr_to - lr_from) * pct + lr_from
+        start = end
+    raise AssertionError("unreachable")
+
+
+def wsd(t, T, spe, lr0, metrics, warmup, decay, shape):
+    warm = int(round(warmup * T))
+    fall = fraction_steps(decay, T)
+    if t < warm:
+        return lr0 * (t + 1) / warm
+    if t < T - fall:
+        return lr0
+    p = (t - (T - fall)) / fall
+    if shape == "linear":
+        return lr0 * (1.0 - p)
+    if shape == "cosine":
+        return lr0 * (1.0 + math.cos(math.pi * p)) / 2.0
+    return lr0 * (1.0 - math.sqrt(p))
+
+
+def plateau(t, T, spe, lr0, metrics, factor, patience, threshold, cooldown, mode):
+    """ReduceLROnPlateau: epoch ``t // spe`` sees the metrics of all earlier epochs."""
+    lr = lr0
+    best = math.inf if mode == "min" else -math.inf
+    bad = 0
+    cooling = 0
+    for value in metrics[: t // spe]:
+        value = float(value)
+        better = value < best * (1.0 - threshold) if mode == "min" else value > best * (
+            threshold + 1.0
+        )
+        if better:
+            best = value
+            bad = 0
+        else:
+            bad += 1
+        if cooling > 0:
+            cooling -= 1
+            bad = 0
+        if bad > patience:
+            new_lr = lr * factor
+            if lr - new_lr > 1e-8:
+                lr = new_lr
+            cooling = cooldown
+            bad = 0
+    return lr
+
+
+def random_lr(t, T, spe, lr0, metrics, low, high, seed):
+    return lr0 * random.Random(seed * 1_000_003 + t).uniform(low, high)
+
+
+def warmup_sequential(inner, t, T, spe, lr0, metrics, fraction, start_factor):
+    """Linear warmup from ``start_factor * lr0`` to ``lr0``, then ``inner`` over the rest."""
+    w = fraction_steps(fraction, T)
+    if t < w:
+        return lr0 * (start_factor + (1.0 - start_factor) * t / w)
+    return inner(t - w, T - w, spe, lr0, metrics)
+
+
+def warmup_scaled(inner, t, T, spe, lr0, metrics, fraction, start_factor):
+    """Linear warmup factor multiplied onto ``inner`` (for metric-driven families)."""
+    w = fraction_steps(fraction, T)
+    scale = start_factor + (1.0 - start_factor) * t / w if t < w else 1.0
+    return scale * inner(t, T, spe, lr0, metrics)
+
+
+def clip(inner, t, T, spe, lr0, metrics, min_lr, max_lr):
+    return min(max(inner(t, T, spe, lr0, metrics), min_lr), max_lr)

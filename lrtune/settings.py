@@ -1,0 +1,40 @@
+"""One settings object, read from ``LRTUNE_*`` environment variables (and ``.env``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LRTUNE_", env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite:///lrtune.db"
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    torch_threads: int = Field(0, ge=0, description="0 leaves torch's default")
+
+    # service
+    api_tokens: str = Field("", description="comma-separated bearer tokens accepted for writes")
+    closed_reads: bool = False
+    max_trials: int = Field(10_000, ge=1)
+    max_epochs: int = Field(1_000, ge=1)
+    max_pack: int = Field(1_024, ge=1)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+
+    # workers
+    heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats")
+    heartbeat_grace: int = Field(60, ge=2, description="seconds before a silent trial is lost")
+    max_retries: int = Field(2, ge=0, description="re-runs of a lost trial before it stays FAIL")
+    idle_min: float = Field(0.2, gt=0, description="first idle backoff, seconds")
+    idle_max: float = Field(5.0, gt=0, description="longest idle backoff, seconds")
+
+    # clients
+    url: str = "http://127.0.0.1:8000"
+    token: str = ""
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

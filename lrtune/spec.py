@@ -1,0 +1,132 @@
+"""Pydantic models of what users submit: the search space and the study spec."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lrtune.errors import SpecError
+from lrtune.optimizers import OPTIMIZERS
+from lrtune.schedules import CLIP, FAMILIES
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Range(Strict):
+    """A search range; ``log`` defaults to the parameter's own scale."""
+
+    low: float
+    high: float
+    log: bool | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class LrRange(Range):
+    low: float = Field(1e-4, gt=0)
+    high: float = Field(1.0, gt=0)
+    log: bool | None = True
+
+
+class SpaceSpec(Strict):
+    """What to search: families, optimizers, base LR, modifiers, overrides and fixed values."""
+
+    families: list[str] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
+    optimizers: list[str] = Field(default_factory=lambda: ["sgd", "momentum", "adam", "adamw",
+                                                           "rmsprop"], min_length=1)
+    lr: LrRange = Field(default_factory=LrRange)
+    weight_decay: Range | float = 0.0
+    warmup: bool | Literal["search"] = False
+    clip: dict[str, float] | None = None
+    batch_size: list[int] | None = None
+    ranges: dict[str, Range] = Field(default_factory=dict)
+    fixed: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in FAMILIES:
+                raise ValueError(f"unknown schedule family {name!r}; known: {sorted(FAMILIES)}")
+        if len(set(v)) != len(v):
+            raise ValueError("families repeat")
+        return v
+
+    @field_validator("optimizers")
+    @classmethod
+    def _known_optimizers(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in OPTIMIZERS:
+                raise ValueError(f"unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}")
+        if len(set(v)) != len(v):
+            raise ValueError("optimizers repeat")
+        return v
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _decay(cls, v: Range | float) -> Range | float:
+        if isinstance(v, float) and not (math.isfinite(v) and v >= 0):
+            raise ValueError("must be >= 0")
+        if isinstance(v, Range) and v.low < 0:
+            raise ValueError("low must be >= 0")
+        return v
+
+    @field_validator("clip")
+    @classmethod
+    def _clip(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None:
+            try:
+                bounds = CLIP.resolve(v, "clip")
+            except SpecError as e:
+                raise ValueError(e.message) from None
+            if bounds["min_lr"] > bounds["max_lr"]:
+                raise ValueError("min_lr must not exceed max_lr")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batches(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(b < 1 or b > 65536 for b in v)):
+            raise ValueError("batch sizes must be between 1 and 65536")
+        return v
+
+
+class SamplerSpec(Strict):
+    name: Literal["tpe", "random", "cmaes", "qmc"] = "tpe"
+    seed: int | None = None
+
+
+class PrunerSpec(Strict):
+    name: Literal["none", "median", "hyperband", "successive_halving"] = "median"
+
+
+class StudySpec(Strict):
+    """The body of ``POST /studies``."""
+
+    name: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")
+    task: str = Field(..., min_length=1, max_length=100)
+    epochs: int = Field(10, ge=1)
+    n_trials: int = Field(20, ge=1)
+    objective: str = "val_loss"
+    space: SpaceSpec = Field(default_factory=SpaceSpec)
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    pack: int | Literal["auto"] = 1
+    seed: int = Field(0, ge=0)
+
+    @field_validator("pack")
+    @classmethod
+    def _pack(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be >= 1 or 'auto'")
+        return v

@@ -1,0 +1,44 @@
+"""Optuna pieces chosen by a study spec: sampler, pruner, direction; stored attribute names."""
+
+from __future__ import annotations
+
+import warnings
+
+import optuna
+
+from lrtune.spec import PrunerSpec, SamplerSpec, StudySpec
+from lrtune.tasks import task_info
+
+# Trial user attributes lrtune writes.
+ATTR_REASON = "reason"  # diverged | failed: <error> | lost: <worker gone>
+ATTR_LR_CURVE = "lr_curve"  # LR at the first step of each epoch
+ATTR_METRICS = "metrics"  # last epoch's metrics
+ATTR_CONFIG = "config"  # the decoded TrialConfig (schedule + optimizer)
+ATTR_STEPS_PER_EPOCH = "steps_per_epoch"
+
+
+def make_sampler(spec: SamplerSpec) -> optuna.samplers.BaseSampler:
+    if spec.name == "random":
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    if spec.name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=spec.seed, warn_independent_sampling=False)
+    if spec.name == "qmc":
+        return optuna.samplers.QMCSampler(seed=spec.seed, warn_independent_sampling=False)
+    with warnings.catch_warnings():  # multivariate/group/constant_liar are "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, group=True,
+                                          constant_liar=True, n_startup_trials=10)
+
+
+def make_pruner(spec: PrunerSpec, epochs: int) -> optuna.pruners.BasePruner:
+    if spec.name == "none":
+        return optuna.pruners.NopPruner()
+    if spec.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    if spec.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 4))
+
+
+def direction(spec: StudySpec) -> str:
+    return task_info(spec.task).direction(spec.objective)

@@ -1,0 +1,73 @@
+"""Task metadata the core needs without torch: names, metrics and directions.
+
+The trainable side (model, data) lives in ``worker.tasks``; third-party tasks register a
+``worker``-side object with an ``info`` attribute under the entry-point group ``lrtune.tasks``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Literal
+
+from lrtune.errors import SpecError
+
+Direction = Literal["minimize", "maximize"]
+ENTRY_POINT_GROUP = "lrtune.tasks"
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    description: str
+    metrics: dict[str, Direction]
+    default_metric: str = "val_loss"
+    batch_size: int = 32
+    batch_sizes: tuple[int, ...] = ()
+    default_epochs: int = 10
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def direction(self, metric: str) -> Direction:
+        try:
+            return self.metrics[metric]
+        except KeyError:
+            raise SpecError("objective", f"task {self.name!r} reports {sorted(self.metrics)}, "
+                            f"not {metric!r}") from None
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "description": self.description, "metrics": self.metrics,
+                "default_metric": self.default_metric, "batch_size": self.batch_size,
+                "batch_sizes": list(self.batch_sizes), "default_epochs": self.default_epochs}
+
+
+BUILTIN_TASKS: dict[str, TaskInfo] = {t.name: t for t in [
+    TaskInfo("linreg", "Linear regression on generated data, full gradient descent by batches.",
+             {"val_loss": "minimize", "train_loss": "minimize"}, batch_size=64,
+             batch_sizes=(16, 32, 64, 128), default_epochs=10),
+    TaskInfo("digits-mlp", "MLP 64-256-256-10 on scikit-learn's bundled digits.",
+             {"val_loss": "minimize", "val_acc": "maximize", "train_loss": "minimize"},
+             batch_size=64, batch_sizes=(32, 64, 128), default_epochs=20),
+    TaskInfo("charlm", "Character-level transformer on the Python standard library's source.",
+             {"val_loss": "minimize", "train_loss": "minimize"}, batch_size=32,
+             default_epochs=5),
+]}
+
+
+def plugin_task_names() -> list[str]:
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def task_names() -> list[str]:
+    return sorted(set(BUILTIN_TASKS) | set(plugin_task_names()))
+
+
+def task_info(name: str, field_name: str = "task") -> TaskInfo:
+    """Metadata of a built-in or entry-point task; SpecError naming ``field_name`` if unknown."""
+    if name in BUILTIN_TASKS:
+        return BUILTIN_TASKS[name]
+    for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
+        info = getattr(ep.load(), "info", None)
+        if isinstance(info, TaskInfo):
+            return info
+        raise SpecError(field_name, f"entry point {name!r} has no TaskInfo 'info'")
+    raise SpecError(field_name, f"unknown task {name!r}; known: {task_names()}")

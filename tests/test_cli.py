@@ -1,0 +1,70 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lrtune.schedules import FAMILIES, Schedule
+
+LRTUNE = [sys.executable, "-m", "lrtune"]
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([*LRTUNE, *args], capture_output=True, text=True, check=check,
+                          timeout=300)
+
+
+def test_schedules_json_lists_every_family() -> None:
+    data = json.loads(run("schedules", "--json").stdout)
+    assert [f["name"] for f in data["families"]] == list(FAMILIES)
+
+
+def test_schedules_table() -> None:
+    assert "onecycle" in run("schedules").stdout
+
+
+def test_curve_json_matches_the_catalogue() -> None:
+    out = run("curve", "step", "--set", "gamma=0.5", "--set", "warmup.fraction=0.2",
+              "--epochs", "4", "--steps-per-epoch", "5", "--lr", "0.1", "--json").stdout
+    lrs = json.loads(out)["lr"]
+    want = Schedule.build("step", {"gamma": 0.5}, {"fraction": 0.2}).curve(20, 5, 0.1)
+    assert lrs == pytest.approx(want, rel=1e-12)
+
+
+def test_curve_plain_prints_every_step() -> None:
+    lines = run("curve", "cosine", "--epochs", "2", "--steps-per-epoch", "3").stdout.split("\n")
+    assert len([x for x in lines if x]) == 6
+
+
+def test_curve_bad_parameter_is_a_clear_error() -> None:
+    proc = run("curve", "step", "--set", "gamma=2", check=False)
+    assert proc.returncode == 2 and "step.gamma" in proc.stderr
+
+
+def test_tune_runs_a_local_study(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'tune.db'}"
+    proc = run("tune", "--task", "linreg", "--trials", "6", "--epochs", "3", "--storage", db,
+               "--families", "cosine,step", "--baseline")
+    assert "best trial #" in proc.stdout and "baseline SGD" in proc.stdout
+    code = proc.stdout.split("# PyTorch\n", 1)[1].split("baseline SGD")[0]
+    import torch
+
+    ns: dict = {"model": torch.nn.Linear(10, 1)}
+    exec(code, ns)
+    assert ns["scheduler"] is not None
+
+
+def test_tune_unknown_task_is_a_clear_error(tmp_path: Path) -> None:
+    proc = run("tune", "--task", "nope", "--storage", f"sqlite:///{tmp_path / 'x.db'}",
+               check=False)
+    assert proc.returncode == 2 and "unknown task" in proc.stderr
+
+
+def test_core_and_service_import_without_torch() -> None:
+    code = ("import sys, lrtune.cli, lrtune.space, lrtune.export, lrtune.results, lrtune.study; "
+            "import importlib.util as u; "
+            "[__import__(m) for m in ('service.app',) if u.find_spec('service.app')]; "
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

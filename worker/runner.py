@@ -1,0 +1,83 @@
+"""Run one Optuna trial of a study spec: sample, train, and say how it ended."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+
+from lrtune import study as names
+from lrtune.space import SearchSpace
+from lrtune.spec import StudySpec
+from worker.tasks import get_task
+from worker.train import TrainResult, steps_per_epoch, train_trial
+
+
+class OptunaReporter:
+    """Reports each epoch's value to the trial (pruning, dashboard) and keeps the LR curve."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+        self.lrs: list[float] = []
+
+    def report(self, epoch: int, value: float, lr: float, metrics: dict[str, float]) -> None:
+        self.trial.report(value, epoch)
+        self.lrs.append(lr)
+        self.trial.set_user_attr(names.ATTR_LR_CURVE, list(self.lrs))
+
+    def should_prune(self) -> bool:
+        return self.trial.should_prune()
+
+
+@dataclass
+class TrialOutcome:
+    state: optuna.trial.TrialState
+    value: float | None
+    reason: str | None
+    result: TrainResult | None
+
+
+def run_trial(trial: optuna.Trial, spec: StudySpec, device: torch.device) -> TrialOutcome:
+    """Train one trial; divergence is PRUNED ``diverged``, any task error FAIL with its text."""
+    try:
+        task = get_task(spec.task)
+        space = SearchSpace(spec.space, names.direction(spec))
+        config = space.sample(trial)
+        batch = config.batch_size or task.info.batch_size
+        trial.set_user_attr(names.ATTR_CONFIG, config.to_dict())
+        trial.set_user_attr(names.ATTR_STEPS_PER_EPOCH,
+                            steps_per_epoch(len(task.data().x_train), batch))
+        seed = spec.seed * 1_000_003 + trial.number
+        result = train_trial(task, config, spec.epochs, spec.objective, seed, device,
+                             OptunaReporter(trial))
+    except Exception as error:  # the trial's own failure; the worker goes on
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            torch.cuda.empty_cache()
+        reason = f"failed: {type(error).__name__}: {error}"[:1000]
+        trial.set_user_attr(names.ATTR_REASON, reason)
+        return TrialOutcome(optuna.trial.TrialState.FAIL, None, reason, None)
+    trial.set_user_attr(names.ATTR_METRICS, result.metrics)
+    if result.outcome == "diverged":
+        trial.set_user_attr(names.ATTR_REASON, "diverged")
+        return TrialOutcome(optuna.trial.TrialState.PRUNED, None, "diverged", result)
+    if result.outcome == "pruned":
+        trial.set_user_attr(names.ATTR_REASON, "pruned")
+        return TrialOutcome(optuna.trial.TrialState.PRUNED, result.value, "pruned", result)
+    return TrialOutcome(optuna.trial.TrialState.COMPLETE, result.value, None, result)
+
+
+def objective_for(spec: StudySpec, device: torch.device) -> Any:
+    """An ``optimize()`` objective: raises TrialPruned / RuntimeError as Optuna expects."""
+
+    def objective(trial: optuna.Trial) -> float:
+        outcome = run_trial(trial, spec, device)
+        if outcome.state == optuna.trial.TrialState.PRUNED:
+            raise optuna.TrialPruned(outcome.reason)
+        if outcome.state == optuna.trial.TrialState.FAIL:
+            raise RuntimeError(outcome.reason)
+        assert outcome.value is not None
+        return outcome.value
+
+    return objective

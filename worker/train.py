@@ -1,0 +1,93 @@
+"""Train one trial: seeded, schedule stepped per batch, metric and LR reported per epoch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
+
+from lrtune.space import TrialConfig
+from worker.schedulers import build_optimizer, build_scheduler
+from worker.tasks import Task
+
+Outcome = Literal["complete", "pruned", "diverged"]
+
+
+class Reporter(Protocol):
+    """Receives each epoch's objective value and LR; answers whether to stop early."""
+
+    def report(self, epoch: int, value: float, lr: float, metrics: dict[str, float]) -> None: ...
+    def should_prune(self) -> bool: ...
+
+
+class NullReporter:
+    def report(self, epoch: int, value: float, lr: float, metrics: dict[str, float]) -> None:
+        pass
+
+    def should_prune(self) -> bool:
+        return False
+
+
+@dataclass
+class TrainResult:
+    outcome: Outcome
+    value: float | None
+    epochs_run: int
+    values: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return math.ceil(n_train / batch_size)
+
+
+def train_trial(task: Task, config: TrialConfig, epochs: int, objective: str, seed: int,
+                device: torch.device, reporter: Reporter | None = None) -> TrainResult:
+    """Train ``config`` on ``task`` for ``epochs``; NaN/inf loss ends it as ``diverged``."""
+    reporter = reporter or NullReporter()
+    torch.manual_seed(seed)
+    data = task.data().to(device)
+    model = task.model().to(device)
+    batch = config.batch_size or task.info.batch_size
+    n = len(data.x_train)
+    spe = steps_per_epoch(n, batch)
+    optimizer = build_optimizer(model.parameters(), config.optimizer)
+    driver = build_scheduler(optimizer, config.schedule, epochs * spe, spe)
+    order = torch.Generator().manual_seed(seed)
+    result = TrainResult("complete", None, 0)
+    for epoch in range(epochs):
+        lr = float(optimizer.param_groups[0]["lr"])
+        model.train()
+        perm = torch.randperm(n, generator=order).to(device)
+        total = torch.zeros((), device=device)
+        for i in range(spe):
+            idx = perm[i * batch:(i + 1) * batch]
+            loss = task.loss(model(data.x_train[idx]), data.y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            driver.after_batch()
+            total += loss.detach()
+        train_loss = float(total) / spe
+        model.eval()
+        with torch.no_grad():
+            metrics = task.metrics(model(data.x_val), data.y_val)
+        metrics["train_loss"] = train_loss
+        value = metrics[objective]
+        result.epochs_run = epoch + 1
+        result.metrics = metrics
+        if not (math.isfinite(train_loss) and math.isfinite(value)):
+            result.outcome = "diverged"
+            return result
+        result.values.append(value)
+        result.lrs.append(lr)
+        result.value = value
+        reporter.report(epoch, value, lr, metrics)
+        driver.after_epoch(value)
+        if epoch < epochs - 1 and reporter.should_prune():
+            result.outcome = "pruned"
+            return result
+    return result
