@@ -137,5 +137,176 @@ def tasks(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
                    f"{', '.join(info['metrics'])}")  # type: ignore[arg-type]
 
 
+token_app = typer.Typer(help="API tokens (stored hashed).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+def _settings() -> Any:
+    from lrtune.settings import Settings
+
+    return Settings()
+
+
+def _logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+
+
+@token_app.command("create")
+def token_create(name: Annotated[str, typer.Option(help="who the token is for")] = "default"
+                 ) -> None:
+    """Create an API token and print it once (only its hash is stored)."""
+    from lrtune.store import Store
+
+    typer.echo(Store(_settings()).create_token(name))
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade lrtune's tables (and Optuna's) on LRTUNE_DATABASE_URL."""
+    from lrtune.store import Store
+
+    settings = _settings()
+    Store(settings)
+    typer.echo(f"database ready: {settings.database_url}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    workers: Annotated[int, typer.Option(min=0, help="local worker processes to start")] = 0,
+) -> None:
+    """Run the API (docs at /docs, dashboard at /dashboard/) and N local workers."""
+    import subprocess
+
+    import uvicorn
+
+    from service.app import create_app
+
+    _logging()
+    settings = _settings()
+    app_ = create_app(settings)
+    procs = [subprocess.Popen([sys.executable, "-m", "lrtune", "worker"])
+             for _ in range(workers)]
+    err.print(f"lrtune API on http://{host}:{port}/docs, dashboard on "
+              f"http://{host}:{port}/dashboard/, database {settings.database_url}, "
+              f"{workers} local worker(s)")
+    try:
+        uvicorn.run(app_, host=host, port=port, log_level="warning")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=settings.heartbeat_grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@app.command()
+def worker(
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]")] = None,
+    studies: Annotated[str | None, typer.Option(help="comma-separated study ids")] = None,
+    max_trials: Annotated[int | None, typer.Option(help="exit after this many trials")] = None,
+    exit_when_idle: Annotated[bool, typer.Option(help="exit when no work is left")] = False,
+) -> None:
+    """Pull trials from the database and train them until stopped (SIGTERM hands back)."""
+    from worker.loop import Worker
+
+    _logging()
+    only = {int(s) for s in studies.split(",")} if studies else None
+    w = Worker(_settings(), device, only, max_trials, exit_when_idle)
+    w.install_signals()
+    w.run()
+
+
+@app.command()
+def dashboard(host: Annotated[str, typer.Option()] = "127.0.0.1",
+              port: Annotated[int, typer.Option()] = 8080) -> None:
+    """Run optuna-dashboard alone on the same database."""
+    import optuna_dashboard
+
+    from lrtune.store import optuna_url
+
+    optuna_dashboard.run_server(optuna_url(_settings().database_url), host=host, port=port)
+
+
+def _client() -> Any:
+    from lrtune.client import Client
+
+    settings = _settings()
+    return Client(settings.url, settings.token)
+
+
+def _api(call: Any) -> Any:
+    from lrtune.client import ClientError
+
+    try:
+        return call()
+    except ClientError as e:
+        fail(str(e), 1)
+
+
+@app.command()
+def submit(spec_file: Annotated[typer.FileText, typer.Argument(help="study spec JSON")]) -> None:
+    """Submit a study spec to the API (LRTUNE_URL, LRTUNE_TOKEN); prints the study id."""
+    try:
+        spec = json.load(spec_file)
+    except json.JSONDecodeError as e:
+        fail(f"{spec_file.name}: not JSON: {e}")
+    study = _api(lambda: _client().submit(spec))
+    settings = _settings()
+    err.print(f"study {study['id']} ({study['name']}) submitted: "
+              f"{settings.url}/studies/{study['id']}  dashboard: "
+              f"{settings.url}{study['dashboard']}")
+    typer.echo(study["id"])
+
+
+@app.command()
+def watch(study_id: int, interval: Annotated[float, typer.Option(min=0.1)] = 1.0) -> None:
+    """Show a live progress bar until the study is no longer running."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    client = _client()
+    study = _api(lambda: client.study(study_id))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"))
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task(study["name"], total=study["progress"]["n_trials"], info="")
+        while True:
+            study = _api(lambda: client.study(study_id))
+            p = study["progress"]
+            best = study["best"]
+            info = (f"running {p['running']} pruned {p['pruned']} failed {p['failed']}"
+                    + (f" best {best['value']:.5g}" if best else ""))
+            progress.update(bar, completed=p["n_done"], info=info)
+            if study["status"] != "running":
+                break
+            time.sleep(interval)
+    console.print(f"study {study_id}: {study['status']}")
+    if study["best"]:
+        b = study["best"]
+        console.print(f"best trial #{b['number']}: {b['value']:.6g} {b['schedule']}")
+
+
+@app.command()
+def best(study_id: int,
+         code: Annotated[str | None, typer.Option(help="pytorch | keras")] = None) -> None:
+    """Print the best trial (JSON), or its code with --code."""
+    client = _client()
+    if code:
+        if code not in ("pytorch", "keras"):
+            fail("--code must be pytorch or keras")
+        typer.echo(_api(lambda: client.best_code(study_id, code)), nl=False)
+        return
+    typer.echo(json.dumps(_api(lambda: client.best(study_id)), indent=2))
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats")
     heartbeat_grace: int = Field(60, ge=2, description="seconds before a silent trial is lost")
     max_retries: int = Field(2, ge=0, description="re-runs of a lost trial before it stays FAIL")
+    max_failures: int = Field(20, ge=0, description="failed trials beyond n_trials that fail "
+                              "the whole study")
     idle_min: float = Field(0.2, gt=0, description="first idle backoff, seconds")
     idle_max: float = Field(5.0, gt=0, description="longest idle backoff, seconds")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,17 +16,28 @@ from worker.tasks import get_task
 from worker.train import TrainResult, steps_per_epoch, train_trial
 
 
-class OptunaReporter:
-    """Reports each epoch's value to the trial (pruning, dashboard) and keeps the LR curve."""
+class Stopping(Exception):  # noqa: N818 - a signal, not an error
+    """Raised between epochs when the worker must stop; the trial is handed back."""
 
-    def __init__(self, trial: optuna.Trial) -> None:
+
+class OptunaReporter:
+    """Reports each epoch's value to the trial (pruning, dashboard) and keeps the LR curve.
+
+    ``between_epochs`` runs after each report; it may raise to stop the trial (worker exit).
+    """
+
+    def __init__(self, trial: optuna.Trial,
+                 between_epochs: Callable[[], None] | None = None) -> None:
         self.trial = trial
+        self.between_epochs = between_epochs
         self.lrs: list[float] = []
 
     def report(self, epoch: int, value: float, lr: float, metrics: dict[str, float]) -> None:
         self.trial.report(value, epoch)
         self.lrs.append(lr)
         self.trial.set_user_attr(names.ATTR_LR_CURVE, list(self.lrs))
+        if self.between_epochs is not None:
+            self.between_epochs()
 
     def should_prune(self) -> bool:
         return self.trial.should_prune()
@@ -39,7 +51,8 @@ class TrialOutcome:
     result: TrainResult | None
 
 
-def run_trial(trial: optuna.Trial, spec: StudySpec, device: torch.device) -> TrialOutcome:
+def run_trial(trial: optuna.Trial, spec: StudySpec, device: torch.device,
+              between_epochs: Callable[[], None] | None = None) -> TrialOutcome:
     """Train one trial; divergence is PRUNED ``diverged``, any task error FAIL with its text."""
     try:
         task = get_task(spec.task)
@@ -51,7 +64,9 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, device: torch.device) -> Tri
                             steps_per_epoch(len(task.data().x_train), batch))
         seed = spec.seed * 1_000_003 + trial.number
         result = train_trial(task, config, spec.epochs, spec.objective, seed, device,
-                             OptunaReporter(trial))
+                             OptunaReporter(trial, between_epochs))
+    except Stopping:
+        raise
     except Exception as error:  # the trial's own failure; the worker goes on
         if isinstance(error, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()

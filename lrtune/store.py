@@ -1,0 +1,374 @@
+"""The one database interface of service and workers: lrtune's tables and Optuna's storage.
+
+Budget rule: a study never holds more than ``n_trials`` trials in RUNNING, WAITING, COMPLETE
+or PRUNED. Claims serialise per study: ``SELECT … FOR UPDATE SKIP LOCKED`` on the study's row
+in PostgreSQL; in SQLite a file lock beside the database (Optuna writes through its own
+connection, so a write transaction held across ``ask()`` would deadlock SQLite).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import secrets
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import TrialState
+from sqlalchemy.engine import Engine
+
+from lrtune import study as names
+from lrtune.settings import Settings
+from lrtune.spec import StudySpec
+from lrtune.tables import studies, tokens
+
+log = logging.getLogger("lrtune.store")
+
+TAKEN = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED)
+RUNNING, CANCELLED, DONE, FAILED = "running", "cancelled", "done", "failed"
+STATUSES = (RUNNING, CANCELLED, DONE, FAILED)
+_MIGRATE_LOCK = threading.Lock()  # Alembic's command API keeps module globals
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(ValueError):
+    pass
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    id: int
+    name: str
+    task: str
+    spec: StudySpec
+    status: str
+    owner: str
+    n_trials: int
+    reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> StudyRecord:
+        m = row._mapping
+        return cls(m["id"], m["name"], m["task"], StudySpec.model_validate(m["spec"]),
+                   m["status"], m["owner"], m["n_trials"], m["reason"], m["created_at"],
+                   m["updated_at"], m["finished_at"])
+
+
+@dataclass
+class Claim:
+    record: StudyRecord
+    study: optuna.Study
+    trial: optuna.Trial
+
+
+def engine_for(url: str) -> Engine:
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _wal(dbapi_conn: Any, _: Any) -> None:
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute("PRAGMA busy_timeout=60000")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def optuna_url(url: str) -> str:
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
+
+
+class Store:
+    """lrtune studies and tokens plus Optuna studies, on one database URL."""
+
+    def __init__(self, settings: Settings, migrate: bool = True) -> None:
+        self.settings = settings
+        self.url = optuna_url(settings.database_url)
+        self.engine = engine_for(self.url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        if migrate:
+            self.migrate()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            engine_kwargs: dict[str, Any] = (
+                {"connect_args": {"timeout": 60}} if self.is_sqlite else
+                {"pool_pre_ping": True})
+            self.optuna_storage = optuna.storages.RDBStorage(
+                self.url, engine_kwargs=engine_kwargs,
+                heartbeat_interval=settings.heartbeat_interval,
+                grace_period=settings.heartbeat_grace)
+        self._studies: dict[int, optuna.Study] = {}
+        self._cursor = 0
+        self._thread_lock = threading.Lock()
+
+    # -- schema -----------------------------------------------------------------------------
+    def migrate(self) -> None:
+        """Bring lrtune's tables to the latest revision (retrying a concurrent first run)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        for attempt in range(5):
+            try:
+                with _MIGRATE_LOCK, self.engine.begin() as conn:
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
+                return
+            except sa.exc.SQLAlchemyError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    # -- studies ----------------------------------------------------------------------------
+    def create_study(self, spec: StudySpec, owner: str) -> StudyRecord:
+        stamp = now()
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(studies.c.id).where(studies.c.name == spec.name)).first():
+                raise Conflict(f"a study named {spec.name!r} exists")
+            try:
+                optuna.create_study(
+                    storage=self.optuna_storage, study_name=spec.name,
+                    direction=names.direction(spec))
+            except optuna.exceptions.DuplicatedStudyError:
+                raise Conflict(f"an Optuna study named {spec.name!r} exists") from None
+            optuna_study = optuna.load_study(study_name=spec.name, storage=self.optuna_storage)
+            optuna_study.set_user_attr("lrtune_spec", spec.model_dump(mode="json"))
+            sid = conn.execute(studies.insert().values(
+                name=spec.name, task=spec.task, spec=spec.model_dump(mode="json"),
+                status=RUNNING, owner=owner, n_trials=spec.n_trials, created_at=stamp,
+                updated_at=stamp)).inserted_primary_key[0]
+        return self.get_study(int(sid))
+
+    def get_study(self, study_id: int) -> StudyRecord:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(studies).where(studies.c.id == study_id)).first()
+        if row is None:
+            raise NotFound(f"no study {study_id}")
+        return StudyRecord.from_row(row)
+
+    def list_studies(self, status: str | None = None, limit: int = 50, offset: int = 0
+                     ) -> tuple[list[StudyRecord], int]:
+        query = sa.select(studies)
+        count = sa.select(sa.func.count()).select_from(studies)
+        if status is not None:
+            query = query.where(studies.c.status == status)
+            count = count.where(studies.c.status == status)
+        with self.engine.connect() as conn:
+            total = conn.execute(count).scalar_one()
+            rows = conn.execute(query.order_by(studies.c.id).limit(limit).offset(offset)).all()
+        return [StudyRecord.from_row(r) for r in rows], int(total)
+
+    def set_status(self, study_id: int, status: str, reason: str | None = None,
+                   only_from: str | None = RUNNING) -> bool:
+        stamp = now()
+        query = studies.update().where(studies.c.id == study_id)
+        if only_from is not None:
+            query = query.where(studies.c.status == only_from)
+        values: dict[str, Any] = {"status": status, "updated_at": stamp, "reason": reason}
+        if status != RUNNING:
+            values["finished_at"] = stamp
+        with self.engine.begin() as conn:
+            return bool(conn.execute(query.values(**values)).rowcount)
+
+    def cancel(self, study_id: int) -> StudyRecord:
+        self.get_study(study_id)
+        self.set_status(study_id, CANCELLED, "cancelled by its owner")
+        return self.get_study(study_id)
+
+    def delete(self, study_id: int) -> None:
+        record = self.get_study(study_id)
+        with self.engine.begin() as conn:
+            conn.execute(studies.delete().where(studies.c.id == study_id))
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=record.name, storage=self.optuna_storage)
+        self._studies.pop(study_id, None)
+
+    def optuna_study(self, record: StudyRecord) -> optuna.Study:
+        cached = self._studies.get(record.id)
+        if cached is None:
+            spec = record.spec
+            cached = optuna.load_study(study_name=record.name, storage=self.optuna_storage,
+                                       sampler=names.make_sampler(spec.sampler),
+                                       pruner=names.make_pruner(spec.pruner, spec.epochs))
+            self._studies[record.id] = cached
+        return cached
+
+    def trial_counts(self, record: StudyRecord) -> dict[str, int]:
+        """Trials per state, one grouped query on Optuna's ``trials`` table."""
+        study_id = self.optuna_storage.get_study_id_from_name(record.name)
+        query = sa.text("SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state")
+        counts = {s.name: 0 for s in TrialState}
+        with self.engine.connect() as conn:
+            for state, n in conn.execute(query, {"sid": study_id}):
+                counts[str(state).rsplit(".", 1)[-1]] = int(n)
+        return counts
+
+    # -- claiming ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _study_lock(self, study_id: int) -> Iterator[sa.Connection | None]:
+        """Hold the claim lock of one study; yields None when another claimer holds it."""
+        if self.is_sqlite:
+            path = self.engine.url.database
+            lock_path = f"{path}.claims.lock" if path and path != ":memory:" else None
+            with self._thread_lock:
+                if lock_path is None:
+                    yield _NoConn
+                    return
+                with open(lock_path, "a") as handle:
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                    try:
+                        yield _NoConn
+                    finally:
+                        fcntl.flock(handle, fcntl.LOCK_UN)
+            return
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(studies.c.id).where(studies.c.id == study_id)
+                               .with_for_update(skip_locked=True)).first()
+            yield conn if row is not None else None
+
+    def claim(self, only: set[int] | None = None) -> Claim | None:
+        """Claim one trial of a running study with budget left, or return None."""
+        running, _ = self.list_studies(RUNNING, limit=10_000)
+        candidates = [r for r in running if only is None or r.id in only]
+        if not candidates:
+            return None
+        self._cursor = (self._cursor + 1) % len(candidates)
+        for record in candidates[self._cursor:] + candidates[:self._cursor]:
+            claim = self._claim_in(record)
+            if claim is not None:
+                return claim
+        return None
+
+    def _claim_in(self, record: StudyRecord) -> Claim | None:
+        with self._study_lock(record.id) as held:
+            if held is None:
+                return None
+            current = self.get_study(record.id)
+            if current.status != RUNNING:
+                return None
+            study = self.optuna_study(current)
+            self.reap(current, study)
+            counts = self.trial_counts(current)
+            if counts["COMPLETE"] + counts["PRUNED"] >= current.n_trials:
+                self.set_status(current.id, DONE)
+                return None
+            if counts["WAITING"] == 0 and sum(counts[s.name] for s in TAKEN) >= current.n_trials:
+                return None
+            if counts["FAIL"] >= current.n_trials + self.settings.max_failures:
+                self.set_status(current.id, FAILED, f"{counts['FAIL']} trials failed")
+                return None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "heartbeat is not supported with ask()"
+                trial = study.ask()
+            self.optuna_storage.record_heartbeat(trial._trial_id)
+            return Claim(current, study, trial)
+
+    def reap(self, record: StudyRecord, study: optuna.Study) -> int:
+        """Fail RUNNING trials whose worker went silent (reason ``lost``) and re-queue them."""
+        stale = self.optuna_storage._get_stale_trial_ids(study._study_id)
+        for trial_id in stale:
+            grace = self.settings.heartbeat_grace
+            try:
+                self.optuna_storage.set_trial_user_attr(
+                    trial_id, names.ATTR_REASON, f"lost: no heartbeat for {grace} s")
+                if not self.optuna_storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            frozen = self.optuna_storage.get_trial(trial_id)
+            log.warning("study %s trial %d lost (no heartbeat); re-queued", record.name,
+                        frozen.number)
+            self.requeue(study, frozen)
+        return len(stale)
+
+    def requeue(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                count_retry: bool = True) -> bool:
+        """Queue a WAITING copy of ``trial`` (same params), linked to the original."""
+        history = list(trial.system_attrs.get("retry_history", []))
+        if count_retry:
+            history.append(trial.number)
+            if len(history) > self.settings.max_retries:
+                return False
+        original = trial.system_attrs.get("failed_trial", trial.number)
+        study.add_trial(optuna.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            user_attrs={"retry_of": trial.number},
+            system_attrs={"failed_trial": original, "retry_history": history}))
+        return True
+
+    def finish(self, claim: Claim, state: TrialState, value: float | None) -> None:
+        """Record the trial's end; a study whose budget is complete becomes ``done``."""
+        if state == TrialState.COMPLETE:
+            claim.study.tell(claim.trial, value)
+        else:
+            claim.study.tell(claim.trial, state=state)
+        counts = self.trial_counts(claim.record)
+        if counts["COMPLETE"] + counts["PRUNED"] >= claim.record.n_trials:
+            self.set_status(claim.record.id, DONE)
+
+    def hand_back(self, claim: Claim, reason: str) -> None:
+        """Give a claimed trial back unfinished: FAIL with ``reason`` and a WAITING copy."""
+        claim.trial.set_user_attr(names.ATTR_REASON, reason)
+        claim.study.tell(claim.trial, state=TrialState.FAIL)
+        frozen = claim.study._storage.get_trial(claim.trial._trial_id)
+        self.requeue(claim.study, frozen, count_retry=False)
+
+    # -- tokens -----------------------------------------------------------------------------
+    def create_token(self, name: str) -> str:
+        token = "lrt_" + secrets.token_urlsafe(32)
+        with self.engine.begin() as conn:
+            conn.execute(tokens.insert().values(name=name, token_hash=hash_token(token),
+                                                created_at=now()))
+        return token
+
+    def token_owner(self, token: str) -> str | None:
+        """The owner id of a valid token (its hash prefix), or None."""
+        digest = hash_token(token)
+        env = [t.strip() for t in self.settings.api_tokens.split(",") if t.strip()]
+        if any(secrets.compare_digest(digest, hash_token(t)) for t in env):
+            return digest[:16]
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(tokens.c.id).where(
+                tokens.c.token_hash == digest, tokens.c.revoked_at.is_(None))).first()
+        return digest[:16] if row is not None else None
+
+
+class _NoConnType:
+    """Marker yielded by the SQLite lock (no row lock connection to hand out)."""
+
+
+_NoConn: Any = _NoConnType()

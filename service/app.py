@@ -1,0 +1,80 @@
+"""The FastAPI application: REST routes first, optuna-dashboard mounted at ``/`` after them.
+
+optuna-dashboard uses absolute paths (``/dashboard``, ``/api``, ``/static``), so it is mounted
+at the root and lrtune's own paths never start with those prefixes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from a2wsgi import WSGIMiddleware
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from lrtune.settings import Settings, get_settings
+from lrtune.store import Store
+from service import errors
+from service.errors import error_response
+from service.routes import catalogue, health, studies
+from service.telemetry import Telemetry
+
+
+class BodyLimit:
+    """Rejects request bodies over ``limit`` bytes with 413 before they are read."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope.get("headers") or []).get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.limit):
+                response = error_response(413, "too_large",
+                                          f"request body over {self.limit} bytes", "body")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class TokenGate:
+    """Closes the mounted dashboard behind the API's bearer tokens when reads are closed."""
+
+    def __init__(self, app: ASGIApp, store: Store) -> None:
+        self.app, self.store = app, store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            auth = dict(scope.get("headers") or []).get(b"authorization", b"").decode()
+            token = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
+            if not token or self.store.token_owner(token) is None:
+                response = error_response(401, "unauthorized", "missing or invalid bearer token",
+                                          "Authorization", {"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    store = store or Store(settings)
+    app = FastAPI(title="lrtune", version="0.1.0",
+                  description="Search learning-rate schedules with Optuna. Writes need "
+                              "`Authorization: Bearer <token>`.")
+    app.state.settings = settings
+    app.state.store = store
+    app.state.telemetry = Telemetry(store)
+    errors.install(app)
+    for router in (studies.router, catalogue.router, health.router):
+        app.include_router(router)
+    app.middleware("http")(app.state.telemetry.middleware)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.mount("/", dashboard_app(store, settings.closed_reads))
+    return app
+
+
+def dashboard_app(store: Store, closed: bool) -> Any:
+    import optuna_dashboard
+
+    dashboard: Any = WSGIMiddleware(optuna_dashboard.wsgi(store.optuna_storage))  # type: ignore[arg-type]
+    return TokenGate(dashboard, store) if closed else dashboard

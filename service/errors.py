@@ -1,0 +1,80 @@
+"""One JSON error shape for every 4xx/5xx: ``{"error": {"status", "code", "field", "message"}}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lrtune.errors import SpecError
+from lrtune.store import Conflict, NotFound
+
+
+class ErrorBody(BaseModel):
+    status: int
+    code: str
+    field: str | None = None
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorOut(error=ErrorBody(status=status, code=code, field=field, message=message))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    # pydantic adds the union member tried (e.g. "int", "function-after[...]"): drop it
+    return ".".join(p for p in parts if "[" not in p and p not in ("int", "float", "str")) or "body"
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for the error codes a route can return."""
+    return {code: {"model": ErrorOut} for code in codes}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, e: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        return error_response(e.status, e.code, e.message, e.field, headers)
+
+    @app.exception_handler(SpecError)
+    async def _spec(_: Request, e: SpecError) -> JSONResponse:
+        return error_response(422, "invalid", str(e), e.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
+        field = _field(first.get("loc", ()))
+        message = str(first.get("msg", "invalid"))
+        return error_response(422, "invalid", f"{field}: {message}", field)
+
+    @app.exception_handler(NotFound)
+    async def _missing(_: Request, e: NotFound) -> JSONResponse:
+        return error_response(404, "not_found", str(e), "id")
+
+    @app.exception_handler(Conflict)
+    async def _conflict(_: Request, e: Conflict) -> JSONResponse:
+        return error_response(409, "conflict", str(e), "name")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        return error_response(e.status_code, "http", str(e.detail))

@@ -1,0 +1,58 @@
+"""What can be searched: schedule families, LR previews and tasks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+
+from lrtune.errors import SpecError
+from lrtune.schedules import Schedule, describe_catalogue
+from lrtune.tasks import task_info, task_names
+from service.deps import Reader
+from service.errors import responses
+from service.schemas import Curve
+
+router = APIRouter(tags=["catalogue"], dependencies=[Reader])
+CURVE_ARGS = {"epochs", "steps_per_epoch", "lr", "warmup"}
+
+
+@router.get("/schedules", responses=responses(401))
+def list_schedules() -> dict[str, Any]:
+    """Every family and modifier: parameters (default, search range, unit) and formula."""
+    return describe_catalogue()
+
+
+@router.get("/schedules/{family}/curve", response_model=Curve,
+            responses=responses(401, 422))
+def schedule_curve(family: str, request: Request, epochs: int = Query(10, ge=1, le=1000),
+                   steps_per_epoch: int = Query(10, ge=1, le=1000),
+                   lr: float = Query(0.1, gt=0, le=1e6), warmup: bool = False) -> Curve:
+    """LR at every step. Other query parameters set family parameters (``gamma=0.5``),
+    warmup (``warmup.fraction=0.1``) or clip (``clip.max_lr=0.05``)."""
+    groups: dict[str, dict[str, Any]] = {"params": {}, "warmup": {}, "clip": {}}
+    for key, raw in request.query_params.items():
+        if key in CURVE_ARGS:
+            continue
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        prefix, dot, rest = key.partition(".")
+        if dot and prefix in ("warmup", "clip"):
+            groups[prefix][rest] = value
+        else:
+            groups["params"][key] = value
+    if epochs * steps_per_epoch > 100_000:
+        raise SpecError("steps_per_epoch", "epochs * steps_per_epoch must be <= 100000")
+    schedule = Schedule.build(family, groups["params"],
+                              groups["warmup"] or ({} if warmup else None), groups["clip"] or None)
+    lrs = schedule.curve(epochs * steps_per_epoch, steps_per_epoch, lr)
+    return Curve(family=family, schedule=schedule.to_dict(), epochs=epochs,
+                 steps_per_epoch=steps_per_epoch, lr=lrs)
+
+
+@router.get("/tasks", responses=responses(401))
+def list_tasks() -> list[dict[str, Any]]:
+    return [task_info(name).describe() for name in task_names()]

@@ -1,0 +1,88 @@
+"""Response models of the REST API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class Progress(BaseModel):
+    n_done: int
+    n_trials: int
+    complete: int
+    pruned: int
+    running: int
+    waiting: int
+    failed: int
+
+
+class BestOut(BaseModel):
+    number: int
+    value: float
+    params: dict[str, Any]
+    schedule: dict[str, Any] | None = None
+    optimizer: dict[str, Any] | None = None
+    batch_size: int | None = None
+
+
+class StudyOut(BaseModel):
+    id: int
+    name: str
+    task: str
+    status: str
+    owner: str
+    reason: str | None
+    progress: Progress
+    best: BestOut | None
+    spec: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    dashboard: str
+
+
+class StudyList(BaseModel):
+    items: list[StudyOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class TrialOut(BaseModel):
+    number: int
+    state: str
+    params: dict[str, Any]
+    value: float | None
+    reason: str | None
+    retry_of: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class TrialList(BaseModel):
+    items: list[TrialOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class TrialDetail(TrialOut):
+    metric: str
+    metric_curve: list[float]
+    lr_curve: list[float]
+    config: dict[str, Any] | None
+    metrics: dict[str, float] | None
+
+
+class Curve(BaseModel):
+    family: str
+    schedule: dict[str, Any]
+    epochs: int
+    steps_per_epoch: int
+    lr: list[float]
+
+
+class Health(BaseModel):
+    status: str

@@ -1,0 +1,92 @@
+"""Shared fixtures: a fresh database per test on SQLite and on PostgreSQL, real processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pg_database() -> Iterator[str]:
+    name = f"lrtune_t_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as e:  # CI must fail, not skip, without PostgreSQL
+        pytest.fail(f"PostgreSQL unreachable at 127.0.0.1:5432 ({e}); start it with "
+                    "`pg_ctlcluster --skip-systemctl-redirect 15 main start`")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'lrtune.db'}"
+    else:
+        yield from _pg_database()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def lrtune_env(db_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LRTUNE_")}
+    env.update(LRTUNE_DATABASE_URL=db_url, LRTUNE_HEARTBEAT_INTERVAL="1",
+               LRTUNE_HEARTBEAT_GRACE="4", LRTUNE_IDLE_MAX="0.5", LRTUNE_TORCH_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    handle = open(log, "ab")  # noqa: SIM115 - closed with the process by the owner
+    return subprocess.Popen([sys.executable, "-m", "lrtune", *args], env=env, cwd=ROOT,
+                            stdout=handle, stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready in {timeout}s")
+
+
+def stop(*procs: subprocess.Popen, timeout: float = 20) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -1,0 +1,138 @@
+import threading
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from lrtune.settings import Settings
+from lrtune.spec import StudySpec
+from lrtune.store import CANCELLED, DONE, RUNNING, Conflict, NotFound, Store
+
+
+def make_store(db_url: str, **overrides) -> Store:
+    return Store(Settings(database_url=db_url, heartbeat_interval=1, heartbeat_grace=2,
+                          **overrides))
+
+
+def spec(name: str = "s", n: int = 4) -> StudySpec:
+    return StudySpec(name=name, task="linreg", epochs=2, n_trials=n)
+
+
+def test_migrations_use_their_own_version_table(db_url: str) -> None:
+    import sqlalchemy as sa
+
+    store = make_store(db_url)
+    make_store(db_url)  # idempotent
+    tables = set(sa.inspect(store.engine).get_table_names())
+    assert {"lrtune_studies", "lrtune_tokens", "lrtune_alembic_version", "trials",
+            "alembic_version"} <= tables
+
+
+def test_create_list_cancel_delete(db_url: str) -> None:
+    store = make_store(db_url)
+    a = store.create_study(spec("a"), "owner1")
+    store.create_study(spec("b"), "owner2")
+    with pytest.raises(Conflict):
+        store.create_study(spec("a"), "owner1")
+    items, total = store.list_studies(limit=1, offset=1)
+    assert total == 2 and [r.name for r in items] == ["b"]
+    assert store.cancel(a.id).status == CANCELLED
+    assert store.claim({a.id}) is None
+    assert [r.name for r in store.list_studies(RUNNING)[0]] == ["b"]
+    store.delete(a.id)
+    with pytest.raises(NotFound):
+        store.get_study(a.id)
+
+
+def test_claims_never_exceed_the_budget(db_url: str) -> None:
+    store = make_store(db_url)
+    record = store.create_study(spec(n=5), "me")
+    claims = []
+    lock = threading.Lock()
+
+    def grab() -> None:
+        local = make_store(db_url)
+        while (claim := local.claim()) is not None:
+            with lock:
+                claims.append(claim)
+
+    threads = [threading.Thread(target=grab) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(claims) == 5
+    assert sorted(c.trial.number for c in claims) == list(range(5))
+    for c in claims:
+        store.finish(c, TrialState.COMPLETE, 1.0)
+    assert store.get_study(record.id).status == DONE
+    assert store.claim() is None
+
+
+def test_failed_trials_free_their_slot(db_url: str) -> None:
+    store = make_store(db_url)
+    record = store.create_study(spec(n=2), "me")
+    first = store.claim()
+    assert first is not None
+    store.finish(first, TrialState.FAIL, None)
+    numbers = []
+    while (c := store.claim()) is not None:
+        numbers.append(c.trial.number)
+        store.finish(c, TrialState.COMPLETE, 0.5)
+    assert numbers == [1, 2]
+    assert store.trial_counts(record)["COMPLETE"] == 2
+
+
+def test_lost_trials_are_failed_and_requeued_once(db_url: str) -> None:
+    store = make_store(db_url, max_retries=1)
+    record = store.create_study(spec(n=1), "me")
+    claim = store.claim()
+    assert claim is not None
+    claim.trial.suggest_float("x", 0, 1)
+    time.sleep(3.5)  # no heartbeat past the 2 s grace
+    retry = store.claim()
+    assert retry is not None and retry.trial.number == 1
+    lost = store.optuna_storage.get_trial(claim.trial._trial_id)
+    assert lost.state == TrialState.FAIL and lost.user_attrs["reason"].startswith("lost")
+    assert retry.trial.params == {"x": claim.trial.params["x"]}
+    assert retry.trial.user_attrs["retry_of"] == 0
+    time.sleep(3.5)  # lost again: over the retry limit, the failure stays final
+    fresh = store.claim()
+    assert fresh is not None and fresh.trial.number == 2 and "x" not in fresh.trial.params
+    store.finish(fresh, TrialState.COMPLETE, 1.0)
+    counts = store.trial_counts(record)
+    assert counts == {**counts, "COMPLETE": 1, "FAIL": 2, "WAITING": 0, "RUNNING": 0}
+
+
+def test_hand_back_requeues_the_same_params(db_url: str) -> None:
+    store = make_store(db_url)
+    store.create_study(spec(n=1), "me")
+    claim = store.claim()
+    assert claim is not None
+    claim.trial.suggest_float("x", 0, 1)
+    store.hand_back(claim, "handed back: test")
+    again = store.claim()
+    assert again is not None and again.trial.params == claim.trial.params
+    assert store.claim() is None
+
+
+def test_tokens_are_stored_hashed(db_url: str) -> None:
+    import sqlalchemy as sa
+
+    store = make_store(db_url, api_tokens="envtoken")
+    token = store.create_token("alice")
+    with store.engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT token_hash FROM lrtune_tokens")).scalar_one()
+    assert token not in stored and len(stored) == 64
+    assert store.token_owner(token) is not None
+    assert store.token_owner("envtoken") is not None
+    assert store.token_owner("nope") is None
+    assert store.token_owner(token) != store.token_owner("envtoken")
+
+
+def test_optuna_sees_the_study(db_url: str) -> None:
+    store = make_store(db_url)
+    store.create_study(spec("visible"), "me")
+    names = [s.study_name for s in optuna.get_all_study_summaries(store.optuna_storage)]
+    assert names == ["visible"]

@@ -1,0 +1,130 @@
+"""End to end: a real API process, real worker processes, real HTTP, both databases."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, lrtune_env, spawn, stop, wait_ready
+
+
+@dataclass
+class Deployment:
+    url: str
+    token: str
+    env: dict[str, str]
+    tmp: Path
+    workers: list[subprocess.Popen]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def submit(self, **spec: object) -> int:
+        r = httpx.post(f"{self.url}/studies", json=spec, headers=self.headers, timeout=30)
+        assert r.status_code == 201, r.text
+        return int(r.json()["id"])
+
+    def wait(self, study_id: int, timeout: float = 240) -> dict:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            study = httpx.get(f"{self.url}/studies/{study_id}", timeout=30).json()
+            if study["status"] != "running":
+                return study
+            time.sleep(0.5)
+        raise TimeoutError(f"study {study_id} still running after {timeout}s")
+
+    def trials(self, study_id: int) -> list[dict]:
+        r = httpx.get(f"{self.url}/studies/{study_id}/trials", params={"limit": 1000},
+                      timeout=30)
+        return r.json()["items"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def deployment(db_url: str, tmp_path: Path) -> Iterator[Deployment]:
+    env = lrtune_env(db_url)
+    token = subprocess.run([sys.executable, "-m", "lrtune", "token", "create", "--name", "e2e"],
+                           env=env, capture_output=True, text=True, check=True,
+                           timeout=120).stdout.strip()
+    port = free_port()
+    server = spawn(["serve", "--port", str(port)], env, tmp_path / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    workers: list[subprocess.Popen] = []
+    try:
+        wait_ready(url, server)
+        workers = [spawn(["worker"], env, tmp_path / f"worker{i}.log") for i in range(2)]
+        yield Deployment(url, token, env, tmp_path, workers)
+    finally:
+        stop(*workers, server)
+        for log in sorted(tmp_path.glob("*.log")):
+            print(f"--- {log.name}\n{log.read_text()[-3000:]}")
+
+
+def assert_exact(trials: list[dict], n: int) -> None:
+    numbers = [t["number"] for t in trials]
+    assert len(numbers) == len(set(numbers))
+    finished = [t for t in trials if t["state"] in ("COMPLETE", "PRUNED")]
+    assert len(finished) == n
+    assert not [t for t in trials if t["state"] in ("RUNNING", "WAITING")]
+
+
+def test_linreg_study_finishes_with_its_exact_budget(deployment: Deployment) -> None:
+    sid = deployment.submit(name="e2e-linreg", task="linreg", epochs=4, n_trials=12,
+                            space={"families": ["cosine", "step", "onecycle", "plateau"]})
+    study = deployment.wait(sid)
+    assert study["status"] == "done"
+    assert study["progress"]["n_done"] == 12
+    assert_exact(deployment.trials(sid), 12)
+    detail = httpx.get(f"{deployment.url}/studies/{sid}/trials/0", timeout=30).json()
+    assert detail["lr_curve"] and detail["metric_curve"] or detail["state"] == "PRUNED"
+    code = httpx.get(f"{deployment.url}/studies/{sid}/best/code", timeout=30).text
+    import torch
+
+    ns: dict = {"model": torch.nn.Linear(10, 1)}
+    exec(compile(code, "best_code", "exec"), ns)
+    assert isinstance(ns["optimizer"], torch.optim.Optimizer)
+    # through the CLI as a user would
+    env = {**deployment.env, "LRTUNE_URL": deployment.url, "LRTUNE_TOKEN": deployment.token}
+    out = subprocess.run([sys.executable, "-m", "lrtune", "best", str(sid), "--code", "keras"],
+                         env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert "def lr_at" in out.stdout
+
+
+def test_two_studies_at_once_and_cancel(deployment: Deployment) -> None:
+    a = deployment.submit(name="a", task="linreg", epochs=3, n_trials=6)
+    b = deployment.submit(name="b", task="linreg", epochs=3, n_trials=6)
+    c = deployment.submit(name="c", task="digits-mlp", epochs=30, n_trials=200,
+                          pruner={"name": "none"})
+    r = httpx.post(f"{deployment.url}/studies/{c}/cancel", headers=deployment.headers,
+                   timeout=30)
+    assert r.json()["status"] == "cancelled"
+    before = {t["number"] for t in deployment.trials(c)}
+    for sid in (a, b):
+        assert deployment.wait(sid)["status"] == "done"
+        assert_exact(deployment.trials(sid), 6)
+    time.sleep(1.0)
+    after = {t["number"] for t in deployment.trials(c)}
+    assert after == before and len(after) <= 2  # at most what was claimed before the cancel
+
+
+def test_cli_submit_and_watch(deployment: Deployment, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text('{"name": "cli", "task": "linreg", "epochs": 2, "n_trials": 3}')
+    env = {**deployment.env, "LRTUNE_URL": deployment.url, "LRTUNE_TOKEN": deployment.token}
+    sid = subprocess.run([sys.executable, "-m", "lrtune", "submit", str(spec)], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    watched = subprocess.run([sys.executable, "-m", "lrtune", "watch", sid, "--interval",
+                              "0.3"], env=env, capture_output=True, text=True, timeout=240,
+                             check=True)
+    assert "done" in watched.stdout and "best trial" in watched.stdout
+    bad = subprocess.run([sys.executable, "-m", "lrtune", "submit", str(spec)],
+                         env={**env, "LRTUNE_TOKEN": "nope"}, capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 1 and "401" in bad.stderr
