@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint clean
+.PHONY: venv run tune test lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
+	bash examples/tour.sh
+
+tune: $(STAMP)
 	$(BIN)/lrtune tune --task digits-mlp --trials 20 --epochs 5 --baseline
 
 lint: $(STAMP)

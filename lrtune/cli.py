@@ -152,7 +152,8 @@ def _logging() -> None:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("optuna").setLevel(logging.WARNING)
+    for noisy in ("optuna", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @token_app.command("create")
@@ -181,6 +182,7 @@ def serve(
     workers: Annotated[int, typer.Option(min=0, help="local worker processes to start")] = 0,
 ) -> None:
     """Run the API (docs at /docs, dashboard at /dashboard/) and N local workers."""
+    import signal
     import subprocess
 
     import uvicorn
@@ -195,6 +197,12 @@ def serve(
     err.print(f"lrtune API on http://{host}:{port}/docs, dashboard on "
               f"http://{host}:{port}/dashboard/, database {settings.database_url}, "
               f"{workers} local worker(s)")
+
+    def leave(*_: Any) -> None:  # uvicorn re-raises the signal after its graceful shutdown
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGINT, leave)
     try:
         uvicorn.run(app_, host=host, port=port, log_level="warning")
     finally:
@@ -252,12 +260,16 @@ def _api(call: Any) -> Any:
 
 
 @app.command()
-def submit(spec_file: Annotated[typer.FileText, typer.Argument(help="study spec JSON")]) -> None:
+def submit(spec_file: Annotated[typer.FileText, typer.Argument(help="study spec JSON")],
+           name: Annotated[str | None, typer.Option(help="override the spec's name")] = None
+           ) -> None:
     """Submit a study spec to the API (LRTUNE_URL, LRTUNE_TOKEN); prints the study id."""
     try:
         spec = json.load(spec_file)
     except json.JSONDecodeError as e:
         fail(f"{spec_file.name}: not JSON: {e}")
+    if name:
+        spec["name"] = name
     study = _api(lambda: _client().submit(spec))
     settings = _settings()
     err.print(f"study {study['id']} ({study['name']}) submitted: "
