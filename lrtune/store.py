@@ -18,7 +18,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +193,8 @@ class Store:
         return [StudyRecord.from_row(r) for r in rows], int(total)
 
     def set_status(self, study_id: int, status: str, reason: str | None = None,
-                   only_from: str | None = RUNNING) -> bool:
+                   only_from: str | None = RUNNING, conn: sa.Connection | None = None) -> bool:
+        """Change a study's status; ``conn`` is the claim's connection when it holds the row."""
         stamp = now()
         query = studies.update().where(studies.c.id == study_id)
         if only_from is not None:
@@ -201,8 +202,10 @@ class Store:
         values: dict[str, Any] = {"status": status, "updated_at": stamp, "reason": reason}
         if status != RUNNING:
             values["finished_at"] = stamp
-        with self.engine.begin() as conn:
+        if conn is not None:
             return bool(conn.execute(query.values(**values)).rowcount)
+        with self.engine.begin() as own:
+            return bool(own.execute(query.values(**values)).rowcount)
 
     def cancel(self, study_id: int) -> StudyRecord:
         self.get_study(study_id)
@@ -240,7 +243,11 @@ class Store:
     # -- claiming ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def _study_lock(self, study_id: int) -> Iterator[sa.Connection | None]:
-        """Hold the claim lock of one study; yields None when another claimer holds it."""
+        """Hold the claim lock of one study; yields None when another claimer holds it.
+
+        On PostgreSQL it yields the connection holding the row lock: writes to that row
+        inside the lock must go through it, or they wait on the lock forever.
+        """
         if self.is_sqlite:
             path = self.engine.url.database
             lock_path = f"{path}.claims.lock" if path and path != ":memory:" else None
@@ -283,13 +290,15 @@ class Store:
             study = self.optuna_study(current)
             self.reap(current, study)
             counts = self.trial_counts(current)
+            row_conn = held if isinstance(held, sa.Connection) else None
             if counts["COMPLETE"] + counts["PRUNED"] >= current.n_trials:
-                self.set_status(current.id, DONE)
+                self.set_status(current.id, DONE, conn=row_conn)
                 return None
             if counts["WAITING"] == 0 and sum(counts[s.name] for s in TAKEN) >= current.n_trials:
                 return None
             if counts["FAIL"] >= current.n_trials + self.settings.max_failures:
-                self.set_status(current.id, FAILED, f"{counts['FAIL']} trials failed")
+                self.set_status(current.id, FAILED, f"{counts['FAIL']} trials failed",
+                                conn=row_conn)
                 return None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "heartbeat is not supported with ask()"
@@ -300,6 +309,7 @@ class Store:
     def reap(self, record: StudyRecord, study: optuna.Study) -> int:
         """Fail RUNNING trials whose worker went silent (reason ``lost``) and re-queue them."""
         stale = self.optuna_storage._get_stale_trial_ids(study._study_id)
+        stale += self._trials_without_heartbeat(study._study_id)
         for trial_id in stale:
             grace = self.settings.heartbeat_grace
             try:
@@ -314,6 +324,20 @@ class Store:
                         frozen.number)
             self.requeue(study, frozen)
         return len(stale)
+
+    def _trials_without_heartbeat(self, optuna_study_id: int) -> list[int]:
+        """RUNNING trials that never beat (worker killed right after claiming) past the grace.
+
+        Optuna stamps ``datetime_start`` with the local clock, without time zone.
+        """
+        cutoff = datetime.now() - timedelta(seconds=self.settings.heartbeat_grace)
+        query = sa.text(
+            "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h "
+            "ON h.trial_id = t.trial_id WHERE t.study_id = :sid AND t.state = 'RUNNING' "
+            "AND h.trial_id IS NULL AND t.datetime_start < :cutoff")
+        with self.engine.connect() as conn:
+            return [int(r[0]) for r in conn.execute(query, {"sid": optuna_study_id,
+                                                            "cutoff": cutoff})]
 
     def requeue(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
                 count_retry: bool = True) -> bool:

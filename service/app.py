@@ -6,11 +6,12 @@ at the root and lrtune's own paths never start with those prefixes.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from a2wsgi import WSGIMiddleware
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lrtune.settings import Settings, get_settings
 from lrtune.store import Store
@@ -35,6 +36,43 @@ class BodyLimit:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class RetryReads:
+    """Retries GET/HEAD requests that hit a lost database connection (503), with backoff.
+
+    The pool's pre-ping replaces dead connections at checkout; this covers the query that
+    was in flight when its connection died.
+    """
+
+    def __init__(self, app: ASGIApp, attempts: int = 3, backoff: float = 0.2) -> None:
+        self.app, self.attempts, self.backoff = app, attempts, backoff
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        async def empty() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        for attempt in range(self.attempts):
+            held = _Held()
+            await self.app(scope, empty if attempt else receive, held)
+            retry = (held and held[0]["type"] == "http.response.start"
+                     and held[0]["status"] == 503 and attempt < self.attempts - 1
+                     and scope["path"] != "/readyz")
+            if not retry:
+                for message in held:
+                    await send(message)
+                return
+            await asyncio.sleep(self.backoff * 2**attempt)
+
+
+class _Held(list[Message]):
+    """An ASGI ``send`` that keeps the messages instead of sending them."""
+
+    async def __call__(self, message: Message) -> None:
+        self.append(message)
 
 
 class TokenGate:
@@ -69,6 +107,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.include_router(router)
     app.middleware("http")(app.state.telemetry.middleware)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RetryReads)
     app.mount("/", dashboard_app(store, settings.closed_reads))
     return app
 

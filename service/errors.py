@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import optuna
+import sqlalchemy
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -12,6 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lrtune.errors import SpecError
 from lrtune.store import Conflict, NotFound
+
+DATABASE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError,
+                   sqlalchemy.exc.InterfaceError)
 
 
 class ErrorBody(BaseModel):
@@ -74,6 +79,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Conflict)
     async def _conflict(_: Request, e: Conflict) -> JSONResponse:
         return error_response(409, "conflict", str(e), "name")
+
+    async def _database(_: Request, e: Exception) -> JSONResponse:
+        return error_response(503, "unavailable", "database unavailable, retry shortly",
+                              headers={"Retry-After": "1"})
+
+    for kind in DATABASE_ERRORS:
+        app.add_exception_handler(kind, _database)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:

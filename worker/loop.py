@@ -9,14 +9,14 @@ import socket
 import time
 from typing import Any
 
-import sqlalchemy as sa
+import optuna
 import torch
-from optuna.storages._heartbeat import get_heartbeat_thread
 
 from lrtune.settings import Settings
 from lrtune.store import Claim, Store
 from worker.device import pick_device
-from worker.runner import Stopping, run_trial
+from worker.heartbeat import Heartbeat
+from worker.runner import DATABASE_ERRORS, Stopping, run_trial
 
 log = logging.getLogger("lrtune.worker")
 
@@ -58,7 +58,7 @@ class Worker:
         while not self.stopping and (self.max_trials is None or done < self.max_trials):
             try:
                 claim = self._connect().claim(self.only)
-            except sa.exc.OperationalError as error:  # database away: back off, reconnect
+            except DATABASE_ERRORS as error:  # database away: back off, reconnect
                 log.warning("database unavailable (%s); retrying in %.1fs",
                             str(error).splitlines()[0], idle)
                 claim = None
@@ -69,7 +69,14 @@ class Worker:
                 idle = min(idle * 2, self.settings.idle_max)
                 continue
             idle = self.settings.idle_min
-            self._work(claim)
+            try:
+                self._work(claim)
+            except DATABASE_ERRORS as error:
+                # The trial stays RUNNING without heartbeats: it is reaped as lost and re-run.
+                log.warning("study %s trial %d abandoned, database error: %s", claim.record.name,
+                            claim.trial.number, str(error).splitlines()[0])
+                self._sleep(idle)
+                continue
             done += 1
         log.info("worker %s stopping after %d trials", self.name, done)
         return done
@@ -89,7 +96,7 @@ class Worker:
             if self.stopping:
                 raise Stopping
 
-        with get_heartbeat_thread(trial._trial_id, store.optuna_storage):
+        with Heartbeat(store.optuna_storage, [trial._trial_id], self.settings.heartbeat_interval):
             try:
                 outcome = run_trial(trial, claim.record.spec, self.device,
                                     between_epochs=should_stop)
@@ -97,7 +104,12 @@ class Worker:
                 store.hand_back(claim, f"handed back: worker {self.name} stopping")
                 log.info("study %s trial %d handed back (worker stopping)", name, trial.number)
                 return
-        store.finish(claim, outcome.state, outcome.value)
+        try:
+            store.finish(claim, outcome.state, outcome.value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.warning("study %s trial %d was reaped as lost meanwhile; its copy re-runs",
+                        name, trial.number)
+            return
         value = "" if outcome.value is None else f" value={outcome.value:.6g}"
         reason = f" reason={outcome.reason}" if outcome.reason else ""
         log.info("study %s trial %d %s%s%s in %.1fs", name, trial.number, outcome.state.name,

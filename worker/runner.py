@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+import sqlalchemy
 import torch
 
 from lrtune import study as names
@@ -14,6 +15,10 @@ from lrtune.space import SearchSpace
 from lrtune.spec import StudySpec
 from worker.tasks import get_task
 from worker.train import TrainResult, steps_per_epoch, train_trial
+
+# Storage failures are the database's, not the trial's: they end the worker's hold on the trial.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (optuna.exceptions.StorageInternalError,
+                                               sqlalchemy.exc.SQLAlchemyError)
 
 
 class Stopping(Exception):  # noqa: N818 - a signal, not an error
@@ -65,12 +70,15 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, device: torch.device,
         seed = spec.seed * 1_000_003 + trial.number
         result = train_trial(task, config, spec.epochs, spec.objective, seed, device,
                              OptunaReporter(trial, between_epochs))
-    except Stopping:
+    except (Stopping, *DATABASE_ERRORS):
         raise
     except Exception as error:  # the trial's own failure; the worker goes on
-        if isinstance(error, torch.cuda.OutOfMemoryError):
-            torch.cuda.empty_cache()
-        reason = f"failed: {type(error).__name__}: {error}"[:1000]
+        kind = "failed"
+        if isinstance(error, torch.OutOfMemoryError):
+            kind = "out of memory"
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        reason = f"{kind}: {type(error).__name__}: {error}"[:1000]
         trial.set_user_attr(names.ATTR_REASON, reason)
         return TrialOutcome(optuna.trial.TrialState.FAIL, None, reason, None)
     trial.set_user_attr(names.ATTR_METRICS, result.metrics)

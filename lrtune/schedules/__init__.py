@@ -61,8 +61,9 @@ class Schedule:
                 raise SpecError("warmup.fraction", f"warmup of {w} steps leaves no training")
             if not FAMILIES[self.family].metric_driven:
                 rest = total_steps - w
-        if self.family == "onecycle" and self.params["pct_start"] * rest < 2:
-            raise SpecError("onecycle.pct_start", f"rising phase under 2 steps of {rest}")
+        if self.family == "onecycle" and float(self.params["pct_start"] * rest) - 1 == 0:
+            # OneCycleLR divides by the rising phase's length, pct_start*T - 1 steps
+            raise SpecError("onecycle.pct_start", f"rising phase of exactly 1 step of {rest}")
 
     def lr(self, step: int, total_steps: int, steps_per_epoch: int, base_lr: float,
            metrics: Sequence[float] = ()) -> float:

@@ -1,0 +1,59 @@
+"""4 workers on a 40-trial study; every ~2 s one gets SIGKILL and a new one starts."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from pathlib import Path
+
+from lrtune.settings import Settings
+from lrtune.spec import StudySpec
+from lrtune.store import Store
+from tests.conftest import lrtune_env, spawn, stop
+from tests.faults.common import assert_exact_budget, trials
+
+N_TRIALS = 40
+TIME_LIMIT = 420
+
+
+def test_sigkilled_workers_lose_no_trial(db_url: str, tmp_path: Path) -> None:
+    store = Store(Settings(database_url=db_url, heartbeat_interval=1, heartbeat_grace=4))
+    record = store.create_study(StudySpec(
+        name="kills", task="digits-mlp", epochs=25, n_trials=N_TRIALS, pruner={"name": "none"},
+        space={"families": ["cosine", "step", "onecycle"], "optimizers": ["momentum", "adam"],
+               "lr": {"low": 1e-3, "high": 0.1}}), "me")
+    env = lrtune_env(db_url, LRTUNE_MAX_RETRIES="10")
+    rng = random.Random(0)
+    started = 0
+
+    def start() -> object:
+        nonlocal started
+        started += 1
+        return spawn(["worker"], env, tmp_path / f"worker{started}.log")
+
+    workers = [start() for _ in range(4)]
+    kills = 0
+    deadline = time.monotonic() + TIME_LIMIT
+    try:
+        while store.get_study(record.id).status == "running":
+            assert time.monotonic() < deadline, store.trial_counts(record)
+            time.sleep(2.0)
+            counts = store.trial_counts(record)
+            if counts["COMPLETE"] + counts["PRUNED"] < N_TRIALS - 4:
+                victim = workers.pop(rng.randrange(len(workers)))
+                victim.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
+                victim.wait()  # type: ignore[attr-defined]
+                kills += 1
+                workers.append(start())
+    finally:
+        stop(*workers)  # type: ignore[arg-type]
+    assert kills >= 10
+    assert_exact_budget(store, record)
+    all_trials = trials(store, record)
+    lost = [t for t in all_trials if t.state.name == "FAIL"]
+    assert all(t.user_attrs["reason"].startswith("lost") for t in lost)
+    retries = [t.user_attrs["retry_of"] for t in all_trials if "retry_of" in t.user_attrs]
+    assert sorted(retries) == sorted(t.number for t in lost)  # each lost trial re-run once
+    print(f"kills={kills} workers started={started} lost trials={len(lost)} "
+          f"finished={N_TRIALS} trials lost=0")

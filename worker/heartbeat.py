@@ -1,0 +1,46 @@
+"""A heartbeat for claimed trials that survives database blips.
+
+Optuna's own heartbeat thread stops at the first storage error, after which a live trial
+would be reaped as lost; this one logs the error and keeps beating.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import TracebackType
+
+from optuna.storages import RDBStorage
+
+log = logging.getLogger("lrtune.worker")
+
+
+class Heartbeat:
+    """``with Heartbeat(storage, [trial_id, …], interval):`` beats every ``interval`` seconds."""
+
+    def __init__(self, storage: RDBStorage, trial_ids: list[int], interval: float) -> None:
+        self.storage = storage
+        self.trial_ids = list(trial_ids)
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="lrtune-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            for trial_id in self.trial_ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception as error:  # the database may be restarting; keep trying
+                    log.warning("heartbeat of trial id %d failed: %s", trial_id,
+                                str(error).splitlines()[0])
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join()
