@@ -11,6 +11,15 @@ from lrtune.errors import SpecError
 from lrtune.optimizers import OPTIMIZERS
 from lrtune.schedules import CLIP, FAMILIES
 
+FamilyName = Literal[tuple(FAMILIES)]  # type: ignore[valid-type]
+OptimizerName = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
+
+
+def _task_enum(schema: dict[str, Any]) -> None:
+    from lrtune.tasks import task_names
+
+    schema["enum"] = task_names()
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -41,9 +50,9 @@ class LrRange(Range):
 class SpaceSpec(Strict):
     """What to search: families, optimizers, base LR, modifiers, overrides and fixed values."""
 
-    families: list[str] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
-    optimizers: list[str] = Field(default_factory=lambda: ["sgd", "momentum", "adam", "adamw",
-                                                           "rmsprop"], min_length=1)
+    families: list[FamilyName] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
+    optimizers: list[OptimizerName] = Field(
+        default_factory=lambda: ["sgd", "momentum", "adam", "adamw", "rmsprop"], min_length=1)
     lr: LrRange = Field(default_factory=LrRange)
     weight_decay: Range | float = 0.0
     warmup: bool | Literal["search"] = False
@@ -52,24 +61,11 @@ class SpaceSpec(Strict):
     ranges: dict[str, Range] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("families")
+    @field_validator("families", "optimizers")
     @classmethod
-    def _known_families(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if name not in FAMILIES:
-                raise ValueError(f"unknown schedule family {name!r}; known: {sorted(FAMILIES)}")
+    def _distinct(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
-            raise ValueError("families repeat")
-        return v
-
-    @field_validator("optimizers")
-    @classmethod
-    def _known_optimizers(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if name not in OPTIMIZERS:
-                raise ValueError(f"unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}")
-        if len(set(v)) != len(v):
-            raise ValueError("optimizers repeat")
+            raise ValueError("names repeat")
         return v
 
     @field_validator("weight_decay")
@@ -114,7 +110,7 @@ class StudySpec(Strict):
     """The body of ``POST /studies``."""
 
     name: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")
-    task: str = Field(..., min_length=1, max_length=100)
+    task: str = Field(..., min_length=1, max_length=100, json_schema_extra=_task_enum)
     epochs: int = Field(10, ge=1)
     n_trials: int = Field(20, ge=1)
     objective: str = "val_loss"

@@ -52,6 +52,13 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; lrtune writes UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -74,8 +81,8 @@ class StudyRecord:
     def from_row(cls, row: Any) -> StudyRecord:
         m = row._mapping
         return cls(m["id"], m["name"], m["task"], StudySpec.model_validate(m["spec"]),
-                   m["status"], m["owner"], m["n_trials"], m["reason"], m["created_at"],
-                   m["updated_at"], m["finished_at"])
+                   m["status"], m["owner"], m["n_trials"], m["reason"], aware(m["created_at"]),
+                   aware(m["updated_at"]), aware(m["finished_at"]))
 
 
 @dataclass

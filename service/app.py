@@ -1,7 +1,8 @@
-"""The FastAPI application: REST routes first, optuna-dashboard mounted at ``/`` after them.
+"""The FastAPI application, with optuna-dashboard served beside it on the same database.
 
-optuna-dashboard uses absolute paths (``/dashboard``, ``/api``, ``/static``), so it is mounted
-at the root and lrtune's own paths never start with those prefixes.
+optuna-dashboard uses absolute paths (``/dashboard``, ``/api``, ``/static``, …) and breaks
+under a sub-path mount, so those paths go to it unchanged and lrtune's own paths never start
+with them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lrtune.settings import Settings, get_settings
 from lrtune.store import Store
 from service import errors
+from service.deps import read_dependencies
 from service.errors import error_response
 from service.routes import catalogue, health, studies
 from service.telemetry import Telemetry
@@ -93,6 +95,24 @@ class TokenGate:
         await self.app(scope, receive, send)
 
 
+class DashboardPaths:
+    """Sends optuna-dashboard's own paths to it, everything else to lrtune's routes, so lrtune
+    answers 404/405 for its paths in its own error shape."""
+
+    PREFIXES = ("/dashboard", "/api/", "/static/", "/artifacts/", "/csv/", "/favicon.ico",
+                "/incompatible-rdb-schema", "/sql-profiler")
+
+    def __init__(self, app: ASGIApp, dashboard: ASGIApp) -> None:
+        self.app, self.dashboard = app, dashboard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == "/" or path.startswith(self.PREFIXES)):
+            await self.dashboard(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
     settings = settings or get_settings()
     store = store or Store(settings)
@@ -103,12 +123,14 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.store = store
     app.state.telemetry = Telemetry(store)
     errors.install(app)
-    for router in (studies.router, catalogue.router, health.router):
-        app.include_router(router)
+    reads = read_dependencies(settings)
+    app.include_router(studies.router, dependencies=reads)
+    app.include_router(catalogue.router, dependencies=reads)
+    app.include_router(health.router)
+    app.add_middleware(DashboardPaths, dashboard=dashboard_app(store, settings.closed_reads))
     app.middleware("http")(app.state.telemetry.middleware)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RetryReads)
-    app.mount("/", dashboard_app(store, settings.closed_reads))
     return app
 
 

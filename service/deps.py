@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -36,13 +36,12 @@ def require_owner(store: StoreDep, credentials: Credentials) -> str:
     return owner
 
 
-def allow_read(store: StoreDep, settings: SettingsDep, credentials: Credentials) -> None:
-    if settings.closed_reads:
-        require_owner(store, credentials)
-
-
 Owner = Annotated[str, Depends(require_owner)]
-Reader = Depends(allow_read)
+
+
+def read_dependencies(settings: Settings) -> list[Any]:
+    """Reads are open unless ``closed_reads``; only then does the schema declare the token."""
+    return [Depends(require_owner)] if settings.closed_reads else []
 
 
 def owned_study(store: Store, study_id: int, owner: str) -> StudyRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import optuna
@@ -88,5 +89,26 @@ def install(app: FastAPI) -> None:
         app.add_exception_handler(kind, _database)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        return error_response(e.status_code, "http", str(e.detail))
+    async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        headers = dict(e.headers or {})
+        if e.status_code == 405:  # Starlette lists only the first matching route's methods
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return error_response(e.status_code, "http", str(e.detail), headers=headers or None)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Methods the OpenAPI document declares for the request's path."""
+    for pattern, methods in _path_methods(request.app):
+        if pattern.fullmatch(request.url.path):
+            return methods
+    return []
+
+
+def _path_methods(app: FastAPI) -> list[tuple[re.Pattern[str], list[str]]]:
+    cached = getattr(app.state, "path_methods", None)
+    if cached is None:
+        cached = [(re.compile(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path))),
+                   sorted(m.upper() for m in ops))
+                  for path, ops in app.openapi()["paths"].items()]
+        app.state.path_methods = cached
+    return cached  # type: ignore[no-any-return]

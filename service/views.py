@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -52,11 +53,17 @@ def study_out(store: Store, record: StudyRecord) -> StudyOut:
         dashboard=f"/dashboard/studies/{storage_id}")
 
 
+def local_time(moment: datetime | None) -> datetime | None:
+    """Optuna stamps trials with naive local time."""
+    return moment.astimezone() if moment is not None and moment.tzinfo is None else moment
+
+
 def trial_out(trial: optuna.trial.FrozenTrial) -> TrialOut:
     return TrialOut(number=trial.number, state=trial.state.name, params=trial.params,
                     value=trial.value, reason=trial.user_attrs.get(names.ATTR_REASON),
                     retry_of=trial.user_attrs.get("retry_of"),
-                    started_at=trial.datetime_start, finished_at=trial.datetime_complete)
+                    started_at=local_time(trial.datetime_start),
+                    finished_at=local_time(trial.datetime_complete))
 
 
 def trial_detail(record: StudyRecord, trial: optuna.trial.FrozenTrial) -> TrialDetail:

@@ -40,7 +40,6 @@ class OptunaReporter:
     def report(self, epoch: int, value: float, lr: float, metrics: dict[str, float]) -> None:
         self.trial.report(value, epoch)
         self.lrs.append(lr)
-        self.trial.set_user_attr(names.ATTR_LR_CURVE, list(self.lrs))
         if self.between_epochs is not None:
             self.between_epochs()
 
@@ -82,6 +81,7 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, device: torch.device,
         trial.set_user_attr(names.ATTR_REASON, reason)
         return TrialOutcome(optuna.trial.TrialState.FAIL, None, reason, None)
     trial.set_user_attr(names.ATTR_METRICS, result.metrics)
+    trial.set_user_attr(names.ATTR_LR_CURVE, result.lrs)  # once, not a write per epoch
     if result.outcome == "diverged":
         trial.set_user_attr(names.ATTR_REASON, "diverged")
         return TrialOutcome(optuna.trial.TrialState.PRUNED, None, "diverged", result)

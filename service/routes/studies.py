@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from lrtune.export import export
 from lrtune.results import parse_spec
@@ -12,7 +12,7 @@ from lrtune.space import SearchSpace
 from lrtune.spec import StudySpec
 from lrtune.store import STATUSES
 from lrtune.study import ATTR_STEPS_PER_EPOCH, direction
-from service.deps import Owner, Reader, SettingsDep, StoreDep, owned_study
+from service.deps import Owner, SettingsDep, StoreDep, owned_study
 from service.errors import ApiError, responses
 from service.schemas import BestOut, StudyList, StudyOut, TrialDetail, TrialList
 from service.views import (
@@ -29,11 +29,12 @@ from service.views import (
 router = APIRouter(prefix="/studies", tags=["studies"])
 Limit = Query(50, ge=1, le=1000)
 Offset = Query(0, ge=0, le=10_000_000)
-StudyId = int
+StudyId = Annotated[int, Path(ge=1, le=2**31 - 1, description="study id")]
+TrialNumber = Annotated[int, Path(ge=0, le=2**31 - 1, description="trial number")]
 
 
 @router.post("", status_code=201, response_model=StudyOut,
-             responses=responses(401, 409, 413, 422))
+             responses=responses(400, 401, 409, 413, 422))
 def create_study(spec: StudySpec, store: StoreDep, settings: SettingsDep,
                  owner: Owner) -> StudyOut:
     """Create a study from a spec; workers start pulling its trials at once."""
@@ -50,7 +51,7 @@ def create_study(spec: StudySpec, store: StoreDep, settings: SettingsDep,
     return study_out(store, store.create_study(spec, owner))
 
 
-@router.get("", response_model=StudyList, dependencies=[Reader], responses=responses(401, 422))
+@router.get("", response_model=StudyList, responses=responses(401, 422))
 def list_studies(store: StoreDep, status: Literal[STATUSES] | None = None,  # type: ignore[valid-type]
                  limit: int = Limit, offset: int = Offset) -> StudyList:
     records, total = store.list_studies(status, limit, offset)
@@ -58,30 +59,30 @@ def list_studies(store: StoreDep, status: Literal[STATUSES] | None = None,  # ty
                      offset=offset)
 
 
-@router.get("/{study_id}", response_model=StudyOut, dependencies=[Reader],
+@router.get("/{study_id}", response_model=StudyOut,
             responses=responses(401, 404, 422))
-def get_study(study_id: int, store: StoreDep) -> StudyOut:
+def get_study(study_id: StudyId, store: StoreDep) -> StudyOut:
     return study_out(store, store.get_study(study_id))
 
 
 @router.post("/{study_id}/cancel", response_model=StudyOut,
              responses=responses(401, 403, 404, 422))
-def cancel_study(study_id: int, store: StoreDep, owner: Owner) -> StudyOut:
+def cancel_study(study_id: StudyId, store: StoreDep, owner: Owner) -> StudyOut:
     """Stop handing out trials of this study (running ones finish)."""
     owned_study(store, study_id, owner)
     return study_out(store, store.cancel(study_id))
 
 
 @router.delete("/{study_id}", status_code=204, responses=responses(401, 403, 404, 422))
-def delete_study(study_id: int, store: StoreDep, owner: Owner) -> Response:
+def delete_study(study_id: StudyId, store: StoreDep, owner: Owner) -> Response:
     owned_study(store, study_id, owner)
     store.delete(study_id)
     return Response(status_code=204)
 
 
-@router.get("/{study_id}/trials", response_model=TrialList, dependencies=[Reader],
+@router.get("/{study_id}/trials", response_model=TrialList,
             responses=responses(401, 404, 422))
-def list_trials(study_id: int, store: StoreDep, limit: int = Limit,
+def list_trials(study_id: StudyId, store: StoreDep, limit: int = Limit,
                 offset: int = Offset) -> TrialList:
     trials = trials_of(store, store.get_study(study_id))
     page = trials[offset:offset + limit]
@@ -89,32 +90,32 @@ def list_trials(study_id: int, store: StoreDep, limit: int = Limit,
                      offset=offset)
 
 
-@router.get("/{study_id}/trials/{number}", response_model=TrialDetail, dependencies=[Reader],
+@router.get("/{study_id}/trials/{number}", response_model=TrialDetail,
             responses=responses(401, 404, 422))
-def get_trial(study_id: int, number: int, store: StoreDep) -> TrialDetail:
+def get_trial(study_id: StudyId, number: TrialNumber, store: StoreDep) -> TrialDetail:
     record = store.get_study(study_id)
     return trial_detail(record, find_trial(store, record, number))
 
 
-@router.get("/{study_id}/best", response_model=BestOut, dependencies=[Reader],
-            responses=responses(401, 404, 422))
-def get_best(study_id: int, store: StoreDep) -> BestOut:
+@router.get("/{study_id}/best", response_model=BestOut,
+            responses=responses(401, 404, 409, 422))
+def get_best(study_id: StudyId, store: StoreDep) -> BestOut:
     record = store.get_study(study_id)
     best = best_trial(store, record)
     if best is None:
-        raise ApiError(404, "no_result", f"study {study_id} has no complete trial yet", "id")
+        raise ApiError(409, "no_result", f"study {study_id} has no complete trial yet", "id")
     return best_out(record, best)
 
 
-@router.get("/{study_id}/best/code", dependencies=[Reader],
-            responses={200: {"content": {"text/x-python": {}}}, **responses(401, 404, 422)})
-def get_best_code(study_id: int, store: StoreDep,
+@router.get("/{study_id}/best/code",
+            responses={200: {"content": {"text/x-python": {}}}, **responses(401, 404, 409, 422)})
+def get_best_code(study_id: StudyId, store: StoreDep,
                   framework: Literal["pytorch", "keras"] = "pytorch") -> Response:
     """The best trial's schedule and optimizer as ready-to-paste code."""
     record = store.get_study(study_id)
     best = best_trial(store, record)
     if best is None:
-        raise ApiError(404, "no_result", f"study {study_id} has no complete trial yet", "id")
+        raise ApiError(409, "no_result", f"study {study_id} has no complete trial yet", "id")
     spe = int(best.user_attrs.get(ATTR_STEPS_PER_EPOCH, 1))
     note = f"study {record.name} trial #{best.number}, {record.spec.objective} {best.value:.6g}"
     code = export(decode(record, best.params), framework, record.spec.epochs, spe, note)

@@ -34,8 +34,8 @@ def create(client: TestClient, **changes) -> dict:
 
 BAD = [
     ({"task": "nope"}, "task"),
-    ({"space": {"families": ["sawtooth"]}}, "space.families"),
-    ({"space": {"optimizers": ["lion"]}}, "space.optimizers"),
+    ({"space": {"families": ["sawtooth"]}}, "space.families.0"),
+    ({"space": {"optimizers": ["adam", "lion"]}}, "space.optimizers.1"),
     ({"space": {"lr": {"low": 1.0, "high": 0.001}}}, "space.lr"),
     ({"space": {"ranges": {"step.gamma": {"low": 0.9, "high": 0.2}}}},
      "space.ranges.step.gamma"),
@@ -96,9 +96,12 @@ def test_unknown_ids_are_404(client: TestClient) -> None:
         assert r.status_code == 404, path
         assert r.json()["error"]["code"] == "not_found"
     assert client.post("/studies/999/cancel", headers=A).status_code == 404
+    huge = client.get("/studies/99999999999999999999")
+    assert huge.status_code == 422 and huge.json()["error"]["field"] == "study_id"
     study = create(client)
     assert client.get(f"/studies/{study['id']}/trials/5").status_code == 404
-    assert client.get(f"/studies/{study['id']}/best").status_code == 404
+    no_result = client.get(f"/studies/{study['id']}/best")
+    assert no_result.status_code == 409 and no_result.json()["error"]["code"] == "no_result"
 
 
 def test_duplicate_name_is_409(client: TestClient) -> None:
@@ -161,6 +164,13 @@ def test_catalogue_routes(client: TestClient) -> None:
     assert r.status_code == 422 and r.json()["error"]["field"] == "step.gamma"
     assert client.get("/schedules/sawtooth/curve").status_code == 422
     assert {t["name"] for t in client.get("/tasks").json()} >= {"linreg", "digits-mlp", "charlm"}
+
+
+def test_undeclared_methods_are_405_with_allow(client: TestClient) -> None:
+    r = client.request("TRACE", "/studies")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+    assert r.json()["error"]["status"] == 405
+    assert client.put("/studies/1").headers["allow"] == "DELETE, GET"
 
 
 def test_health_metrics_docs_and_dashboard(client: TestClient) -> None:
