@@ -90,6 +90,7 @@ class Claim:
     record: StudyRecord
     study: optuna.Study
     trial: optuna.Trial
+    last_slot: bool = True  # the budget was fully taken with this claim
 
 
 def engine_for(url: str) -> Engine:
@@ -133,6 +134,8 @@ class Store:
                 heartbeat_interval=settings.heartbeat_interval,
                 grace_period=settings.heartbeat_grace)
         self._studies: dict[int, optuna.Study] = {}
+        self._optuna_ids: dict[int, int] = {}
+        self._reaped: dict[int, float] = {}
         self._cursor = 0
         self._thread_lock = threading.Lock()
 
@@ -237,81 +240,89 @@ class Store:
             self._studies[record.id] = cached
         return cached
 
-    def trial_counts(self, record: StudyRecord) -> dict[str, int]:
+    def trial_counts(self, record: StudyRecord, conn: sa.Connection | None = None
+                     ) -> dict[str, int]:
         """Trials per state, one grouped query on Optuna's ``trials`` table."""
-        study_id = self.optuna_storage.get_study_id_from_name(record.name)
         query = sa.text("SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state")
         counts = {s.name: 0 for s in TrialState}
-        with self.engine.connect() as conn:
-            for state, n in conn.execute(query, {"sid": study_id}):
+        with contextlib.ExitStack() as stack:
+            conn = conn or stack.enter_context(self.engine.connect())
+            for state, n in conn.execute(query, {"sid": self.optuna_study_id(record)}):
                 counts[str(state).rsplit(".", 1)[-1]] = int(n)
         return counts
 
+    def optuna_study_id(self, record: StudyRecord) -> int:
+        if record.id not in self._optuna_ids:
+            self._optuna_ids[record.id] = self.optuna_storage.get_study_id_from_name(record.name)
+        return self._optuna_ids[record.id]
+
     # -- claiming ---------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _study_lock(self, study_id: int) -> Iterator[sa.Connection | None]:
-        """Hold the claim lock of one study; yields None when another claimer holds it.
+    def _locked(self, study_id: int
+                ) -> Iterator[tuple[StudyRecord, sa.Connection | None] | None]:
+        """Hold one study's claim lock and yield its fresh row, or None if another claimer
+        holds it (PostgreSQL) or the study is gone.
 
-        On PostgreSQL it yields the connection holding the row lock: writes to that row
+        On PostgreSQL it also yields the connection holding the row lock: writes to that row
         inside the lock must go through it, or they wait on the lock forever.
         """
-        if self.is_sqlite:
-            path = self.engine.url.database
-            lock_path = f"{path}.claims.lock" if path and path != ":memory:" else None
-            with self._thread_lock:
-                if lock_path is None:
-                    yield _NoConn
-                    return
-                with open(lock_path, "a") as handle:
-                    fcntl.flock(handle, fcntl.LOCK_EX)
-                    try:
-                        yield _NoConn
-                    finally:
-                        fcntl.flock(handle, fcntl.LOCK_UN)
+        query = sa.select(studies).where(studies.c.id == study_id)
+        if not self.is_sqlite:
+            with self.engine.begin() as conn:
+                row = conn.execute(query.with_for_update(skip_locked=True)).first()
+                yield (StudyRecord.from_row(row), conn) if row is not None else None
             return
-        with self.engine.begin() as conn:
-            row = conn.execute(sa.select(studies.c.id).where(studies.c.id == study_id)
-                               .with_for_update(skip_locked=True)).first()
-            yield conn if row is not None else None
+        path = self.engine.url.database
+        with self._thread_lock, contextlib.ExitStack() as stack:
+            if path and path != ":memory:":
+                handle = stack.enter_context(open(f"{path}.claims.lock", "a"))
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
+            with self.engine.connect() as conn:
+                row = conn.execute(query).first()
+            yield (StudyRecord.from_row(row), None) if row is not None else None
 
     def claim(self, only: set[int] | None = None) -> Claim | None:
         """Claim one trial of a running study with budget left, or return None."""
-        running, _ = self.list_studies(RUNNING, limit=10_000)
-        candidates = [r for r in running if only is None or r.id in only]
+        with self.engine.connect() as conn:
+            ids = [r[0] for r in conn.execute(sa.select(studies.c.id).where(
+                studies.c.status == RUNNING).order_by(studies.c.id))]
+        candidates = [i for i in ids if only is None or i in only]
         if not candidates:
             return None
         self._cursor = (self._cursor + 1) % len(candidates)
-        for record in candidates[self._cursor:] + candidates[:self._cursor]:
-            claim = self._claim_in(record)
+        for study_id in candidates[self._cursor:] + candidates[:self._cursor]:
+            claim = self._claim_in(study_id)
             if claim is not None:
                 return claim
         return None
 
-    def _claim_in(self, record: StudyRecord) -> Claim | None:
-        with self._study_lock(record.id) as held:
-            if held is None:
+    def _claim_in(self, study_id: int) -> Claim | None:
+        with self._locked(study_id) as held:
+            if held is None or held[0].status != RUNNING:
                 return None
-            current = self.get_study(record.id)
-            if current.status != RUNNING:
+            record, conn = held
+            study = self.optuna_study(record)
+            if time.monotonic() - self._reaped.get(record.id, -1e9) > \
+                    self.settings.heartbeat_interval:
+                self.reap(record, study)
+                self._reaped[record.id] = time.monotonic()
+            counts = self.trial_counts(record, conn)
+            if counts["COMPLETE"] + counts["PRUNED"] >= record.n_trials:
+                self.set_status(record.id, DONE, conn=conn)
                 return None
-            study = self.optuna_study(current)
-            self.reap(current, study)
-            counts = self.trial_counts(current)
-            row_conn = held if isinstance(held, sa.Connection) else None
-            if counts["COMPLETE"] + counts["PRUNED"] >= current.n_trials:
-                self.set_status(current.id, DONE, conn=row_conn)
+            taken = sum(counts[s.name] for s in TAKEN)
+            if counts["WAITING"] == 0 and taken >= record.n_trials:
                 return None
-            if counts["WAITING"] == 0 and sum(counts[s.name] for s in TAKEN) >= current.n_trials:
-                return None
-            if counts["FAIL"] >= current.n_trials + self.settings.max_failures:
-                self.set_status(current.id, FAILED, f"{counts['FAIL']} trials failed",
-                                conn=row_conn)
+            if counts["FAIL"] >= record.n_trials + self.settings.max_failures:
+                self.set_status(record.id, FAILED, f"{counts['FAIL']} trials failed",
+                                conn=conn)
                 return None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "heartbeat is not supported with ask()"
                 trial = study.ask()
-            self.optuna_storage.record_heartbeat(trial._trial_id)
-            return Claim(current, study, trial)
+            taken += counts["WAITING"] == 0
+            return Claim(record, study, trial, last_slot=taken >= record.n_trials)
 
     def reap(self, record: StudyRecord, study: optuna.Study) -> int:
         """Fail RUNNING trials whose worker went silent (reason ``lost``) and re-queue them."""
@@ -367,9 +378,14 @@ class Store:
             claim.study.tell(claim.trial, value)
         else:
             claim.study.tell(claim.trial, state=state)
-        counts = self.trial_counts(claim.record)
-        if counts["COMPLETE"] + counts["PRUNED"] >= claim.record.n_trials:
-            self.set_status(claim.record.id, DONE)
+        if claim.last_slot:  # with slots still unclaimed this cannot be the last trial
+            self.mark_done_if_complete(claim.record)
+
+    def mark_done_if_complete(self, record: StudyRecord) -> dict[str, int]:
+        counts = self.trial_counts(record)
+        if record.status == RUNNING and counts["COMPLETE"] + counts["PRUNED"] >= record.n_trials:
+            self.set_status(record.id, DONE)
+        return counts
 
     def hand_back(self, claim: Claim, reason: str) -> None:
         """Give a claimed trial back unfinished: FAIL with ``reason`` and a WAITING copy."""
@@ -398,8 +414,3 @@ class Store:
         return digest[:16] if row is not None else None
 
 
-class _NoConnType:
-    """Marker yielded by the SQLite lock (no row lock connection to hand out)."""
-
-
-_NoConn: Any = _NoConnType()

@@ -15,7 +15,7 @@ from service.schemas import BestOut, Progress, StudyOut, TrialDetail, TrialOut
 
 
 def progress(store: Store, record: StudyRecord) -> Progress:
-    c = store.trial_counts(record)
+    c = store.mark_done_if_complete(record)
     return Progress(n_done=c["COMPLETE"] + c["PRUNED"], n_trials=record.n_trials,
                     complete=c["COMPLETE"], pruned=c["PRUNED"], running=c["RUNNING"],
                     waiting=c["WAITING"], failed=c["FAIL"])
@@ -26,9 +26,8 @@ def decode(record: StudyRecord, params: dict[str, Any]) -> TrialConfig:
 
 
 def best_trial(store: Store, record: StudyRecord) -> optuna.trial.FrozenTrial | None:
-    storage = store.optuna_storage
     try:
-        return storage.get_best_trial(storage.get_study_id_from_name(record.name))
+        return store.optuna_storage.get_best_trial(store.optuna_study_id(record))
     except ValueError:
         return None
 
@@ -42,15 +41,17 @@ def best_out(record: StudyRecord, trial: optuna.trial.FrozenTrial) -> BestOut:
 
 
 def study_out(store: Store, record: StudyRecord) -> StudyOut:
+    counts = progress(store, record)
+    if record.status == "running" and counts.n_done >= counts.n_trials:
+        record = store.get_study(record.id)  # just marked done
     best = best_trial(store, record)
-    storage_id = store.optuna_storage.get_study_id_from_name(record.name)
     return StudyOut(
         id=record.id, name=record.name, task=record.task, status=record.status,
-        owner=record.owner, reason=record.reason, progress=progress(store, record),
+        owner=record.owner, reason=record.reason, progress=counts,
         best=best_out(record, best) if best is not None else None,
         spec=record.spec.model_dump(mode="json"), created_at=record.created_at,
         updated_at=record.updated_at, finished_at=record.finished_at,
-        dashboard=f"/dashboard/studies/{storage_id}")
+        dashboard=f"/dashboard/studies/{store.optuna_study_id(record)}")
 
 
 def local_time(moment: datetime | None) -> datetime | None:
@@ -76,15 +77,14 @@ def trial_detail(record: StudyRecord, trial: optuna.trial.FrozenTrial) -> TrialD
 
 
 def trials_of(store: Store, record: StudyRecord) -> list[optuna.trial.FrozenTrial]:
-    storage = store.optuna_storage
-    return storage.get_all_trials(storage.get_study_id_from_name(record.name), deepcopy=False)
+    return store.optuna_storage.get_all_trials(store.optuna_study_id(record), deepcopy=False)
 
 
 def find_trial(store: Store, record: StudyRecord, number: int) -> optuna.trial.FrozenTrial:
     storage = store.optuna_storage
-    study_id = storage.get_study_id_from_name(record.name)
     try:
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            store.optuna_study_id(record), number)
     except KeyError:
         raise ApiError(404, "not_found", f"study {record.id} has no trial {number}",
                        "number") from None
