@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -258,7 +258,7 @@ class Store:
 
     # -- claiming ---------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _locked(self, study_id: int
+    def _locked(self, study_id: int, wait: bool = False
                 ) -> Iterator[tuple[StudyRecord, sa.Connection | None] | None]:
         """Hold one study's claim lock and yield its fresh row, or None if another claimer
         holds it (PostgreSQL) or the study is gone.
@@ -269,7 +269,7 @@ class Store:
         query = sa.select(studies).where(studies.c.id == study_id)
         if not self.is_sqlite:
             with self.engine.begin() as conn:
-                row = conn.execute(query.with_for_update(skip_locked=True)).first()
+                row = conn.execute(query.with_for_update(skip_locked=not wait)).first()
                 yield (StudyRecord.from_row(row), conn) if row is not None else None
             return
         path = self.engine.url.database
@@ -284,24 +284,36 @@ class Store:
 
     def claim(self, only: set[int] | None = None) -> Claim | None:
         """Claim one trial of a running study with budget left, or return None."""
+        claims = self.claim_pack(1, only)
+        return claims[0] if claims else None
+
+    def claim_pack(self, want: int | None = None, only: set[int] | None = None,
+                   sizer: Callable[[StudyRecord], int] | None = None) -> list[Claim]:
+        """Claim up to ``want`` trials of one running study under one lock; never past the
+        budget. ``want=None`` takes the study's ``pack`` (``sizer`` sizes ``"auto"``).
+        Empty when there is no work."""
         with self.engine.connect() as conn:
             ids = [r[0] for r in conn.execute(sa.select(studies.c.id).where(
                 studies.c.status == RUNNING).order_by(studies.c.id))]
         candidates = [i for i in ids if only is None or i in only]
         if not candidates:
-            return None
+            return []
         self._cursor = (self._cursor + 1) % len(candidates)
         for study_id in candidates[self._cursor:] + candidates[:self._cursor]:
-            claim = self._claim_in(study_id)
-            if claim is not None:
-                return claim
-        return None
+            claims = self._claim_in(study_id, want, sizer)
+            if claims:
+                return claims
+        return []
 
-    def _claim_in(self, study_id: int) -> Claim | None:
+    def _claim_in(self, study_id: int, want: int | None,
+                  sizer: Callable[[StudyRecord], int] | None = None) -> list[Claim]:
         with self._locked(study_id) as held:
             if held is None or held[0].status != RUNNING:
-                return None
+                return []
             record, conn = held
+            if want is None:
+                pack = record.spec.pack
+                want = pack if isinstance(pack, int) else sizer(record) if sizer else 1
             study = self.optuna_study(record)
             if time.monotonic() - self._reaped.get(record.id, -1e9) > \
                     self.settings.heartbeat_interval:
@@ -310,19 +322,26 @@ class Store:
             counts = self.trial_counts(record, conn)
             if counts["COMPLETE"] + counts["PRUNED"] >= record.n_trials:
                 self.set_status(record.id, DONE, conn=conn)
-                return None
-            taken = sum(counts[s.name] for s in TAKEN)
-            if counts["WAITING"] == 0 and taken >= record.n_trials:
-                return None
+                return []
             if counts["FAIL"] >= record.n_trials + self.settings.max_failures:
                 self.set_status(record.id, FAILED, f"{counts['FAIL']} trials failed",
                                 conn=conn)
-                return None
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "heartbeat is not supported with ask()"
-                trial = study.ask()
-            taken += counts["WAITING"] == 0
-            return Claim(record, study, trial, last_slot=taken >= record.n_trials)
+                return []
+            taken = sum(counts[s.name] for s in TAKEN)
+            waiting = counts["WAITING"]
+            claims = []
+            while len(claims) < want and (waiting > 0 or taken < record.n_trials):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "heartbeat is not supported with ask()"
+                    trial = study.ask()  # pops a WAITING retry first, if any
+                if waiting > 0:
+                    waiting -= 1
+                else:
+                    taken += 1
+                claims.append(Claim(record, study, trial))
+            for claim in claims:
+                claim.last_slot = taken >= record.n_trials
+            return claims
 
     def reap(self, record: StudyRecord, study: optuna.Study) -> int:
         """Fail RUNNING trials whose worker went silent (reason ``lost``) and re-queue them."""
@@ -387,12 +406,17 @@ class Store:
             self.set_status(record.id, DONE)
         return counts
 
-    def hand_back(self, claim: Claim, reason: str) -> None:
-        """Give a claimed trial back unfinished: FAIL with ``reason`` and a WAITING copy."""
-        claim.trial.set_user_attr(names.ATTR_REASON, reason)
-        claim.study.tell(claim.trial, state=TrialState.FAIL)
-        frozen = claim.study._storage.get_trial(claim.trial._trial_id)
-        self.requeue(claim.study, frozen, count_retry=False)
+    def hand_back(self, claims: list[Claim], reason: str) -> None:
+        """Give claimed trials back unfinished: FAIL with ``reason`` and WAITING copies, under
+        the study's claim lock so no claimer sees the slots free in between."""
+        if not claims:
+            return
+        with self._locked(claims[0].record.id, wait=True):
+            for claim in claims:
+                claim.trial.set_user_attr(names.ATTR_REASON, reason)
+                claim.study.tell(claim.trial, state=TrialState.FAIL)
+                frozen = claim.study._storage.get_trial(claim.trial._trial_id)
+                self.requeue(claim.study, frozen, count_retry=False)
 
     # -- tokens -----------------------------------------------------------------------------
     def create_token(self, name: str) -> str:

@@ -128,3 +128,27 @@ def test_cli_submit_and_watch(deployment: Deployment, tmp_path: Path) -> None:
                          env={**env, "LRTUNE_TOKEN": "nope"}, capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 1 and "401" in bad.stderr
+
+
+def test_packed_study_looks_like_an_unpacked_one(deployment: Deployment) -> None:
+    sid = deployment.submit(name="packed", task="linreg", epochs=5, n_trials=40, pack=16,
+                            space={"families": ["cosine", "step", "plateau"],
+                                   "optimizers": ["adam", "sgd"], "warmup": "search"})
+    study = deployment.wait(sid)
+    assert study["status"] == "done" and study["progress"]["n_done"] == 40
+    trials = deployment.trials(sid)
+    assert_exact(trials, 40)
+    for t in trials:
+        detail = httpx.get(f"{deployment.url}/studies/{sid}/trials/{t['number']}",
+                           timeout=30).json()
+        assert detail["params"]["schedule"] in ("cosine", "step", "plateau")
+        assert detail["config"]["schedule"]["family"] == detail["params"]["schedule"]
+        if detail["reason"] != "diverged":
+            assert len(detail["lr_curve"]) == len(detail["metric_curve"]) >= 1
+    logs = "".join(p.read_text() for p in deployment.tmp.glob("worker*.log"))
+    assert "claimed by" in logs and any(
+        line.count(",") >= 8 for line in logs.splitlines() if "claimed by" in line)
+    storage_id = int(study["dashboard"].rsplit("/", 1)[1])
+    dash = httpx.get(f"{deployment.url}/api/studies/{storage_id}", timeout=30).json()
+    assert len(dash["trials"]) == len(trials)
+    assert any(t["intermediate_values"] for t in dash["trials"])

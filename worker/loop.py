@@ -13,10 +13,11 @@ import optuna
 import torch
 
 from lrtune.settings import Settings
-from lrtune.store import Claim, Store
+from lrtune.store import Claim, Store, StudyRecord
 from worker.device import pick_device
 from worker.heartbeat import Heartbeat
-from worker.runner import DATABASE_ERRORS, Stopping, run_trial
+from worker.pack import run_pack
+from worker.runner import DATABASE_ERRORS, Stopping, TrialOutcome
 
 log = logging.getLogger("lrtune.worker")
 
@@ -57,12 +58,12 @@ class Worker:
         log.info("worker %s up on %s", self.name, self.device)
         while not self.stopping and (self.max_trials is None or done < self.max_trials):
             try:
-                claim = self._connect().claim(self.only)
+                claims = self._connect().claim_pack(None, self.only, self.pack_size)
             except DATABASE_ERRORS as error:  # database away: back off, reconnect
                 log.warning("database unavailable (%s); retrying in %.1fs",
                             str(error).splitlines()[0], idle)
-                claim = None
-            if claim is None:
+                claims = []
+            if not claims:
                 if self.exit_when_idle:
                     break
                 self._sleep(idle)
@@ -70,14 +71,15 @@ class Worker:
                 continue
             idle = self.settings.idle_min
             try:
-                self._work(claim)
+                self._work(claims)
             except DATABASE_ERRORS as error:
-                # The trial stays RUNNING without heartbeats: it is reaped as lost and re-run.
-                log.warning("study %s trial %d abandoned, database error: %s", claim.record.name,
-                            claim.trial.number, str(error).splitlines()[0])
+                # The trials stay RUNNING without heartbeats: they are reaped as lost, re-run.
+                log.warning("study %s trials %s abandoned, database error: %s",
+                            claims[0].record.name, [c.trial.number for c in claims],
+                            str(error).splitlines()[0])
                 self._sleep(idle)
                 continue
-            done += 1
+            done += len(claims)
         log.info("worker %s stopping after %d trials", self.name, done)
         return done
 
@@ -86,31 +88,45 @@ class Worker:
         while not self.stopping and time.monotonic() < end:
             time.sleep(min(0.1, end - time.monotonic()))
 
-    def _work(self, claim: Claim) -> None:
+    def pack_size(self, record: StudyRecord) -> int:
+        """Trials to claim at once for this study: its ``pack``, or ``auto`` sized here."""
+        pack = record.spec.pack
+        if isinstance(pack, int):
+            return pack
+        from worker.autopack import auto_pack
+
+        return auto_pack(record.spec, self.device, self.settings.max_pack)
+
+    def _work(self, claims: list[Claim]) -> None:
         store = self._connect()
-        trial, name = claim.trial, claim.record.name
-        log.info("study %s trial %d claimed by %s", name, trial.number, self.name)
+        name = claims[0].record.name
+        numbers = [c.trial.number for c in claims]
+        log.info("study %s trials %s claimed by %s", name, numbers, self.name)
         started = time.monotonic()
+        ended: set[int] = set()
 
         def should_stop() -> None:
             if self.stopping:
                 raise Stopping
 
-        with Heartbeat(store.optuna_storage, [trial._trial_id], self.settings.heartbeat_interval):
+        def finish(claim: Claim, outcome: TrialOutcome) -> None:
             try:
-                outcome = run_trial(trial, claim.record.spec, self.device,
-                                    between_epochs=should_stop)
-            except Stopping:
-                store.hand_back(claim, f"handed back: worker {self.name} stopping")
-                log.info("study %s trial %d handed back (worker stopping)", name, trial.number)
+                store.finish(claim, outcome.state, outcome.value)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                log.warning("study %s trial %d was reaped as lost meanwhile; its copy re-runs",
+                            name, claim.trial.number)
                 return
-        try:
-            store.finish(claim, outcome.state, outcome.value)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            log.warning("study %s trial %d was reaped as lost meanwhile; its copy re-runs",
-                        name, trial.number)
-            return
-        value = "" if outcome.value is None else f" value={outcome.value:.6g}"
-        reason = f" reason={outcome.reason}" if outcome.reason else ""
-        log.info("study %s trial %d %s%s%s in %.1fs", name, trial.number, outcome.state.name,
-                 value, reason, time.monotonic() - started)
+            value = "" if outcome.value is None else f" value={outcome.value:.6g}"
+            reason = f" reason={outcome.reason}" if outcome.reason else ""
+            log.info("study %s trial %d %s%s%s in %.1fs", name, claim.trial.number,
+                     outcome.state.name, value, reason, time.monotonic() - started)
+
+        ids = [c.trial._trial_id for c in claims]
+        with Heartbeat(store.optuna_storage, ids, self.settings.heartbeat_interval):
+            try:
+                run_pack(claims, claims[0].record.spec, self.device, should_stop, finish, ended)
+            except Stopping:
+                rest = [c for c in claims if c.trial.number not in ended]
+                store.hand_back(rest, f"handed back: worker {self.name} stopping")
+                log.info("study %s trials %s handed back (worker stopping)", name,
+                         [c.trial.number for c in rest])

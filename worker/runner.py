@@ -11,9 +11,9 @@ import sqlalchemy
 import torch
 
 from lrtune import study as names
-from lrtune.space import SearchSpace
+from lrtune.space import SearchSpace, TrialConfig
 from lrtune.spec import StudySpec
-from worker.tasks import get_task
+from worker.tasks import Task, get_task
 from worker.train import TrainResult, steps_per_epoch, train_trial
 
 # Storage failures are the database's, not the trial's: they end the worker's hold on the trial.
@@ -55,31 +55,34 @@ class TrialOutcome:
     result: TrainResult | None
 
 
-def run_trial(trial: optuna.Trial, spec: StudySpec, device: torch.device,
-              between_epochs: Callable[[], None] | None = None) -> TrialOutcome:
-    """Train one trial; divergence is PRUNED ``diverged``, any task error FAIL with its text."""
-    try:
-        task = get_task(spec.task)
-        space = SearchSpace(spec.space, names.direction(spec))
-        config = space.sample(trial)
-        batch = config.batch_size or task.info.batch_size
-        trial.set_user_attr(names.ATTR_CONFIG, config.to_dict())
-        trial.set_user_attr(names.ATTR_STEPS_PER_EPOCH,
-                            steps_per_epoch(len(task.data().x_train), batch))
-        seed = spec.seed * 1_000_003 + trial.number
-        result = train_trial(task, config, spec.epochs, spec.objective, seed, device,
-                             OptunaReporter(trial, between_epochs))
-    except (Stopping, *DATABASE_ERRORS):
-        raise
-    except Exception as error:  # the trial's own failure; the worker goes on
-        kind = "failed"
-        if isinstance(error, torch.OutOfMemoryError):
-            kind = "out of memory"
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        reason = f"{kind}: {type(error).__name__}: {error}"[:1000]
-        trial.set_user_attr(names.ATTR_REASON, reason)
-        return TrialOutcome(optuna.trial.TrialState.FAIL, None, reason, None)
+def prepare(trial: optuna.Trial, spec: StudySpec, task: Task) -> TrialConfig:
+    """Sample the trial's config and record it (and the steps per epoch) on the trial."""
+    config = SearchSpace(spec.space, names.direction(spec)).sample(trial)
+    batch = config.batch_size or task.info.batch_size
+    trial.set_user_attr(names.ATTR_CONFIG, config.to_dict())
+    trial.set_user_attr(names.ATTR_STEPS_PER_EPOCH,
+                        steps_per_epoch(len(task.data().x_train), batch))
+    return config
+
+
+def trial_seed(spec: StudySpec, trial: optuna.Trial) -> int:
+    return spec.seed * 1_000_003 + trial.number
+
+
+def failed(trial: optuna.Trial, error: Exception) -> TrialOutcome:
+    """A task's own error: FAIL with the reason stored (out-of-memory named as such)."""
+    kind = "failed"
+    if isinstance(error, torch.OutOfMemoryError):
+        kind = "out of memory"
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    reason = f"{kind}: {type(error).__name__}: {error}"[:1000]
+    trial.set_user_attr(names.ATTR_REASON, reason)
+    return TrialOutcome(optuna.trial.TrialState.FAIL, None, reason, None)
+
+
+def outcome_of(trial: optuna.Trial, result: TrainResult) -> TrialOutcome:
+    """Record a finished training's metrics and LR curve; divergence is PRUNED ``diverged``."""
     trial.set_user_attr(names.ATTR_METRICS, result.metrics)
     trial.set_user_attr(names.ATTR_LR_CURVE, result.lrs)  # once, not a write per epoch
     if result.outcome == "diverged":
@@ -89,6 +92,21 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, device: torch.device,
         trial.set_user_attr(names.ATTR_REASON, "pruned")
         return TrialOutcome(optuna.trial.TrialState.PRUNED, result.value, "pruned", result)
     return TrialOutcome(optuna.trial.TrialState.COMPLETE, result.value, None, result)
+
+
+def run_trial(trial: optuna.Trial, spec: StudySpec, device: torch.device,
+              between_epochs: Callable[[], None] | None = None) -> TrialOutcome:
+    """Train one trial; divergence is PRUNED ``diverged``, any task error FAIL with its text."""
+    try:
+        task = get_task(spec.task)
+        config = prepare(trial, spec, task)
+        result = train_trial(task, config, spec.epochs, spec.objective, trial_seed(spec, trial),
+                             device, OptunaReporter(trial, between_epochs))
+    except (Stopping, *DATABASE_ERRORS):
+        raise
+    except Exception as error:  # the trial's own failure; the worker goes on
+        return failed(trial, error)
+    return outcome_of(trial, result)
 
 
 def objective_for(spec: StudySpec, device: torch.device) -> Any:

@@ -111,7 +111,7 @@ def test_hand_back_requeues_the_same_params(db_url: str) -> None:
     claim = store.claim()
     assert claim is not None
     claim.trial.suggest_float("x", 0, 1)
-    store.hand_back(claim, "handed back: test")
+    store.hand_back([claim], "handed back: test")
     again = store.claim()
     assert again is not None and again.trial.params == claim.trial.params
     assert store.claim() is None

@@ -1,0 +1,105 @@
+"""Acceptance: K trials trained fused give the per-epoch values, outcomes and final metrics of
+the same K trials trained one at a time (same seeds), within float tolerance, including
+trials pruned or diverging mid-way."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lrtune.optimizers import OptimizerChoice
+from lrtune.schedules import Schedule
+from lrtune.space import TrialConfig
+from worker.fused import split_pack, train_pack
+from worker.tasks import get_task
+from worker.train import TrainResult, train_trial
+
+CPU = torch.device("cpu")
+EPOCHS = 4
+RTOL = 1e-4
+
+
+class ScriptedPruner:
+    """Prunes at a fixed epoch (or never): the same decision for both trainers."""
+
+    def __init__(self, at: int | None) -> None:
+        self.at, self.epoch, self.seen = at, -1, []
+
+    def report(self, epoch: int, value: float, lr: float, metrics: dict[str, float]) -> None:
+        self.epoch = epoch
+        self.seen.append((epoch, value, lr))
+
+    def should_prune(self) -> bool:
+        return self.at is not None and self.epoch >= self.at
+
+
+def schedules() -> list[Schedule]:
+    return [Schedule.build("cosine", {"eta_min_ratio": 0.01}),
+            Schedule.build("step", {"step_size": 0.25, "gamma": 0.5}, warmup={"fraction": 0.2}),
+            Schedule.build("plateau", {"patience": 0, "factor": 0.5}),
+            Schedule.build("onecycle", {"pct_start": 0.3}),
+            Schedule.build("plateau", {"patience": 0, "factor": 0.5}, warmup={})]
+
+
+LRS = {"sgd": 0.05, "momentum": 0.02, "adam": 3e-3, "adamw": 3e-3, "rmsprop": 1e-3}
+CASES = [("linreg", name) for name in LRS] + [
+    ("digits-mlp", name) for name in ("sgd", "momentum", "adam", "adamw")]
+
+
+def configs(optimizer: str) -> list[TrialConfig]:
+    base = LRS[optimizer]
+    out = []
+    for i, schedule in enumerate(schedules()):
+        params = {"nesterov": bool(i % 2)} if optimizer == "momentum" else None
+        out.append(TrialConfig(schedule, OptimizerChoice.build(
+            optimizer, base * (1 + i) / 2, 1e-4 * (i % 2), params)))
+    return out
+
+
+def compare(fused: list[TrainResult], alone: list[TrainResult]) -> None:
+    for f, a in zip(fused, alone, strict=True):
+        assert f.outcome == a.outcome and f.epochs_run == a.epochs_run
+        assert f.values == pytest.approx(a.values, rel=RTOL)
+        assert f.lrs == pytest.approx(a.lrs, rel=1e-6)
+        for name, value in a.metrics.items():
+            assert f.metrics[name] == pytest.approx(value, rel=RTOL, nan_ok=True), name
+
+
+@pytest.mark.parametrize("task_name,optimizer", CASES)
+def test_fused_equals_sequential(task_name: str, optimizer: str) -> None:
+    task = get_task(task_name)
+    cfgs = configs(optimizer)
+    prune_at = [None, 1, None, 2, None]
+    seeds = [100 + i for i in range(len(cfgs))]
+    if task_name == "linreg" and optimizer == "sgd":  # one trial diverges mid-way
+        cfgs[4] = TrialConfig(Schedule.build("constant"), OptimizerChoice.build("sgd", 0.08))
+    alone = [train_trial(task, c, EPOCHS, "val_loss", s, CPU, ScriptedPruner(p))
+             for c, s, p in zip(cfgs, seeds, prune_at, strict=True)]
+    reporters = [ScriptedPruner(p) for p in prune_at]
+    ended: list[int] = []
+    fused = train_pack(task, cfgs, EPOCHS, "val_loss", seeds, CPU, reporters,
+                       lambda i, r: ended.append(i))
+    compare(fused, alone)
+    assert sorted(ended) == list(range(len(cfgs)))  # every trial finished exactly once
+    assert {a.outcome for a in alone} >= {"complete", "pruned"}
+    if task_name == "linreg" and optimizer == "sgd":
+        assert alone[4].outcome == "diverged" and fused[4].outcome == "diverged"
+
+
+def test_pruned_trials_are_finished_at_once_and_leave_the_stack() -> None:
+    task = get_task("linreg")
+    cfgs = configs("adam")[:3]
+    order: list[tuple[int, int]] = []
+    reporters = [ScriptedPruner(0), ScriptedPruner(None), ScriptedPruner(2)]
+    train_pack(task, cfgs, EPOCHS, "val_loss", [1, 2, 3], CPU, reporters,
+               lambda i, r: order.append((i, r.epochs_run)))
+    assert order == [(0, 1), (2, 3), (1, EPOCHS)]
+
+
+def test_sub_packs_split_by_optimizer_and_batch_size() -> None:
+    task = get_task("linreg")
+    cfgs = configs("adam")[:2] + configs("sgd")[:2]
+    cfgs.append(TrialConfig(cfgs[0].schedule, cfgs[0].optimizer, batch_size=32))
+    assert split_pack(cfgs, task) == [[0, 1], [2, 3], [4]]
+    with pytest.raises(ValueError, match="one optimizer per pack"):
+        train_pack(task, cfgs[1:3], 1, "val_loss", [0, 1], CPU)

@@ -1,0 +1,76 @@
+"""``pack: "auto"``: pick K from the device's free memory and a measured step cost."""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import lru_cache
+
+import torch
+
+from lrtune.optimizers import OptimizerChoice
+from lrtune.schedules import Schedule
+from lrtune.space import TrialConfig
+from lrtune.spec import StudySpec
+from worker.fused import _Pack
+from worker.tasks import get_task
+
+log = logging.getLogger("lrtune.worker")
+GAIN = 1.15  # keep doubling K while trial-steps/s grows by at least this factor
+PROBE_STEPS = 3
+
+
+def free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    with open("/proc/meminfo") as f:
+        info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+    return info.get("MemAvailable", 2**31)
+
+
+def _rate(task_name: str, k: int, device: torch.device) -> float:
+    """Trial-steps per second of a K-trial fused pack (probe with SGD, constant LR)."""
+    task = get_task(task_name)
+    data = task.data().to(device)
+    config = TrialConfig(Schedule.build("constant"), OptimizerChoice.build("sgd", 1e-3))
+    pack = _Pack(task, [config] * k, list(range(k)), device)
+    batch = task.info.batch_size
+    idx = torch.randint(0, len(data.x_train), (k, batch), device=device)
+    lr = torch.full((k,), 1e-3, device=device)
+    loss_fn = torch.func.vmap(task.loss)
+    for step in range(PROBE_STEPS + 1):
+        if step == 1:  # first step warms up kernels and allocations
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+        losses = loss_fn(pack.forward(data.x_train[idx]), data.y_train[idx])
+        losses.sum().backward()
+        pack.optimizer.step(lr, pack.params)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return k * PROBE_STEPS / (time.perf_counter() - start)
+
+
+@lru_cache(maxsize=32)
+def _auto(task_name: str, device_name: str, cap: int) -> int:
+    device = torch.device(device_name)
+    task = get_task(task_name)
+    n_params = sum(p.numel() for p in task.model().parameters())
+    per_trial = n_params * 4 * 6 + task.info.batch_size * 4 * 4096  # weights, grads, state
+    by_memory = max(1, int(free_bytes(device) * 0.5 // per_trial))
+    best_k, best_rate = 1, _rate(task_name, 1, device)
+    k = 2
+    while k <= min(cap, by_memory):
+        rate = _rate(task_name, k, device)
+        if rate < best_rate * GAIN:
+            break
+        best_k, best_rate = k, rate
+        k *= 2
+    log.info("auto pack for %s on %s: K=%d (%.0f trial-steps/s; memory allows %d, cap %d)",
+             task_name, device, best_k, best_rate, by_memory, cap)
+    return best_k
+
+
+def auto_pack(spec: StudySpec, device: torch.device, cap: int) -> int:
+    return _auto(spec.task, str(device), cap)

@@ -1,0 +1,158 @@
+"""Fused trial packing: K trials of one study trained as one batched model on one device.
+
+Every trial keeps what it would have alone: initial weights (seeded as ``train_trial`` seeds
+them), data order, optimizer state and hyper-parameters, LR schedule (the catalogue's pure
+formulas, plateau on its own metric) and its own end: a pruned or diverged trial is reported
+and finished at once, and the stack is compacted at the end of that epoch so it stops costing
+compute.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+from torch.func import functional_call, stack_module_state, vmap
+
+from lrtune.space import TrialConfig
+from worker.stacked_optim import StackedOptimizer
+from worker.tasks import Task
+from worker.train import NullReporter, Reporter, TrainResult, steps_per_epoch
+
+EVAL_CHUNK = 64  # trials evaluated at once (bounds the memory of validation outputs)
+
+
+def pack_key(config: TrialConfig, task: Task) -> tuple[str, int]:
+    """Trials fuse only with the same optimizer kind and batch size."""
+    return config.optimizer.name, config.batch_size or task.info.batch_size
+
+
+def split_pack(configs: Sequence[TrialConfig], task: Task) -> list[list[int]]:
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, config in enumerate(configs):
+        groups.setdefault(pack_key(config, task), []).append(i)
+    return list(groups.values())
+
+
+class _Pack:
+    """The live rows of the stack: which trial each row is, and their state."""
+
+    def __init__(self, task: Task, configs: Sequence[TrialConfig], seeds: Sequence[int],
+                 device: torch.device) -> None:
+        models = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            models.append(task.model().to(device))
+        self.base = copy.deepcopy(models[0]).to("meta")
+        params, buffers = stack_module_state(models)  # type: ignore[arg-type]
+        self.names = list(params)
+        self.params = [params[n].detach().requires_grad_(True) for n in self.names]
+        self.buffers = buffers
+        self.rows = list(range(len(configs)))  # row -> index into the caller's lists
+        self.optimizer = StackedOptimizer(self.params, [c.optimizer for c in configs])
+
+    def forward(self, x: Tensor, shared_input: bool = False) -> Tensor:
+        def one(params: tuple[Tensor, ...], buffers: dict[str, Tensor], xb: Tensor) -> Tensor:
+            return functional_call(self.base, ({**dict(zip(self.names, params, strict=True)),
+                                                **buffers}), (xb,))
+
+        return vmap(one, in_dims=(0, 0, None if shared_input else 0))(
+            tuple(self.params), self.buffers, x)
+
+    def keep(self, rows: list[int]) -> None:
+        """Compact the stack to the given positions."""
+        index = torch.tensor(rows, device=self.params[0].device)
+        self.params = [p.detach()[index].requires_grad_(True) for p in self.params]
+        self.buffers = {k: v[index] for k, v in self.buffers.items()}
+        self.optimizer.select(index)
+        self.rows = [self.rows[r] for r in rows]
+
+
+def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objective: str,
+               seeds: Sequence[int], device: torch.device,
+               reporters: Sequence[Reporter] | None = None,
+               on_done: Callable[[int, TrainResult], None] | None = None) -> list[TrainResult]:
+    """Train K trials (one optimizer kind, one batch size) at once; results in input order.
+
+    ``on_done(i, result)`` runs as soon as trial ``i`` ends (pruned or diverged mid-way, or
+    complete after the last epoch), so its result can be recorded at once.
+    """
+    reporters = list(reporters) if reporters is not None else [NullReporter() for _ in configs]
+    data = task.data().to(device)
+    batch = configs[0].batch_size or task.info.batch_size
+    n = len(data.x_train)
+    spe = steps_per_epoch(n, batch)
+    total = epochs * spe
+    for config in configs:
+        config.schedule.check_horizon(total, spe)
+    pack = _Pack(task, configs, seeds, device)
+    functions = [c.schedule.function() for c in configs]
+    base_lrs = [c.optimizer.lr for c in configs]
+    orders = [torch.Generator().manual_seed(s) for s in seeds]
+    results = [TrainResult("complete", None, 0) for _ in configs]
+    metric_history: list[list[float]] = [[] for _ in configs]
+    loss_fn = vmap(task.loss)
+    for epoch in range(epochs):
+        rows = pack.rows
+        lr_table = torch.tensor(
+            [[functions[i](epoch * spe + s, total, spe, base_lrs[i], metric_history[i])
+              for s in range(spe)] for i in rows], dtype=torch.float64, device=device)
+        perms = torch.stack([torch.randperm(n, generator=orders[i]) for i in rows]).to(device)
+        running = torch.zeros(len(rows), device=device)
+        for s in range(spe):
+            idx = perms[:, s * batch:(s + 1) * batch]
+            losses = loss_fn(pack.forward(data.x_train[idx]), data.y_train[idx])
+            for p in pack.params:
+                p.grad = None
+            losses.sum().backward()
+            pack.optimizer.step(lr_table[:, s], pack.params)
+            running += losses.detach()
+        train_losses = (running / spe).tolist()
+        with torch.no_grad():
+            outputs = [pack.forward(data.x_val, shared_input=True)[j]
+                       for j in range(len(rows))] if len(rows) <= EVAL_CHUNK else None
+            stopped: list[int] = []
+            for j, i in enumerate(rows):
+                out = outputs[j] if outputs is not None else _one_output(pack, j, data.x_val)
+                metrics = task.metrics(out, data.y_val)
+                metrics["train_loss"] = train_losses[j]
+                value = metrics[objective]
+                result = results[i]
+                result.epochs_run = epoch + 1
+                result.metrics = metrics
+                if not (math.isfinite(train_losses[j]) and math.isfinite(value)):
+                    result.outcome = "diverged"
+                    stopped.append(j)
+                    continue
+                result.values.append(value)
+                result.lrs.append(float(lr_table[j, 0]))
+                result.value = value
+                reporters[i].report(epoch, value, float(lr_table[j, 0]), metrics)
+                metric_history[i].append(value)
+                if epoch < epochs - 1 and reporters[i].should_prune():
+                    result.outcome = "pruned"
+                    stopped.append(j)
+        for j in stopped:
+            if on_done is not None:
+                on_done(rows[j], results[rows[j]])
+        if epoch == epochs - 1 and on_done is not None:
+            for j, i in enumerate(rows):
+                if j not in set(stopped):
+                    on_done(i, results[i])
+        if stopped:
+            gone = set(stopped)
+            live = [j for j in range(len(rows)) if j not in gone]
+            if not live:
+                break
+            pack.keep(live)  # stopped trials leave the stack: no more compute for them
+    return results
+
+
+def _one_output(pack: _Pack, j: int, x: Tensor) -> Tensor:
+    params = {n: p[j] for n, p in zip(pack.names, pack.params, strict=True)}
+    buffers = {n: b[j] for n, b in pack.buffers.items()}
+    return functional_call(pack.base, {**params, **buffers}, (x,))  # type: ignore[no-any-return]
+

@@ -1,0 +1,73 @@
+"""Run a claimed pack: sample every trial, split into sub-packs, train each one fused."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from lrtune.spec import StudySpec
+from lrtune.store import Claim
+from worker.fused import split_pack, train_pack
+from worker.runner import (
+    DATABASE_ERRORS,
+    OptunaReporter,
+    Stopping,
+    TrialOutcome,
+    failed,
+    outcome_of,
+    prepare,
+    run_trial,
+    trial_seed,
+)
+from worker.tasks import get_task
+from worker.train import TrainResult
+
+Finish = Callable[[Claim, TrialOutcome], None]
+
+
+def run_pack(claims: Sequence[Claim], spec: StudySpec, device: torch.device,
+             between_epochs: Callable[[], None], finish: Finish,
+             ended: set[int] | None = None) -> None:
+    """Train every claim, calling ``finish`` for each as soon as it ends; the trial numbers
+    that ended are added to ``ended``.
+
+    Raises ``Stopping`` (the caller hands back what did not end) or a database error.
+    """
+    ended = ended if ended is not None else set()
+    inner = finish
+
+    def finish(claim: Claim, outcome: TrialOutcome) -> None:
+        inner(claim, outcome)
+        ended.add(claim.trial.number)
+
+    if len(claims) == 1:
+        finish(claims[0], run_trial(claims[0].trial, spec, device, between_epochs))
+        return
+    task = get_task(spec.task)
+    ready: list[Claim] = []
+    configs = []
+    for claim in claims:
+        try:
+            configs.append(prepare(claim.trial, spec, task))
+            ready.append(claim)
+        except DATABASE_ERRORS:
+            raise
+        except Exception as error:
+            finish(claim, failed(claim.trial, error))
+    for group in split_pack(configs, task):
+        members = [ready[i] for i in group]
+
+        def done(i: int, result: TrainResult, members: list[Claim] = members) -> None:
+            finish(members[i], outcome_of(members[i].trial, result))
+
+        try:
+            train_pack(task, [configs[i] for i in group], spec.epochs, spec.objective,
+                       [trial_seed(spec, c.trial) for c in members], device,
+                       [OptunaReporter(c.trial, between_epochs) for c in members], done)
+        except (Stopping, *DATABASE_ERRORS):
+            raise
+        except Exception as error:  # the sub-pack's own failure: its unfinished trials FAIL
+            for claim in members:
+                if claim.trial.number not in ended:
+                    finish(claim, failed(claim.trial, error))

@@ -1,0 +1,122 @@
+"""The five optimizers over stacked parameters (leading dim = trial), per-trial hyper-parameters.
+
+Each update follows torch.optim's single-tensor algorithm step for step, so a fused pack
+trains like the same trials one at a time (within float tolerance).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lrtune.optimizers import OptimizerChoice
+
+EPS = 1e-8
+
+
+def _per_trial(values: list[float], device: torch.device, dtype: torch.dtype = torch.float32
+               ) -> Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def _shape(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+class StackedOptimizer:
+    """``step(lr)`` updates every stacked parameter; ``lr`` is a ``[K]`` tensor."""
+
+    def __init__(self, params: list[Tensor], choices: list[OptimizerChoice]) -> None:
+        names = {c.name for c in choices}
+        if len(names) != 1:
+            raise ValueError(f"one optimizer per pack, got {sorted(names)}")
+        self.name = names.pop()
+        self.params = params
+        device = params[0].device
+        p = [c.params or {} for c in choices]
+        self.wd = _per_trial([c.weight_decay for c in choices], device, torch.float64)
+        if self.name == "momentum":
+            self.momentum = _per_trial([x["momentum"] for x in p], device)
+            self.nesterov = torch.tensor([bool(x["nesterov"]) for x in p], device=device)
+        if self.name in ("adam", "adamw"):
+            self.beta1 = _per_trial([x["beta1"] for x in p], device, torch.float64)
+            self.beta2 = _per_trial([x["beta2"] for x in p], device, torch.float64)
+        if self.name == "rmsprop":
+            self.alpha = _per_trial([x["alpha"] for x in p], device, torch.float64)
+            self.rms_momentum = _per_trial([x["momentum"] for x in p], device)
+        self.steps = 0
+        self.state: list[dict[str, Tensor]] = [{} for _ in params]
+
+    def select(self, keep: Tensor) -> None:
+        """Keep only the trials at indices ``keep`` (compaction)."""
+        for name in ("wd", "momentum", "nesterov", "beta1", "beta2", "alpha", "rms_momentum"):
+            if hasattr(self, name):
+                setattr(self, name, getattr(self, name)[keep])
+        self.state = [{k: v[keep] for k, v in s.items()} for s in self.state]
+
+    @torch.no_grad()
+    def step(self, lr: Tensor, params: list[Tensor]) -> None:
+        self.steps += 1
+        lr64 = lr.to(torch.float64)
+        for i, param in enumerate(params):
+            grad = param.grad
+            if grad is None:
+                continue
+            getattr(self, f"_{self.name}")(param, grad, self.state[i], lr64)
+
+    def _l2(self, param: Tensor, grad: Tensor) -> Tensor:
+        return grad + _shape(self.wd.to(param.dtype), param) * param
+
+    def _sgd(self, param: Tensor, grad: Tensor, state: dict[str, Tensor], lr: Tensor) -> None:
+        grad = self._l2(param, grad)
+        param.sub_(_shape(lr.to(param.dtype), param) * grad)
+
+    def _momentum(self, param: Tensor, grad: Tensor, state: dict[str, Tensor],
+                  lr: Tensor) -> None:
+        grad = self._l2(param, grad)
+        m = _shape(self.momentum, param)
+        if "buf" not in state:
+            state["buf"] = grad.clone()
+        else:
+            state["buf"].mul_(m).add_(grad)
+        buf = state["buf"]
+        step = torch.where(_shape(self.nesterov, param), grad + m * buf, buf)
+        param.sub_(_shape(lr.to(param.dtype), param) * step)
+
+    def _adam_like(self, param: Tensor, grad: Tensor, state: dict[str, Tensor], lr: Tensor,
+                   decoupled: bool) -> None:
+        if decoupled:
+            param.mul_(_shape((1 - lr * self.wd).to(param.dtype), param))
+        else:
+            grad = self._l2(param, grad)
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(param)
+            state["exp_avg_sq"] = torch.zeros_like(param)
+        b1 = _shape(self.beta1, param)
+        b2 = _shape(self.beta2, param)
+        state["exp_avg"].lerp_(grad, (1 - b1).to(param.dtype))
+        state["exp_avg_sq"].mul_(b2.to(param.dtype)).addcmul_(
+            (1 - b2).to(param.dtype) * grad, grad)
+        step_size = (_shape(lr, param) / (1 - b1**self.steps)).to(param.dtype)
+        bc2_sqrt = ((1 - b2**self.steps) ** 0.5).to(param.dtype)
+        denom = state["exp_avg_sq"].sqrt() / bc2_sqrt + EPS
+        param.sub_(step_size * (state["exp_avg"] / denom))
+
+    def _adam(self, param: Tensor, grad: Tensor, state: dict[str, Tensor], lr: Tensor) -> None:
+        self._adam_like(param, grad, state, lr, decoupled=False)
+
+    def _adamw(self, param: Tensor, grad: Tensor, state: dict[str, Tensor], lr: Tensor) -> None:
+        self._adam_like(param, grad, state, lr, decoupled=True)
+
+    def _rmsprop(self, param: Tensor, grad: Tensor, state: dict[str, Tensor],
+                 lr: Tensor) -> None:
+        grad = self._l2(param, grad)
+        if "square_avg" not in state:
+            state["square_avg"] = torch.zeros_like(param)
+            state["buf"] = torch.zeros_like(param)
+        alpha = _shape(self.alpha, param)
+        state["square_avg"].mul_(alpha.to(param.dtype)).addcmul_(
+            (1 - alpha).to(param.dtype) * grad, grad)
+        avg = state["square_avg"].sqrt() + EPS
+        state["buf"].mul_(_shape(self.rms_momentum, param)).add_(grad / avg)
+        param.sub_(_shape(lr.to(param.dtype), param) * state["buf"])
