@@ -54,13 +54,16 @@ class _Pack:
         self.rows = list(range(len(configs)))  # row -> index into the caller's lists
         self.optimizer = StackedOptimizer(self.params, [c.optimizer for c in configs])
 
-    def forward(self, x: Tensor, shared_input: bool = False) -> Tensor:
+    def forward(self, x: Tensor, shared_input: bool = False, rows: slice = slice(None)
+                ) -> Tensor:
+        """Outputs of every trial (or the ``rows`` slice); ``x`` per trial or shared."""
         def one(params: tuple[Tensor, ...], buffers: dict[str, Tensor], xb: Tensor) -> Tensor:
             return functional_call(self.base, ({**dict(zip(self.names, params, strict=True)),
                                                 **buffers}), (xb,))
 
-        return vmap(one, in_dims=(0, 0, None if shared_input else 0))(
-            tuple(self.params), self.buffers, x)
+        params = tuple(p[rows] for p in self.params)
+        buffers = {k: v[rows] for k, v in self.buffers.items()}
+        return vmap(one, in_dims=(0, 0, None if shared_input else 0))(params, buffers, x)
 
     def keep(self, rows: list[int]) -> None:
         """Compact the stack to the given positions."""
@@ -112,12 +115,12 @@ def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objectiv
             running += losses.detach()
         train_losses = (running / spe).tolist()
         with torch.no_grad():
-            outputs = [pack.forward(data.x_val, shared_input=True)[j]
-                       for j in range(len(rows))] if len(rows) <= EVAL_CHUNK else None
             stopped: list[int] = []
             for j, i in enumerate(rows):
-                out = outputs[j] if outputs is not None else _one_output(pack, j, data.x_val)
-                metrics = task.metrics(out, data.y_val)
+                if j % EVAL_CHUNK == 0:
+                    chunk = pack.forward(data.x_val, shared_input=True,
+                                         rows=slice(j, j + EVAL_CHUNK))
+                metrics = task.metrics(chunk[j % EVAL_CHUNK], data.y_val)
                 metrics["train_loss"] = train_losses[j]
                 value = metrics[objective]
                 result = results[i]
@@ -149,10 +152,4 @@ def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objectiv
                 break
             pack.keep(live)  # stopped trials leave the stack: no more compute for them
     return results
-
-
-def _one_output(pack: _Pack, j: int, x: Tensor) -> Tensor:
-    params = {n: p[j] for n, p in zip(pack.names, pack.params, strict=True)}
-    buffers = {n: b[j] for n, b in pack.buffers.items()}
-    return functional_call(pack.base, {**params, **buffers}, (x,))  # type: ignore[no-any-return]
 

@@ -21,7 +21,7 @@ from worker.runner import (
     trial_seed,
 )
 from worker.tasks import get_task
-from worker.train import TrainResult
+from worker.train import TrainResult, train_trial
 
 Finish = Callable[[Claim, TrialOutcome], None]
 
@@ -62,6 +62,12 @@ def run_pack(claims: Sequence[Claim], spec: StudySpec, device: torch.device,
             finish(members[i], outcome_of(members[i].trial, result))
 
         try:
+            if len(members) == 1:  # vmap's fixed cost buys nothing for one trial
+                claim = members[0]
+                done(0, train_trial(task, configs[group[0]], spec.epochs, spec.objective,
+                                    trial_seed(spec, claim.trial), device,
+                                    OptunaReporter(claim.trial, between_epochs)))
+                continue
             train_pack(task, [configs[i] for i in group], spec.epochs, spec.objective,
                        [trial_seed(spec, c.trial) for c in members], device,
                        [OptunaReporter(c.trial, between_epochs) for c in members], done)

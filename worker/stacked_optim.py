@@ -46,6 +46,7 @@ class StackedOptimizer:
             self.rms_momentum = _per_trial([x["momentum"] for x in p], device)
         self.steps = 0
         self.state: list[dict[str, Tensor]] = [{} for _ in params]
+        self._views: dict[tuple[str, int], Tensor] = {}
 
     def select(self, keep: Tensor) -> None:
         """Keep only the trials at indices ``keep`` (compaction)."""
@@ -53,6 +54,17 @@ class StackedOptimizer:
             if hasattr(self, name):
                 setattr(self, name, getattr(self, name)[keep])
         self.state = [{k: v[keep] for k, v in s.items()} for s in self.state]
+        self._views.clear()
+
+    def _view(self, name: str, like: Tensor) -> Tensor:
+        """A per-trial hyper-parameter shaped to broadcast over ``like`` (cached)."""
+        key = (name, like.dim())
+        if key not in self._views:
+            value = getattr(self, name)
+            if value.dtype == torch.float64:
+                value = value.to(like.dtype)
+            self._views[key] = _shape(value, like)
+        return self._views[key]
 
     @torch.no_grad()
     def step(self, lr: Tensor, params: list[Tensor]) -> None:
@@ -65,23 +77,29 @@ class StackedOptimizer:
             getattr(self, f"_{self.name}")(param, grad, self.state[i], lr64)
 
     def _l2(self, param: Tensor, grad: Tensor) -> Tensor:
-        return grad + _shape(self.wd.to(param.dtype), param) * param
+        if not bool(self.wd.any()):
+            return grad
+        return grad.add_(self._view("wd", param) * param)  # grad is fresh every step
 
     def _sgd(self, param: Tensor, grad: Tensor, state: dict[str, Tensor], lr: Tensor) -> None:
         grad = self._l2(param, grad)
-        param.sub_(_shape(lr.to(param.dtype), param) * grad)
+        param.addcmul_(_shape(lr.to(param.dtype), param), grad, value=-1)
 
     def _momentum(self, param: Tensor, grad: Tensor, state: dict[str, Tensor],
                   lr: Tensor) -> None:
         grad = self._l2(param, grad)
-        m = _shape(self.momentum, param)
+        m = self._view("momentum", param)
         if "buf" not in state:
             state["buf"] = grad.clone()
         else:
             state["buf"].mul_(m).add_(grad)
-        buf = state["buf"]
-        step = torch.where(_shape(self.nesterov, param), grad + m * buf, buf)
-        param.sub_(_shape(lr.to(param.dtype), param) * step)
+        # nesterov: p -= lr * (grad + m * buf); plain: p -= lr * buf. As per-trial factors:
+        # p -= (lr * a) * buf + (lr * b) * grad, a = m or 1, b = 1 or 0; no temporaries.
+        lr_p = _shape(lr.to(param.dtype), param)
+        nesterov = self._view("nesterov", param)
+        param.addcmul_(lr_p * torch.where(nesterov, m, 1.0), state["buf"], value=-1)
+        if bool(self.nesterov.any()):
+            param.addcmul_(lr_p * nesterov, grad, value=-1)
 
     def _adam_like(self, param: Tensor, grad: Tensor, state: dict[str, Tensor], lr: Tensor,
                    decoupled: bool) -> None:
@@ -100,7 +118,7 @@ class StackedOptimizer:
         step_size = (_shape(lr, param) / (1 - b1**self.steps)).to(param.dtype)
         bc2_sqrt = ((1 - b2**self.steps) ** 0.5).to(param.dtype)
         denom = state["exp_avg_sq"].sqrt() / bc2_sqrt + EPS
-        param.sub_(step_size * (state["exp_avg"] / denom))
+        param.addcdiv_(step_size * state["exp_avg"], denom, value=-1)
 
     def _adam(self, param: Tensor, grad: Tensor, state: dict[str, Tensor], lr: Tensor) -> None:
         self._adam_like(param, grad, state, lr, decoupled=False)
@@ -118,5 +136,5 @@ class StackedOptimizer:
         state["square_avg"].mul_(alpha.to(param.dtype)).addcmul_(
             (1 - alpha).to(param.dtype) * grad, grad)
         avg = state["square_avg"].sqrt() + EPS
-        state["buf"].mul_(_shape(self.rms_momentum, param)).add_(grad / avg)
-        param.sub_(_shape(lr.to(param.dtype), param) * state["buf"])
+        state["buf"].mul_(self._view("rms_momentum", param)).add_(grad / avg)
+        param.addcmul_(_shape(lr.to(param.dtype), param), state["buf"], value=-1)

@@ -40,23 +40,47 @@ def _data() -> TaskData:
     return TaskData(x_train, y_train, x_val, y_val)
 
 
+class Block(nn.Module):
+    """Pre-norm causal self-attention and MLP, attention written out so it batches under vmap
+    (scaled_dot_product_attention has no batching rule on CPU)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(),
+                                 nn.Linear(4 * width, width))
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, n, w = h.shape
+        q, k, v = self.qkv(self.norm1(h)).view(b, n, 3, self.heads, w // self.heads).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # batch, head, position, dim
+        scores = (q @ k.transpose(-2, -1)) / (w // self.heads) ** 0.5
+        attn = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
+        h = h + self.out((attn @ v).transpose(1, 2).reshape(b, n, w))
+        return h + self.mlp(self.norm2(h))  # type: ignore[no-any-return]
+
+
 class CharTransformer(nn.Module):
     def __init__(self, width: int = 64, heads: int = 4, layers: int = 2) -> None:
         super().__init__()
         self.embed = nn.Embedding(VOCAB, width)
         self.position = nn.Parameter(torch.randn(CONTEXT, width) * 0.02)
-        block = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0,
-                                           batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, VOCAB)
-        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(CONTEXT),
-                             persistent=False)
+        causal = torch.triu(torch.ones(CONTEXT, CONTEXT, dtype=torch.bool), diagonal=1)
+        self.register_buffer("mask", causal, persistent=False)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         n = tokens.shape[1]
         h = self.embed(tokens) + self.position[:n]
-        h = self.blocks(h, mask=self.mask[:n, :n], is_causal=True)
-        return self.head(h)  # type: ignore[no-any-return]
+        for block in self.blocks:
+            h = block(h, self.mask[:n, :n])
+        return self.head(self.norm(h))  # type: ignore[no-any-return]
 
 
 class CharLM(Task):

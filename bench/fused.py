@@ -1,0 +1,180 @@
+"""Fused trial packing throughput: trial-epochs/s for K trials trained as one batched model,
+against one trial at a time through the same trainer, and end to end through a real worker
+and database.
+
+    python bench/fused.py --tasks digits-mlp,charlm --device cpu
+
+JSON lines into bench/results/fused.jsonl (with the machine), a plot into
+bench/results/fused_<device>.png. Configs are sampled from lrtune's space (momentum SGD;
+cosine, step, onecycle, wsd, exponential), seeds as the worker seeds them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import optuna  # noqa: E402
+import torch  # noqa: E402
+
+from bench.machine import machine  # noqa: E402
+from lrtune.settings import Settings  # noqa: E402
+from lrtune.space import SearchSpace, TrialConfig  # noqa: E402
+from lrtune.spec import SpaceSpec, StudySpec  # noqa: E402
+from lrtune.store import Store  # noqa: E402
+from worker.fused import train_pack  # noqa: E402
+from worker.loop import Worker  # noqa: E402
+from worker.tasks import get_task  # noqa: E402
+from worker.train import train_trial  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+SPACE = {"families": ["cosine", "step", "onecycle", "wsd", "exponential"],
+         "optimizers": ["momentum"], "lr": {"low": 1e-3, "high": 0.3}}
+DEFAULT_KS = {"digits-mlp": [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
+              "charlm": [1, 2, 4, 8, 16]}
+
+
+def sample_configs(k: int, seed: int) -> list[TrialConfig]:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = SearchSpace(SpaceSpec.model_validate(SPACE))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return [space.sample(study.ask()) for _ in range(k)]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fused_rate(task_name: str, k: int, epochs: int, device: torch.device) -> dict[str, Any]:
+    task = get_task(task_name)
+    configs = sample_configs(k, seed=k)
+    train_pack(task, configs[:1], 1, "val_loss", [0], device)  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    results = train_pack(task, configs, epochs, "val_loss", list(range(k)), device)
+    sync(device)
+    seconds = time.perf_counter() - start
+    done = sum(r.epochs_run for r in results)
+    best = min((r.value for r in results if r.value is not None), default=None)
+    return {"seconds": round(seconds, 3), "trial_epochs": done,
+            "rate": round(done / seconds, 2), "best_val_loss": best}
+
+
+def sequential_rate(task_name: str, n: int, epochs: int, device: torch.device
+                    ) -> dict[str, Any]:
+    task = get_task(task_name)
+    configs = sample_configs(n, seed=1)
+    train_trial(task, configs[0], 1, "val_loss", 0, device)  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    results = [train_trial(task, c, epochs, "val_loss", i, device)
+               for i, c in enumerate(configs)]
+    sync(device)
+    seconds = time.perf_counter() - start
+    done = sum(r.epochs_run for r in results)
+    return {"seconds": round(seconds, 3), "trial_epochs": done,
+            "rate": round(done / seconds, 2)}
+
+
+def end_to_end_rate(task_name: str, k: int, epochs: int, device: torch.device
+                    ) -> dict[str, Any]:
+    """A packed study through the real worker loop and a SQLite database."""
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(database_url=f"sqlite:///{tmp}/e2e.db", idle_min=0.05)
+        store = Store(settings)
+        store.create_study(StudySpec(name="e2e", task=task_name, epochs=epochs,
+                                     n_trials=2 * k, pack=k, pruner={"name": "none"},
+                                     sampler={"name": "random", "seed": 0},
+                                     space=SpaceSpec.model_validate(SPACE)), "bench")
+        worker = Worker(settings, str(device), exit_when_idle=True)
+        start = time.perf_counter()
+        finished = worker.run()
+        seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 3), "trial_epochs": finished * epochs,
+            "rate": round(finished * epochs / seconds, 2)}
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for task_name in sorted({r["task"] for r in rows}):
+        fused = sorted((r["k"], r["rate"]) for r in rows
+                       if r["task"] == task_name and r["mode"] == "fused")
+        seq = [r["rate"] for r in rows if r["task"] == task_name and r["mode"] == "sequential"]
+        line, = ax.plot(*zip(*fused, strict=True), marker="o", label=f"{task_name} fused")
+        if seq:
+            ax.axhline(seq[0], color=line.get_color(), linestyle="--",
+                       label=f"{task_name} one trial at a time")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("trials per pack (K)")
+    ax.set_ylabel("trial-epochs per second")
+    ax.set_title(f"lrtune fused packing on {rows[0]['device_name']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", default="digits-mlp,charlm")
+    parser.add_argument("--ks", default=None, help="comma-separated K (default per task)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--e2e-k", type=int, default=None,
+                        help="K of the end-to-end run (default: the fastest fused K)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "fused.jsonl")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    info = machine()
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU ({info.get('cpu', '?')}, {info['cores']} cores)"
+    rows: list[dict[str, Any]] = []
+
+    def record(row: dict[str, Any]) -> None:
+        row.update(device=args.device, device_name=device_name, epochs=args.epochs,
+                   machine=info, bench="fused")
+        rows.append(row)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print({k: v for k, v in row.items() if k != "machine"}, flush=True)
+
+    for task_name in args.tasks.split(","):
+        ks = [int(k) for k in args.ks.split(",")] if args.ks else DEFAULT_KS[task_name]
+        seq = sequential_rate(task_name, 16, args.epochs, device)
+        record({"task": task_name, "mode": "sequential", "k": 1, **seq})
+        bare = {}
+        for k in ks:
+            try:
+                row = fused_rate(task_name, k, args.epochs, device)
+            except torch.OutOfMemoryError:
+                print(f"{task_name} K={k}: out of memory, stopping", flush=True)
+                break
+            bare[k] = row["rate"]
+            record({"task": task_name, "mode": "fused", "k": k, **row,
+                    "speedup": round(row["rate"] / seq["rate"], 2)})
+        e2e_k = args.e2e_k or max(bare, key=lambda k: bare[k])
+        if e2e_k in bare:
+            e2e = end_to_end_rate(task_name, e2e_k, args.epochs, device)
+            record({"task": task_name, "mode": "end_to_end", "k": e2e_k, **e2e,
+                    "ratio_to_bare": round(e2e["rate"] / bare[e2e_k], 3)})
+    plot([r for r in rows if r["mode"] != "end_to_end"],
+         args.out.parent / f"fused_{args.device}.png")
+
+
+if __name__ == "__main__":
+    main()
