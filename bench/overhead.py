@@ -10,6 +10,9 @@ not coordination, and are left out of both sides.
 
     python bench/overhead.py --db postgresql --workers 1,4,16 --trials 2000 --sampler random
 
+``--pack K`` adds lrtune's packed path (claims of K trials, the ledger's batched reports and
+endings) to the same table.
+
 One JSON line per (database, sampler, workers, side) goes to bench/results/overhead.jsonl;
 ``cost_ms`` is wall time × workers / trials (worker-milliseconds per trial), and
 ``first_ms`` / ``last_ms`` the mean per-trial time over the first and last 10 % of each
@@ -97,6 +100,39 @@ def lrtune_worker(url: str, study_spec: StudySpec, ready: Any, go: Any, out: Any
     out.put(times)
 
 
+def packed_worker(url: str, study_spec: StudySpec, pack: int, ready: Any, go: Any,
+                  out: Any) -> None:
+    """lrtune's packed path: one claim per pack, the ledger's batched reports and endings."""
+    from lrtune.ledger import PackLedger
+
+    warnings.simplefilter("ignore")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = Store(Settings(database_url=url), migrate=False)
+    space = SearchSpace(study_spec.space)
+    times = []
+    ready.put(os.getpid())
+    go.wait()
+    while True:
+        start = time.perf_counter()
+        claims = store.claim_pack(pack)
+        if not claims:
+            break
+        ledger = PackLedger(store, claims)
+        for claim in claims:
+            space.sample(claim.trial)
+        for epoch in range(study_spec.epochs):
+            for claim in claims:
+                ledger.report(claim.trial.number, epoch, 1.0 / (epoch + 1))
+                ledger.should_prune(claim.trial.number)
+            ledger.flush()
+        for claim in claims:
+            ledger.finish(claim.trial.number, optuna.trial.TrialState.COMPLETE, 0.5)
+        ledger.flush()
+        per_trial = (time.perf_counter() - start) / len(claims)
+        times.extend([per_trial] * len(claims))
+    out.put(times)
+
+
 def raw_worker(url: str, study_spec: StudySpec, quota: int, ready: Any, go: Any,
                out: Any) -> None:
     warnings.simplefilter("ignore")
@@ -134,6 +170,10 @@ def run(side: str, db: str, workers: int, trials: int, epochs: int, sampler: str
         out, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event()
         if side == "lrtune":
             procs = [ctx.Process(target=lrtune_worker, args=(url, study_spec, ready, go, out))
+                     for _ in range(workers)]
+        elif side.startswith("pack"):
+            procs = [ctx.Process(target=packed_worker,
+                                 args=(url, study_spec, int(side[4:]), ready, go, out))
                      for _ in range(workers)]
         else:
             quotas = [trials // workers + (i < trials % workers) for i in range(workers)]
@@ -174,6 +214,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--sampler", default="random")
+    parser.add_argument("--pack", type=int, default=0,
+                        help="also measure packed claims of this size (ledger bookkeeping)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
@@ -182,11 +224,14 @@ def main() -> None:
     for db in args.db.split(","):
         for sampler in args.sampler.split(","):
             for workers in (int(w) for w in args.workers.split(",")):
+                sides = ["raw", "lrtune"] + ([f"pack{args.pack}"] if args.pack else [])
                 rows = {side: run(side, db, workers, args.trials, args.epochs, sampler, tmp)
-                        for side in ("raw", "lrtune")}
+                        for side in sides}
                 ratio = rows["lrtune"]["cost_ms"] / rows["raw"]["cost_ms"]
-                for row in rows.values():
-                    row.update(ratio=round(ratio, 3), machine=info)
+                for side, row in rows.items():
+                    row.update(ratio=round(row["cost_ms"] / rows["raw"]["cost_ms"], 3),
+                               machine=info, pack=int(side[4:]) if side.startswith("pack")
+                               else 1)
                     with args.out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                 print(f"{db:10} {sampler:6} workers={workers:2} trials={args.trials} "
@@ -196,6 +241,11 @@ def main() -> None:
                       f"{rows['lrtune']['last_ms']:.1f} ms; raw "
                       f"{rows['raw']['first_ms']:.1f}/{rows['raw']['last_ms']:.1f} ms)",
                       flush=True)
+                if args.pack:
+                    packed = rows[f"pack{args.pack}"]
+                    print(f"{'':10} {sampler:6} workers={workers:2} packed K={args.pack}: "
+                          f"{packed['cost_ms']:.2f} ms per trial (claim + {args.epochs} "
+                          f"reports + finish)", flush=True)
 
 
 if __name__ == "__main__":

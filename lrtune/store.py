@@ -299,16 +299,27 @@ class Store:
         if not candidates:
             return []
         self._cursor = (self._cursor + 1) % len(candidates)
+        busy = []
         for study_id in candidates[self._cursor:] + candidates[:self._cursor]:
             claims = self._claim_in(study_id, want, sizer)
+            if claims:
+                return claims
+            if claims is None:
+                busy.append(study_id)
+        for study_id in busy:  # every study with work was being claimed: wait for one
+            claims = self._claim_in(study_id, want, sizer, wait=True)
             if claims:
                 return claims
         return []
 
     def _claim_in(self, study_id: int, want: int | None,
-                  sizer: Callable[[StudyRecord], int] | None = None) -> list[Claim]:
-        with self._locked(study_id) as held:
-            if held is None or held[0].status != RUNNING:
+                  sizer: Callable[[StudyRecord], int] | None = None,
+                  wait: bool = False) -> list[Claim] | None:
+        """Claims of one study; None when another claimer holds its lock (and not ``wait``)."""
+        with self._locked(study_id, wait) as held:
+            if held is None:
+                return None
+            if held[0].status != RUNNING:
                 return []
             record, conn = held
             if want is None:
@@ -365,9 +376,10 @@ class Store:
     def _trials_without_heartbeat(self, optuna_study_id: int) -> list[int]:
         """RUNNING trials that never beat (worker killed right after claiming) past the grace.
 
-        Optuna stamps ``datetime_start`` with the local clock, without time zone.
+        Optuna stores ``datetime_start`` as naive UTC.
         """
-        cutoff = datetime.now() - timedelta(seconds=self.settings.heartbeat_grace)
+        cutoff = (datetime.now(UTC) - timedelta(seconds=self.settings.heartbeat_grace)
+                  ).replace(tzinfo=None)
         query = sa.text(
             "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h "
             "ON h.trial_id = t.trial_id WHERE t.study_id = :sid AND t.state = 'RUNNING' "

@@ -77,11 +77,13 @@ class _Pack:
 def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objective: str,
                seeds: Sequence[int], device: torch.device,
                reporters: Sequence[Reporter] | None = None,
-               on_done: Callable[[int, TrainResult], None] | None = None) -> list[TrainResult]:
+               on_done: Callable[[int, TrainResult], None] | None = None,
+               after_epoch: Callable[[], None] | None = None) -> list[TrainResult]:
     """Train K trials (one optimizer kind, one batch size) at once; results in input order.
 
     ``on_done(i, result)`` runs as soon as trial ``i`` ends (pruned or diverged mid-way, or
-    complete after the last epoch), so its result can be recorded at once.
+    complete after the last epoch), so its result can be recorded at once; ``after_epoch()``
+    runs once every trial has reported the epoch (batched bookkeeping writes then).
     """
     reporters = list(reporters) if reporters is not None else [NullReporter() for _ in configs]
     data = task.data().to(device)
@@ -145,6 +147,8 @@ def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objectiv
             for j, i in enumerate(rows):
                 if j not in set(stopped):
                     on_done(i, results[i])
+        if after_epoch is not None:
+            after_epoch()
         if stopped:
             gone = set(stopped)
             live = [j for j in range(len(rows)) if j not in gone]

@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 import torch
 
+from lrtune.ledger import PackLedger
 from lrtune.settings import Settings
 from lrtune.store import Claim, Store, StudyRecord
 from worker.device import pick_device
@@ -104,6 +105,7 @@ class Worker:
         log.info("study %s trials %s claimed by %s", name, numbers, self.name)
         started = time.monotonic()
         ended: set[int] = set()
+        ledger = PackLedger(store, claims) if len(claims) > 1 else None
 
         def should_stop() -> None:
             if self.stopping:
@@ -111,7 +113,10 @@ class Worker:
 
         def finish(claim: Claim, outcome: TrialOutcome) -> None:
             try:
-                store.finish(claim, outcome.state, outcome.value)
+                if ledger is not None:  # written with the epoch's batch
+                    ledger.finish(claim.trial.number, outcome.state, outcome.value)
+                else:
+                    store.finish(claim, outcome.state, outcome.value)
             except optuna.exceptions.UpdateFinishedTrialError:
                 log.warning("study %s trial %d was reaped as lost meanwhile; its copy re-runs",
                             name, claim.trial.number)
@@ -124,8 +129,11 @@ class Worker:
         ids = [c.trial._trial_id for c in claims]
         with Heartbeat(store.optuna_storage, ids, self.settings.heartbeat_interval):
             try:
-                run_pack(claims, claims[0].record.spec, self.device, should_stop, finish, ended)
+                run_pack(claims, claims[0].record.spec, self.device, should_stop, finish, ended,
+                         ledger)
             except Stopping:
+                if ledger is not None:
+                    ledger.flush()
                 rest = [c for c in claims if c.trial.number not in ended]
                 store.hand_back(rest, f"handed back: worker {self.name} stopping")
                 log.info("study %s trials %s handed back (worker stopping)", name,

@@ -6,12 +6,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from lrtune.ledger import PackLedger
 from lrtune.spec import StudySpec
 from lrtune.store import Claim
 from worker.fused import split_pack, train_pack
 from worker.runner import (
     DATABASE_ERRORS,
     OptunaReporter,
+    SetAttr,
     Stopping,
     TrialOutcome,
     failed,
@@ -21,16 +23,32 @@ from worker.runner import (
     trial_seed,
 )
 from worker.tasks import get_task
-from worker.train import TrainResult, train_trial
+from worker.train import Reporter, TrainResult, train_trial
 
 Finish = Callable[[Claim, TrialOutcome], None]
 
 
+class LedgerReporter:
+    """Reports one packed trial through the pack's ledger (batched writes, in-memory pruning)."""
+
+    def __init__(self, ledger: PackLedger, number: int,
+                 between_epochs: Callable[[], None]) -> None:
+        self.ledger, self.number, self.between_epochs = ledger, number, between_epochs
+
+    def report(self, epoch: int, value: float, lr: float, metrics: dict[str, float]) -> None:
+        self.ledger.report(self.number, epoch, value)
+        self.between_epochs()
+
+    def should_prune(self) -> bool:
+        return self.ledger.should_prune(self.number)
+
+
 def run_pack(claims: Sequence[Claim], spec: StudySpec, device: torch.device,
              between_epochs: Callable[[], None], finish: Finish,
-             ended: set[int] | None = None) -> None:
+             ended: set[int] | None = None, ledger: PackLedger | None = None) -> None:
     """Train every claim, calling ``finish`` for each as soon as it ends; the trial numbers
-    that ended are added to ``ended``.
+    that ended are added to ``ended``. With a ``ledger``, fused sub-packs report, record
+    attributes and flush through it once per epoch.
 
     Raises ``Stopping`` (the caller hands back what did not end) or a database error.
     """
@@ -47,19 +65,24 @@ def run_pack(claims: Sequence[Claim], spec: StudySpec, device: torch.device,
     task = get_task(spec.task)
     ready: list[Claim] = []
     configs = []
+    def attrs(claim: Claim) -> SetAttr | None:
+        if ledger is None:
+            return None
+        return lambda key, value: ledger.set_user_attr(claim.trial.number, key, value)
+
     for claim in claims:
         try:
-            configs.append(prepare(claim.trial, spec, task))
+            configs.append(prepare(claim.trial, spec, task, attrs(claim)))
             ready.append(claim)
         except DATABASE_ERRORS:
             raise
         except Exception as error:
-            finish(claim, failed(claim.trial, error))
+            finish(claim, failed(claim.trial, error, attrs(claim)))
     for group in split_pack(configs, task):
         members = [ready[i] for i in group]
 
         def done(i: int, result: TrainResult, members: list[Claim] = members) -> None:
-            finish(members[i], outcome_of(members[i].trial, result))
+            finish(members[i], outcome_of(members[i].trial, result, attrs(members[i])))
 
         try:
             if len(members) == 1:  # vmap's fixed cost buys nothing for one trial
@@ -68,12 +91,17 @@ def run_pack(claims: Sequence[Claim], spec: StudySpec, device: torch.device,
                                     trial_seed(spec, claim.trial), device,
                                     OptunaReporter(claim.trial, between_epochs)))
                 continue
+            reporters: list[Reporter] = (
+                [OptunaReporter(c.trial, between_epochs) for c in members] if ledger is None
+                else [LedgerReporter(ledger, c.trial.number, between_epochs) for c in members])
             train_pack(task, [configs[i] for i in group], spec.epochs, spec.objective,
-                       [trial_seed(spec, c.trial) for c in members], device,
-                       [OptunaReporter(c.trial, between_epochs) for c in members], done)
+                       [trial_seed(spec, c.trial) for c in members], device, reporters, done,
+                       ledger.flush if ledger is not None else None)
         except (Stopping, *DATABASE_ERRORS):
             raise
         except Exception as error:  # the sub-pack's own failure: its unfinished trials FAIL
             for claim in members:
                 if claim.trial.number not in ended:
-                    finish(claim, failed(claim.trial, error))
+                    finish(claim, failed(claim.trial, error, attrs(claim)))
+        if ledger is not None:
+            ledger.flush()

@@ -55,13 +55,17 @@ class TrialOutcome:
     result: TrainResult | None
 
 
-def prepare(trial: optuna.Trial, spec: StudySpec, task: Task) -> TrialConfig:
+SetAttr = Callable[[str, Any], None]
+
+
+def prepare(trial: optuna.Trial, spec: StudySpec, task: Task,
+            set_attr: SetAttr | None = None) -> TrialConfig:
     """Sample the trial's config and record it (and the steps per epoch) on the trial."""
+    set_attr = set_attr or trial.set_user_attr
     config = SearchSpace(spec.space, names.direction(spec)).sample(trial)
     batch = config.batch_size or task.info.batch_size
-    trial.set_user_attr(names.ATTR_CONFIG, config.to_dict())
-    trial.set_user_attr(names.ATTR_STEPS_PER_EPOCH,
-                        steps_per_epoch(len(task.data().x_train), batch))
+    set_attr(names.ATTR_CONFIG, config.to_dict())
+    set_attr(names.ATTR_STEPS_PER_EPOCH, steps_per_epoch(len(task.data().x_train), batch))
     return config
 
 
@@ -69,7 +73,8 @@ def trial_seed(spec: StudySpec, trial: optuna.Trial) -> int:
     return spec.seed * 1_000_003 + trial.number
 
 
-def failed(trial: optuna.Trial, error: Exception) -> TrialOutcome:
+def failed(trial: optuna.Trial, error: Exception, set_attr: SetAttr | None = None
+           ) -> TrialOutcome:
     """A task's own error: FAIL with the reason stored (out-of-memory named as such)."""
     kind = "failed"
     if isinstance(error, torch.OutOfMemoryError):
@@ -77,19 +82,21 @@ def failed(trial: optuna.Trial, error: Exception) -> TrialOutcome:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     reason = f"{kind}: {type(error).__name__}: {error}"[:1000]
-    trial.set_user_attr(names.ATTR_REASON, reason)
+    (set_attr or trial.set_user_attr)(names.ATTR_REASON, reason)
     return TrialOutcome(optuna.trial.TrialState.FAIL, None, reason, None)
 
 
-def outcome_of(trial: optuna.Trial, result: TrainResult) -> TrialOutcome:
+def outcome_of(trial: optuna.Trial, result: TrainResult, set_attr: SetAttr | None = None
+               ) -> TrialOutcome:
     """Record a finished training's metrics and LR curve; divergence is PRUNED ``diverged``."""
-    trial.set_user_attr(names.ATTR_METRICS, result.metrics)
-    trial.set_user_attr(names.ATTR_LR_CURVE, result.lrs)  # once, not a write per epoch
+    set_attr = set_attr or trial.set_user_attr
+    set_attr(names.ATTR_METRICS, result.metrics)
+    set_attr(names.ATTR_LR_CURVE, result.lrs)  # once, not a write per epoch
     if result.outcome == "diverged":
-        trial.set_user_attr(names.ATTR_REASON, "diverged")
+        set_attr(names.ATTR_REASON, "diverged")
         return TrialOutcome(optuna.trial.TrialState.PRUNED, None, "diverged", result)
     if result.outcome == "pruned":
-        trial.set_user_attr(names.ATTR_REASON, "pruned")
+        set_attr(names.ATTR_REASON, "pruned")
         return TrialOutcome(optuna.trial.TrialState.PRUNED, result.value, "pruned", result)
     return TrialOutcome(optuna.trial.TrialState.COMPLETE, result.value, None, result)
 

@@ -1,0 +1,128 @@
+"""Bookkeeping of a claimed pack in a few round trips, in Optuna's own tables.
+
+Fused training finishes trials far faster than Optuna's per-call path (one transaction per
+report, per attribute, per tell) can record them. A ``PackLedger`` buffers the pack's
+per-epoch values, attributes and endings and writes them in one transaction per epoch; the
+pruner decides in memory, on a snapshot of the study's finished trials (refreshed once per
+epoch, adding only what is new) plus the pack's own values. The rows are Optuna's, so the
+dashboard and the samplers see packed trials as any others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from datetime import UTC, datetime
+from typing import Any
+
+import optuna
+from optuna.storages._rdb import models
+from optuna.trial import TrialState
+
+from lrtune.store import Claim, Store
+from lrtune.study import make_pruner
+
+log = logging.getLogger("lrtune.store")
+TABLES = {name: model.__table__ for name, model in {
+    "trials": models.TrialModel, "values": models.TrialValueModel,
+    "intermediate": models.TrialIntermediateValueModel,
+    "user_attrs": models.TrialUserAttributeModel,
+    "system_attrs": models.TrialSystemAttributeModel}.items()}
+
+
+class PackLedger:
+    def __init__(self, store: Store, claims: list[Claim]) -> None:
+        self.store = store
+        self.claims = {c.trial.number: c for c in claims}
+        record = claims[0].record
+        self.record = record
+        self.study_id = store.optuna_study_id(record)
+        self.last_slot = any(c.last_slot for c in claims)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.memory = optuna.create_study(
+                study_name=record.name, direction=claims[0].study.direction,
+                pruner=make_pruner(record.spec.pruner, record.spec.epochs))
+        self.seen: set[int] = set()
+        self.mirror: dict[int, int] = {}  # real trial number -> in-memory trial id
+        self.epoch = -1
+        self.values: list[dict[str, Any]] = []
+        self.user_attrs: list[dict[str, Any]] = []
+        self.endings: list[tuple[int, TrialState, float | None]] = []
+
+    # -- pruning in memory --------------------------------------------------------------------
+    def _refresh(self, epoch: int) -> None:
+        if epoch == self.epoch:
+            return
+        self.epoch = epoch
+        finished = self.store.optuna_storage.get_all_trials(
+            self.study_id, deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        fresh = [t for t in finished if t.number not in self.seen and
+                 t.number not in self.claims]
+        if fresh:
+            self.memory.add_trials(fresh)
+            self.seen.update(t.number for t in fresh)
+
+    def report(self, number: int, epoch: int, value: float) -> None:
+        self._refresh(epoch)
+        trial_id = self.claims[number].trial._trial_id
+        stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+        self.values.append({"trial_id": trial_id, "step": epoch, "intermediate_value": stored,
+                            "intermediate_value_type": kind})
+        if number not in self.mirror:
+            self.mirror[number] = self.memory._storage.create_new_trial(self.memory._study_id)
+        self.memory._storage.set_trial_intermediate_value(self.mirror[number], epoch, value)
+
+    def should_prune(self, number: int) -> bool:
+        trial_id = self.mirror.get(number)
+        if trial_id is None:
+            return False
+        frozen = self.memory._storage.get_trial(trial_id)
+        return bool(self.memory.pruner.prune(self.memory, frozen))
+
+    # -- buffered writes ------------------------------------------------------------------------
+    def set_user_attr(self, number: int, key: str, value: Any) -> None:
+        self.user_attrs.append({"trial_id": self.claims[number].trial._trial_id, "key": key,
+                                "value_json": json.dumps(value)})
+
+    def finish(self, number: int, state: TrialState, value: float | None) -> None:
+        self.endings.append((number, state, value))
+
+    def flush(self) -> None:
+        """Write everything buffered in one transaction."""
+        if not (self.values or self.user_attrs or self.endings):
+            return
+        now = datetime.now(UTC).replace(tzinfo=None)  # Optuna stores naive UTC
+        with self.store.engine.begin() as conn:
+            if self.values:
+                conn.execute(TABLES["intermediate"].insert(), self.values)
+            if self.user_attrs:
+                conn.execute(TABLES["user_attrs"].insert(), self.user_attrs)
+            system = []
+            for number, state, value in self.endings:
+                trial_id = self.claims[number].trial._trial_id
+                updated = conn.execute(TABLES["trials"].update().where(
+                    TABLES["trials"].c.trial_id == trial_id,
+                    TABLES["trials"].c.state == TrialState.RUNNING).values(
+                    state=state, datetime_complete=now)).rowcount
+                if not updated:  # reaped as lost meanwhile: its re-queued copy runs instead
+                    log.warning("study %s trial %d was reaped as lost meanwhile",
+                                self.record.name, number)
+                    continue
+                if state == TrialState.COMPLETE and value is not None:
+                    stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+                    conn.execute(TABLES["values"].insert(), [{
+                        "trial_id": trial_id, "objective": 0, "value": stored,
+                        "value_type": kind}])
+                mirror = self.mirror.get(number)
+                if mirror is not None:  # pruners' own notes (e.g. successive-halving rungs)
+                    for key, note in self.memory._storage.get_trial(mirror).system_attrs.items():
+                        system.append({"trial_id": trial_id, "key": key,
+                                       "value_json": json.dumps(note)})
+            if system:
+                conn.execute(TABLES["system_attrs"].insert(), system)
+        ended = bool(self.endings)
+        self.values, self.user_attrs, self.endings = [], [], []
+        if ended and self.last_slot:
+            self.store.mark_done_if_complete(self.record)

@@ -1,0 +1,75 @@
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from lrtune.ledger import PackLedger
+from lrtune.settings import Settings
+from lrtune.spec import StudySpec
+from lrtune.store import Store
+
+
+@pytest.fixture
+def store(db_url: str) -> Store:
+    return Store(Settings(database_url=db_url))
+
+
+def history(store: Store, n: int) -> None:
+    """n finished trials reported the usual way: value 1.0 at every step."""
+    for _ in range(n):
+        claim = store.claim()
+        assert claim is not None
+        for step in range(3):
+            claim.trial.report(1.0, step)
+        store.finish(claim, TrialState.COMPLETE, 1.0)
+
+
+def test_pack_bookkeeping_lands_in_optunas_tables(store: Store) -> None:
+    record = store.create_study(StudySpec(name="p", task="linreg", epochs=3, n_trials=10,
+                                          pruner={"name": "median"}), "me")
+    history(store, 6)
+    claims = store.claim_pack(4)
+    assert len(claims) == 4 and all(c.last_slot for c in claims)
+    ledger = PackLedger(store, claims)
+    numbers = [c.trial.number for c in claims]
+    verdicts = {}
+    for step in range(2):
+        for i, number in enumerate(numbers):
+            ledger.report(number, step, 0.5 if i % 2 == 0 else 2.0)  # odd trials are worse
+        verdicts = {n: ledger.should_prune(n) for n in numbers}
+        ledger.flush()
+    real = optuna.load_study(study_name="p", storage=store.optuna_storage,
+                             pruner=optuna.pruners.MedianPruner(n_startup_trials=5,
+                                                                n_warmup_steps=0))
+    for i, number in enumerate(numbers):  # same verdict as the pruner on the real study
+        frozen = store.optuna_storage.get_trial(claims[i].trial._trial_id)
+        assert verdicts[number] == real.pruner.prune(real, frozen) == (i % 2 == 1)
+    for i, number in enumerate(numbers):
+        ledger.set_user_attr(number, "lr_curve", [0.1, 0.05])
+        ledger.finish(number, TrialState.PRUNED if i % 2 else TrialState.COMPLETE,
+                      None if i % 2 else 0.5)
+    ledger.flush()
+    trials = {t.number: t for t in store.optuna_storage.get_all_trials(
+        store.optuna_study_id(record))}
+    for i, number in enumerate(numbers):
+        t = trials[number]
+        assert t.state == (TrialState.PRUNED if i % 2 else TrialState.COMPLETE)
+        assert t.intermediate_values == {0: 0.5 if i % 2 == 0 else 2.0,
+                                         1: 0.5 if i % 2 == 0 else 2.0}
+        assert t.user_attrs["lr_curve"] == [0.1, 0.05]
+        assert t.datetime_complete is not None
+    assert trials[numbers[0]].value == 0.5
+    assert store.get_study(record.id).status == "done"
+    assert optuna.load_study(study_name="p", storage=store.optuna_storage).best_value == 0.5
+
+
+def test_a_trial_reaped_meanwhile_is_skipped(store: Store) -> None:
+    store.create_study(StudySpec(name="r", task="linreg", epochs=1, n_trials=2), "me")
+    claims = store.claim_pack(2)
+    ledger = PackLedger(store, claims)
+    store.optuna_storage.set_trial_state_values(claims[0].trial._trial_id, TrialState.FAIL)
+    ledger.finish(claims[0].trial.number, TrialState.COMPLETE, 1.0)
+    ledger.finish(claims[1].trial.number, TrialState.COMPLETE, 2.0)
+    ledger.flush()
+    states = [t.state for t in store.optuna_storage.get_all_trials(
+        store.optuna_study_id(claims[0].record))]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE]
