@@ -73,17 +73,22 @@ def spec(trials: int, epochs: int, sampler: str) -> StudySpec:
                             "optimizers": ["sgd", "adam"]})
 
 
+def start_line(ready: Any, go: Any) -> None:
+    """Quiet the libraries, say ready, and wait for every worker before the clock starts."""
+    warnings.simplefilter("ignore")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ready.put(os.getpid())
+    go.wait()
+
+
 def lrtune_worker(url: str, study_spec: StudySpec, ready: Any, go: Any, out: Any) -> None:
     from worker.heartbeat import Heartbeat
     from worker.runner import OptunaReporter
 
-    warnings.simplefilter("ignore")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = Store(Settings(database_url=url), migrate=False)
     space = SearchSpace(study_spec.space)
     times = []
-    ready.put(os.getpid())
-    go.wait()
+    start_line(ready, go)
     while True:
         start = time.perf_counter()
         claim = store.claim()
@@ -105,13 +110,10 @@ def packed_worker(url: str, study_spec: StudySpec, pack: int, ready: Any, go: An
     """lrtune's packed path: one claim per pack, the ledger's batched reports and endings."""
     from lrtune.ledger import PackLedger
 
-    warnings.simplefilter("ignore")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = Store(Settings(database_url=url), migrate=False)
     space = SearchSpace(study_spec.space)
     times = []
-    ready.put(os.getpid())
-    go.wait()
+    start_line(ready, go)
     while True:
         start = time.perf_counter()
         claims = store.claim_pack(pack)
@@ -135,8 +137,6 @@ def packed_worker(url: str, study_spec: StudySpec, pack: int, ready: Any, go: An
 
 def raw_worker(url: str, study_spec: StudySpec, quota: int, ready: Any, go: Any,
                out: Any) -> None:
-    warnings.simplefilter("ignore")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     from lrtune.study import make_pruner, make_sampler
 
     study = optuna.load_study(study_name="overhead", storage=url,
@@ -144,8 +144,7 @@ def raw_worker(url: str, study_spec: StudySpec, quota: int, ready: Any, go: Any,
                               pruner=make_pruner(study_spec.pruner, study_spec.epochs))
     space = SearchSpace(study_spec.space)
     times = []
-    ready.put(os.getpid())
-    go.wait()
+    start_line(ready, go)
     for _ in range(quota):
         start = time.perf_counter()
         trial = study.ask()

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lrtune.errors import SpecError
-from lrtune.schedules import FAMILIES, Schedule, describe_catalogue
+from lrtune.schedules import describe_catalogue, from_settings
 
 app = typer.Typer(help="lrtune: search learning-rate schedules with Optuna.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -43,25 +43,6 @@ def schedules(as_json: Annotated[bool, typer.Option("--json", help="machine-read
     console.print(table)
 
 
-def _parse_sets(sets: list[str]) -> dict[str, dict[str, Any]]:
-    groups: dict[str, dict[str, Any]] = {"params": {}, "warmup": {}, "clip": {}}
-    for item in sets:
-        name, sep, raw = item.partition("=")
-        if not sep:
-            raise SpecError("--set", f"expected NAME=VALUE, got {item!r}")
-        value: Any
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        prefix, dot, rest = name.partition(".")
-        if dot and prefix in ("warmup", "clip"):
-            groups[prefix][rest] = value
-        else:
-            groups["params"][rest if dot and prefix in FAMILIES else name] = value
-    return groups
-
-
 @app.command()
 def curve(
     family: Annotated[str, typer.Argument(help="schedule family, e.g. cosine")],
@@ -75,9 +56,13 @@ def curve(
 ) -> None:
     """Print the LR at every step of a schedule."""
     try:
-        g = _parse_sets(sets or [])
-        schedule = Schedule.build(family, g["params"], g["warmup"] or ({} if warmup else None),
-                                  g["clip"] or None)
+        pairs = []
+        for item in sets or []:
+            name, sep, raw = item.partition("=")
+            if not sep:
+                raise SpecError("--set", f"expected NAME=VALUE, got {item!r}")
+            pairs.append((name, raw))
+        schedule = from_settings(family, pairs, warmup)
         lrs = schedule.curve(epochs * steps_per_epoch, steps_per_epoch, lr)
     except SpecError as e:
         fail(str(e))

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import optuna
+import sqlalchemy as sa
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
@@ -53,13 +54,17 @@ class PackLedger:
 
     # -- pruning in memory --------------------------------------------------------------------
     def _refresh(self, epoch: int) -> None:
-        if epoch == self.epoch:
+        """Add the study's trials finished since the last look (ids first, then only those)."""
+        if epoch == self.epoch or isinstance(self.memory.pruner, optuna.pruners.NopPruner):
             return
         self.epoch = epoch
-        finished = self.store.optuna_storage.get_all_trials(
-            self.study_id, deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        fresh = [t for t in finished if t.number not in self.seen and
-                 t.number not in self.claims]
+        query = sa.select(TABLES["trials"].c.trial_id, TABLES["trials"].c.number).where(
+            TABLES["trials"].c.study_id == self.study_id,
+            TABLES["trials"].c.state.in_([TrialState.COMPLETE, TrialState.PRUNED]))
+        with self.store.engine.connect() as conn:
+            new = [trial_id for trial_id, number in conn.execute(query)
+                   if number not in self.seen and number not in self.claims]
+        fresh = [self.store.optuna_storage.get_trial(trial_id) for trial_id in new]
         if fresh:
             self.memory.add_trials(fresh)
             self.seen.update(t.number for t in fresh)

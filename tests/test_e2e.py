@@ -138,6 +138,7 @@ def test_packed_study_looks_like_an_unpacked_one(deployment: Deployment) -> None
     assert study["status"] == "done" and study["progress"]["n_done"] == 40
     trials = deployment.trials(sid)
     assert_exact(trials, 40)
+    assert [t for t in trials if t["state"] == "FAIL"] == []  # nothing lost, no fault here
     for t in trials:
         detail = httpx.get(f"{deployment.url}/studies/{sid}/trials/{t['number']}",
                            timeout=30).json()

@@ -131,6 +131,8 @@ class Worker:
             try:
                 run_pack(claims, claims[0].record.spec, self.device, should_stop, finish, ended,
                          ledger)
+                if ledger is not None:
+                    ledger.flush()
             except Stopping:
                 if ledger is not None:
                     ledger.flush()

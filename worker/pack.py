@@ -84,19 +84,17 @@ def run_pack(claims: Sequence[Claim], spec: StudySpec, device: torch.device,
         def done(i: int, result: TrainResult, members: list[Claim] = members) -> None:
             finish(members[i], outcome_of(members[i].trial, result, attrs(members[i])))
 
+        reporters: list[Reporter] = (
+            [OptunaReporter(c.trial, between_epochs) for c in members] if ledger is None
+            else [LedgerReporter(ledger, c.trial.number, between_epochs) for c in members])
         try:
             if len(members) == 1:  # vmap's fixed cost buys nothing for one trial
-                claim = members[0]
                 done(0, train_trial(task, configs[group[0]], spec.epochs, spec.objective,
-                                    trial_seed(spec, claim.trial), device,
-                                    OptunaReporter(claim.trial, between_epochs)))
-                continue
-            reporters: list[Reporter] = (
-                [OptunaReporter(c.trial, between_epochs) for c in members] if ledger is None
-                else [LedgerReporter(ledger, c.trial.number, between_epochs) for c in members])
-            train_pack(task, [configs[i] for i in group], spec.epochs, spec.objective,
-                       [trial_seed(spec, c.trial) for c in members], device, reporters, done,
-                       ledger.flush if ledger is not None else None)
+                                    trial_seed(spec, members[0].trial), device, reporters[0]))
+            else:
+                train_pack(task, [configs[i] for i in group], spec.epochs, spec.objective,
+                           [trial_seed(spec, c.trial) for c in members], device, reporters,
+                           done, ledger.flush if ledger is not None else None)
         except (Stopping, *DATABASE_ERRORS):
             raise
         except Exception as error:  # the sub-pack's own failure: its unfinished trials FAIL

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -13,7 +14,7 @@ from lrtune.schedules.catalogue import CLIP, FAMILIES, MODIFIERS, WARMUP, Family
 from lrtune.schedules.params import Param, ParamSet
 
 __all__ = ["CLIP", "FAMILIES", "MODIFIERS", "WARMUP", "Family", "Param", "ParamSet",
-           "Schedule", "family"]
+           "Schedule", "family", "from_settings"]
 
 
 def family(name: str, field_name: str = "family") -> Family:
@@ -95,6 +96,26 @@ class Schedule:
     def from_dict(cls, data: dict[str, Any]) -> Schedule:
         return cls.build(data["family"], data.get("params"), data.get("warmup"),
                          data.get("clip"))
+
+
+def from_settings(family_name: str, settings: Iterable[tuple[str, str]],
+                  warmup: bool = False) -> Schedule:
+    """A schedule from textual ``NAME=VALUE`` settings (CLI ``--set``, query parameters):
+    ``warmup.NAME`` / ``clip.NAME`` set a modifier, ``NAME`` or ``FAMILY.NAME`` the family.
+    Values are read as JSON where they parse (numbers, booleans), else kept as text."""
+    groups: dict[str, dict[str, Any]] = {"params": {}, "warmup": {}, "clip": {}}
+    for name, raw in settings:
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        prefix, dot, rest = name.partition(".")
+        if dot and prefix in ("warmup", "clip"):
+            groups[prefix][rest] = value
+        else:
+            groups["params"][rest if dot and prefix == family_name else name] = value
+    return Schedule.build(family_name, groups["params"],
+                          groups["warmup"] or ({} if warmup else None), groups["clip"] or None)
 
 
 def describe_catalogue() -> dict[str, Any]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
-from lrtune.schedules import Schedule, describe_catalogue
+from lrtune.schedules import describe_catalogue, from_settings
 from lrtune.spec import FamilyName
 from lrtune.tasks import task_info, task_names
 from service.errors import responses
@@ -30,21 +29,8 @@ def schedule_curve(family: FamilyName, request: Request, epochs: int = Query(10,
                    lr: float = Query(0.1, gt=0, le=1e6), warmup: bool = False) -> Curve:
     """LR at every step. Other query parameters set family parameters (``gamma=0.5``),
     warmup (``warmup.fraction=0.1``) or clip (``clip.max_lr=0.05``)."""
-    groups: dict[str, dict[str, Any]] = {"params": {}, "warmup": {}, "clip": {}}
-    for key, raw in request.query_params.items():
-        if key in CURVE_ARGS:
-            continue
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        prefix, dot, rest = key.partition(".")
-        if dot and prefix in ("warmup", "clip"):
-            groups[prefix][rest] = value
-        else:
-            groups["params"][key] = value
-    schedule = Schedule.build(family, groups["params"],
-                              groups["warmup"] or ({} if warmup else None), groups["clip"] or None)
+    settings = [(k, v) for k, v in request.query_params.items() if k not in CURVE_ARGS]
+    schedule = from_settings(family, settings, warmup)
     lrs = schedule.curve(epochs * steps_per_epoch, steps_per_epoch, lr)
     return Curve(family=family, schedule=schedule.to_dict(), epochs=epochs,
                  steps_per_epoch=steps_per_epoch, lr=lrs)
