@@ -81,14 +81,21 @@ def start_line(ready: Any, go: Any) -> None:
     go.wait()
 
 
+def lrtune_side(url: str, study_spec: StudySpec, ready: Any, go: Any
+                ) -> tuple[Store, SearchSpace]:
+    """The store and space an lrtune-side worker uses, ready before the clock starts."""
+    store = Store(Settings(database_url=url), migrate=False)
+    space = SearchSpace(study_spec.space)
+    start_line(ready, go)
+    return store, space
+
+
 def lrtune_worker(url: str, study_spec: StudySpec, ready: Any, go: Any, out: Any) -> None:
     from worker.heartbeat import Heartbeat
     from worker.runner import OptunaReporter
 
-    store = Store(Settings(database_url=url), migrate=False)
-    space = SearchSpace(study_spec.space)
+    store, space = lrtune_side(url, study_spec, ready, go)
     times = []
-    start_line(ready, go)
     while True:
         start = time.perf_counter()
         claim = store.claim()
@@ -110,10 +117,8 @@ def packed_worker(url: str, study_spec: StudySpec, pack: int, ready: Any, go: An
     """lrtune's packed path: one claim per pack, the ledger's batched reports and endings."""
     from lrtune.ledger import PackLedger
 
-    store = Store(Settings(database_url=url), migrate=False)
-    space = SearchSpace(study_spec.space)
+    store, space = lrtune_side(url, study_spec, ready, go)
     times = []
-    start_line(ready, go)
     while True:
         start = time.perf_counter()
         claims = store.claim_pack(pack)

@@ -135,6 +135,7 @@ class Store:
                 grace_period=settings.heartbeat_grace)
         self._studies: dict[int, optuna.Study] = {}
         self._optuna_ids: dict[int, int] = {}
+        self._records: dict[int, StudyRecord] = {}
         self._reaped: dict[int, float] = {}
         self._cursor = 0
         self._thread_lock = threading.Lock()
@@ -301,20 +302,31 @@ class Store:
         self._cursor = (self._cursor + 1) % len(candidates)
         busy = []
         for study_id in candidates[self._cursor:] + candidates[:self._cursor]:
-            claims = self._claim_in(study_id, want, sizer)
+            size = want or self._pack_size(study_id, sizer)  # sized before taking the lock
+            claims = self._claim_in(study_id, size)
             if claims:
                 return claims
             if claims is None:
-                busy.append(study_id)
-        for study_id in busy:  # every study with work was being claimed: wait for one
-            claims = self._claim_in(study_id, want, sizer, wait=True)
+                busy.append((study_id, size))
+        for study_id, size in busy:  # every study with work was being claimed: wait for one
+            claims = self._claim_in(study_id, size, wait=True)
             if claims:
                 return claims
         return []
 
-    def _claim_in(self, study_id: int, want: int | None,
-                  sizer: Callable[[StudyRecord], int] | None = None,
-                  wait: bool = False) -> list[Claim] | None:
+    def _pack_size(self, study_id: int, sizer: Callable[[StudyRecord], int] | None) -> int:
+        """The study's ``pack``; ``"auto"`` is sized by ``sizer`` (a study's spec never
+        changes, so its record is read once)."""
+        if study_id not in self._records:
+            try:
+                self._records[study_id] = self.get_study(study_id)
+            except NotFound:
+                return 1
+        record = self._records[study_id]
+        pack = record.spec.pack
+        return pack if isinstance(pack, int) else sizer(record) if sizer else 1
+
+    def _claim_in(self, study_id: int, want: int, wait: bool = False) -> list[Claim] | None:
         """Claims of one study; None when another claimer holds its lock (and not ``wait``)."""
         with self._locked(study_id, wait) as held:
             if held is None:
@@ -322,9 +334,6 @@ class Store:
             if held[0].status != RUNNING:
                 return []
             record, conn = held
-            if want is None:
-                pack = record.spec.pack
-                want = pack if isinstance(pack, int) else sizer(record) if sizer else 1
             study = self.optuna_study(record)
             if time.monotonic() - self._reaped.get(record.id, -1e9) > \
                     self.settings.heartbeat_interval:
