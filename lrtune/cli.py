@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -303,6 +304,19 @@ def best(study_id: int,
         typer.echo(_api(lambda: client.best_code(study_id, code)), nl=False)
         return
     typer.echo(json.dumps(_api(lambda: client.best(study_id)), indent=2))
+
+
+@app.command()
+def plot(study_id: int,
+         out: Annotated[Path, typer.Option(help="folder for the PNG files")] = Path(".")
+         ) -> None:
+    """Write the study's LR, loss and by-family plots as PNG files."""
+    client = _client()
+    out.mkdir(parents=True, exist_ok=True)
+    for kind in ("lr", "loss", "families"):
+        path = out / f"study{study_id}_{kind}.png"
+        path.write_bytes(_api(lambda kind=kind: client.plot(study_id, kind)))
+        typer.echo(path)
 
 
 def main() -> None:  # pragma: no cover

@@ -48,5 +48,8 @@ class Client:
         return self._call("GET", f"/studies/{study_id}/best/code",
                           params={"framework": framework}).text
 
+    def plot(self, study_id: int, kind: str) -> bytes:
+        return self._call("GET", f"/studies/{study_id}/plot", params={"kind": kind}).content
+
     def cancel(self, study_id: int) -> dict[str, Any]:
         return self._call("POST", f"/studies/{study_id}/cancel").json()  # type: ignore[no-any-return]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -16,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lrtune.errors import SpecError
 from lrtune.store import Conflict, NotFound
 
+log = logging.getLogger("lrtune.service")
 DATABASE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError,
                    sqlalchemy.exc.InterfaceError)
 
@@ -87,6 +89,11 @@ def install(app: FastAPI) -> None:
 
     for kind in DATABASE_ERRORS:
         app.add_exception_handler(kind, _database)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal", f"internal error: {type(e).__name__}")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:

@@ -95,6 +95,19 @@ def test_linreg_study_finishes_with_its_exact_budget(deployment: Deployment) -> 
     out = subprocess.run([sys.executable, "-m", "lrtune", "best", str(sid), "--code", "keras"],
                          env=env, capture_output=True, text=True, timeout=60, check=True)
     assert "def lr_at" in out.stdout
+    for path in (f"/studies/{sid}/plot?kind=lr", f"/studies/{sid}/plot?kind=loss",
+                 f"/studies/{sid}/plot?kind=families", f"/studies/{sid}/trials/0/plot"):
+        png = httpx.get(f"{deployment.url}{path}", timeout=60)
+        assert png.headers["content-type"] == "image/png"
+        assert png.content.startswith(b"\x89PNG") and len(png.content) > 5000, path
+    bad = httpx.get(f"{deployment.url}/studies/{sid}/plot?kind=pie", timeout=30)
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "kind"
+    plots = subprocess.run([sys.executable, "-m", "lrtune", "plot", str(sid), "--out",
+                            str(deployment.tmp / "plots")], env=env, capture_output=True,
+                           text=True, timeout=120, check=True).stdout.split()
+    assert [Path(p).name for p in plots] == [f"study{sid}_{k}.png"
+                                            for k in ("lr", "loss", "families")]
+    assert all(Path(p).read_bytes().startswith(b"\x89PNG") for p in plots)
 
 
 def test_two_studies_at_once_and_cancel(deployment: Deployment) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Response
 
 from lrtune.export import export
+from lrtune.plots import study_png, trial_png
 from lrtune.results import parse_spec
 from lrtune.space import SearchSpace
 from lrtune.spec import StudySpec
@@ -120,3 +121,24 @@ def get_best_code(study_id: StudyId, store: StoreDep,
     note = f"study {record.name} trial #{best.number}, {record.spec.objective} {best.value:.6g}"
     code = export(decode(record, best.params), framework, record.spec.epochs, spe, note)
     return Response(code, media_type="text/x-python")
+
+
+PNG = {200: {"content": {"image/png": {}}}}
+
+
+@router.get("/{study_id}/trials/{number}/plot", responses={**PNG, **responses(401, 404, 422)})
+def plot_trial(study_id: StudyId, number: TrialNumber, store: StoreDep) -> Response:
+    """LR and metric per epoch of one trial, as PNG."""
+    record = store.get_study(study_id)
+    png = trial_png(find_trial(store, record, number), record.spec.objective, record.name)
+    return Response(png, media_type="image/png")
+
+
+@router.get("/{study_id}/plot", responses={**PNG, **responses(401, 404, 422)})
+def plot_study(study_id: StudyId, store: StoreDep,
+               kind: Literal["lr", "loss", "families"] = "loss") -> Response:
+    """LR or metric curves of the finished trials by family, or final metric by family."""
+    record = store.get_study(study_id)
+    png = study_png(kind, trials_of(store, record), record.spec.objective,
+                    direction(record.spec) == "minimize", record.name)
+    return Response(png, media_type="image/png")
