@@ -21,15 +21,11 @@ import sqlalchemy as sa
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
-from lrtune.store import Claim, Store
+from lrtune.store import OPTUNA_TABLES, Claim, Store
 from lrtune.study import make_pruner
 
 log = logging.getLogger("lrtune.store")
-TABLES = {name: model.__table__ for name, model in {
-    "trials": models.TrialModel, "values": models.TrialValueModel,
-    "intermediate": models.TrialIntermediateValueModel,
-    "user_attrs": models.TrialUserAttributeModel,
-    "system_attrs": models.TrialSystemAttributeModel}.items()}
+TABLES = OPTUNA_TABLES
 
 
 class PackLedger:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import secrets
 import threading
@@ -24,6 +25,8 @@ from typing import Any
 
 import optuna
 import sqlalchemy as sa
+from optuna.distributions import distribution_to_json
+from optuna.storages._rdb import models
 from optuna.trial import TrialState
 from sqlalchemy.engine import Engine
 
@@ -33,6 +36,12 @@ from lrtune.spec import StudySpec
 from lrtune.tables import studies, tokens
 
 log = logging.getLogger("lrtune.store")
+
+OPTUNA_TABLES = {name: model.__table__ for name, model in {
+    "trials": models.TrialModel, "values": models.TrialValueModel,
+    "params": models.TrialParamModel, "intermediate": models.TrialIntermediateValueModel,
+    "user_attrs": models.TrialUserAttributeModel,
+    "system_attrs": models.TrialSystemAttributeModel}.items()}
 
 TAKEN = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED)
 RUNNING, CANCELLED, DONE, FAILED = "running", "cancelled", "done", "failed"
@@ -377,18 +386,10 @@ class Store:
         stale = self.optuna_storage._get_stale_trial_ids(study._study_id)
         stale += self._trials_without_heartbeat(study._study_id)
         for trial_id in stale:
-            grace = self.settings.heartbeat_grace
-            try:
-                self.optuna_storage.set_trial_user_attr(
-                    trial_id, names.ATTR_REASON, f"lost: no heartbeat for {grace} s")
-                if not self.optuna_storage.set_trial_state_values(trial_id, TrialState.FAIL):
-                    continue
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue
-            frozen = self.optuna_storage.get_trial(trial_id)
-            log.warning("study %s trial %d lost (no heartbeat); re-queued", record.name,
-                        frozen.number)
-            self.requeue(study, frozen)
+            reason = f"lost: no heartbeat for {self.settings.heartbeat_grace} s"
+            if self.fail_and_requeue(trial_id, reason, count_retry=True):
+                log.warning("study %s trial id %d lost (no heartbeat); re-queued", record.name,
+                            trial_id)
         return len(stale)
 
     def _trials_without_heartbeat(self, optuna_study_id: int) -> list[int]:
@@ -406,19 +407,53 @@ class Store:
             return [int(r[0]) for r in conn.execute(query, {"sid": optuna_study_id,
                                                             "cutoff": cutoff})]
 
-    def requeue(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
-                count_retry: bool = True) -> bool:
-        """Queue a WAITING copy of ``trial`` (same params), linked to the original."""
-        history = list(trial.system_attrs.get("retry_history", []))
+    def fail_and_requeue(self, trial_id: int, reason: str, count_retry: bool) -> bool:
+        """In one transaction, so no crash can split them: the RUNNING trial goes FAIL with
+        ``reason`` and, within the retry limit, a WAITING copy with the same params is queued
+        (``retry_of`` = its number). False when the trial had already finished.
+
+        Call under the study's claim lock: the copy takes the next trial number.
+        """
+        frozen = self.optuna_storage.get_trial(trial_id)
+        history = list(frozen.system_attrs.get("retry_history", []))
         if count_retry:
-            history.append(trial.number)
-            if len(history) > self.settings.max_retries:
+            history.append(frozen.number)
+        again = not count_retry or len(history) <= self.settings.max_retries
+        t = OPTUNA_TABLES
+        now = datetime.now(UTC).replace(tzinfo=None)  # Optuna stores naive UTC
+        with self.engine.begin() as conn:
+            if not conn.execute(t["trials"].update().where(
+                    t["trials"].c.trial_id == trial_id,
+                    t["trials"].c.state == TrialState.RUNNING).values(
+                    state=TrialState.FAIL, datetime_complete=now)).rowcount:
                 return False
-        original = trial.system_attrs.get("failed_trial", trial.number)
-        study.add_trial(optuna.create_trial(
-            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-            user_attrs={"retry_of": trial.number},
-            system_attrs={"failed_trial": original, "retry_history": history}))
+            attrs = t["user_attrs"]
+            conn.execute(attrs.delete().where(attrs.c.trial_id == trial_id,
+                                              attrs.c.key == names.ATTR_REASON))
+            conn.execute(attrs.insert().values(trial_id=trial_id, key=names.ATTR_REASON,
+                                               value_json=json.dumps(reason)))
+            if not again:
+                return True
+            study_id = conn.execute(sa.select(t["trials"].c.study_id).where(
+                t["trials"].c.trial_id == trial_id)).scalar_one()
+            number = conn.execute(sa.select(sa.func.count()).select_from(t["trials"]).where(
+                t["trials"].c.study_id == study_id)).scalar_one()
+            copy_id = conn.execute(t["trials"].insert().values(
+                number=number, study_id=study_id, state=TrialState.WAITING)
+            ).inserted_primary_key[0]
+            if frozen.params:
+                conn.execute(t["params"].insert(), [
+                    {"trial_id": copy_id, "param_name": name,
+                     "param_value": frozen.distributions[name].to_internal_repr(value),
+                     "distribution_json": distribution_to_json(frozen.distributions[name])}
+                    for name, value in frozen.params.items()])
+            conn.execute(attrs.insert().values(trial_id=copy_id, key="retry_of",
+                                               value_json=json.dumps(frozen.number)))
+            original = frozen.system_attrs.get("failed_trial", frozen.number)
+            conn.execute(t["system_attrs"].insert(), [
+                {"trial_id": copy_id, "key": "failed_trial", "value_json": json.dumps(original)},
+                {"trial_id": copy_id, "key": "retry_history",
+                 "value_json": json.dumps(history)}])
         return True
 
     def finish(self, claim: Claim, state: TrialState, value: float | None) -> None:
@@ -443,10 +478,7 @@ class Store:
             return
         with self._locked(claims[0].record.id, wait=True):
             for claim in claims:
-                claim.trial.set_user_attr(names.ATTR_REASON, reason)
-                claim.study.tell(claim.trial, state=TrialState.FAIL)
-                frozen = claim.study._storage.get_trial(claim.trial._trial_id)
-                self.requeue(claim.study, frozen, count_retry=False)
+                self.fail_and_requeue(claim.trial._trial_id, reason, count_retry=False)
 
     # -- tokens -----------------------------------------------------------------------------
     def create_token(self, name: str) -> str:
