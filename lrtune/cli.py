@@ -317,7 +317,3 @@ def plot(study_id: int,
         path = out / f"study{study_id}_{kind}.png"
         path.write_bytes(_api(lambda kind=kind: client.plot(study_id, kind)))
         typer.echo(path)
-
-
-def main() -> None:  # pragma: no cover
-    sys.exit(app())

@@ -15,8 +15,6 @@ from lrtune.schedules import FAMILIES, WARMUP, Param, Schedule
 from lrtune.spec import Range, SpaceSpec
 from lrtune.tasks import Direction
 
-TOP_LEVEL = ("schedule", "lr", "optimizer", "weight_decay", "batch_size", "warmup")
-
 
 @dataclass(frozen=True)
 class TrialConfig:

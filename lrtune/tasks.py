@@ -6,7 +6,7 @@ The trainable side (model, data) lives in ``worker.tasks``; third-party tasks re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Literal
 
@@ -25,7 +25,6 @@ class TaskInfo:
     batch_size: int = 32
     batch_sizes: tuple[int, ...] = ()
     default_epochs: int = 10
-    tags: tuple[str, ...] = field(default_factory=tuple)
 
     def direction(self, metric: str) -> Direction:
         try:

@@ -140,18 +140,14 @@ def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objectiv
                 if epoch < epochs - 1 and reporters[i].should_prune():
                     result.outcome = "pruned"
                     stopped.append(j)
-        for j in stopped:
-            if on_done is not None:
+        gone = set(stopped)
+        live = [j for j in range(len(rows)) if j not in gone]
+        if on_done is not None:
+            for j in stopped + (live if epoch == epochs - 1 else []):
                 on_done(rows[j], results[rows[j]])
-        if epoch == epochs - 1 and on_done is not None:
-            for j, i in enumerate(rows):
-                if j not in set(stopped):
-                    on_done(i, results[i])
         if after_epoch is not None:
             after_epoch()
         if stopped:
-            gone = set(stopped)
-            live = [j for j in range(len(rows)) if j not in gone]
             if not live:
                 break
             pack.keep(live)  # stopped trials leave the stack: no more compute for them
