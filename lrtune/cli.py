@@ -88,6 +88,8 @@ def tune(
     pruner: Annotated[str, typer.Option()] = "median",
     seed: Annotated[int, typer.Option()] = 0,
     objective: Annotated[str, typer.Option()] = "val_loss",
+    lr: Annotated[str | None, typer.Option(
+        help='base LR range LOW:HIGH, or "auto" for an LR range test first')] = None,
     baseline: Annotated[bool, typer.Option(
         help="also train SGD at constant lr=0.01 and print its value")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
@@ -100,6 +102,8 @@ def tune(
         space["families"] = [f.strip() for f in families.split(",") if f.strip()]
     if optimizers:
         space["optimizers"] = [o.strip() for o in optimizers.split(",") if o.strip()]
+    if lr:
+        space["lr"] = _lr_option(lr)
     raw = {"name": study or f"{task}-tune", "task": task, "epochs": epochs, "n_trials": trials,
            "objective": objective, "space": space, "sampler": {"name": sampler, "seed": seed},
            "pruner": {"name": pruner}, "seed": seed}
@@ -107,6 +111,71 @@ def tune(
         run_local_study(raw, storage, device, baseline, console)
     except SpecError as e:
         fail(str(e))
+
+
+def _lr_option(text: str) -> Any:
+    if text == "auto":
+        return "auto"
+    try:
+        low, high = (float(part) for part in text.split(":"))
+    except ValueError:
+        fail(f'--lr must be "auto" or LOW:HIGH, not {text!r}')
+    return {"low": low, "high": high}
+
+
+@app.command("lr-find")
+def lr_find(
+    task: Annotated[str, typer.Option(help="task name, see `lrtune tasks`")],
+    optimizers: Annotated[str, typer.Option(help="comma-separated optimizers")] = "sgd,adam",
+    min_lr: Annotated[float, typer.Option(min=0.0, help="first LR of the sweep")] = 1e-6,
+    max_lr: Annotated[float, typer.Option(min=0.0, help="last LR of the sweep")] = 10.0,
+    steps: Annotated[int, typer.Option(min=5, help="training steps in the sweep")] = 120,
+    seed: Annotated[int, typer.Option()] = 0,
+    plot_file: Annotated[Path | None, typer.Option("--plot", help="write the curve as PNG")
+                         ] = Path("lr_find.png"),
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+) -> None:
+    """LR range test: sweep the LR exponentially for a few steps, suggest base-LR bounds."""
+    from lrtune.lr_range import combine
+    from lrtune.optimizers import OPTIMIZERS
+    from lrtune.plots import range_test_png
+    from worker.device import pick_device
+    from worker.lr_find import sweep
+    from worker.tasks import get_task
+
+    names = [o.strip() for o in optimizers.split(",") if o.strip()]
+    unknown = [o for o in names if o not in OPTIMIZERS]
+    if unknown or not names:
+        fail(f"--optimizers: unknown {unknown}; known: {sorted(OPTIMIZERS)}")
+    if not 0 < min_lr < max_lr:
+        fail("--min-lr must be above 0 and below --max-lr")
+    try:
+        chosen = get_task(task)
+    except SpecError as e:
+        fail(str(e))
+    where = pick_device(device)
+    tests = []
+    for name in names:
+        with err.status(f"sweeping {name} from {min_lr:g} to {max_lr:g} in {steps} steps"):
+            tests.append(sweep(chosen, name, where, seed, min_lr, max_lr, steps))
+    bounds = combine(tests)
+    if plot_file is not None:
+        plot_file.write_bytes(range_test_png(bounds, task))
+    if as_json:
+        typer.echo(json.dumps(bounds.to_dict() | {"plot": str(plot_file) if plot_file else None}))
+        return
+    table = Table(title=f"LR range test on {task} ({where})")
+    for column in ("optimizer", "steepest descent", "loss minimum", "suggested range", "note"):
+        table.add_column(column)
+    for t in tests:
+        table.add_row(t.optimizer, f"{t.steepest:.3g}", f"{t.high:.3g}",
+                      f"{t.low:.3g} .. {t.high:.3g}", t.reason or "")
+    console.print(table)
+    console.print('space: {"lr": ' + json.dumps({"low": float(f"{bounds.low:.3g}"),
+                                                 "high": float(f"{bounds.high:.3g}")}) + "}")
+    if plot_file is not None:
+        console.print(f"plot: {plot_file}")
 
 
 @app.command()

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import optuna
 
 from lrtune import study as names
+from lrtune.lr_range import LrBounds, diverged_at
 
 StudyPlot = Literal["lr", "loss", "families"]
 MAX_CURVES = 200  # the most recent finished trials drawn in curve plots
@@ -99,5 +100,31 @@ def study_png(kind: StudyPlot, trials: Sequence[optuna.trial.FrozenTrial], metri
                 transform=ax.transAxes)
     if families and kind != "families":
         ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def range_test_png(bounds: LrBounds, title: str) -> bytes:
+    """Loss against LR of each optimizer's sweep, with the suggested search range shaded."""
+    fig, axes = _figure(1)
+    ax = axes[0][0]
+    top, bottom = 0.0, float("inf")
+    for i, test in enumerate(bounds.tests):
+        end = diverged_at(test.smoothed)  # the blow-up itself would flatten the rest
+        shown = list(zip(test.lrs[:end + 1], test.smoothed[:end + 1], strict=True))
+        shown = [p for p in shown if p[1] != float("inf")]
+        top = max(top, 1.5 * max(test.smoothed[:max(end, 1)]))
+        bottom = min([bottom, *(p[1] for p in shown)])
+        line = ax.plot([p[0] for p in shown], [p[1] for p in shown], color=f"C{i}",
+                       label=f"{test.optimizer}: {test.low:.2g} .. {test.high:.2g}")[0]
+        ax.axvline(test.high, color=line.get_color(), linestyle=":", linewidth=1)
+    ax.axvspan(bounds.low, bounds.high, color="tab:green", alpha=0.12,
+               label=f"searched: {bounds.low:.2g} .. {bounds.high:.2g}")
+    ax.set_xscale("log")
+    if top > 0:
+        ax.set_ylim(bottom - 0.05 * (top - bottom), top)
+    ax.set(xlabel="learning rate (log scale)", ylabel="training loss (smoothed)",
+           title=f"{title}: LR range test")
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _png(fig)

@@ -14,7 +14,7 @@ from lrtune.export import export
 from lrtune.space import SearchSpace, TrialConfig
 from lrtune.spec import StudySpec
 
-SPEC_ATTR = "lrtune_spec"
+SPEC_ATTR = names.STUDY_ATTR_SPEC
 
 
 def parse_spec(raw: dict[str, Any]) -> StudySpec:

@@ -145,7 +145,7 @@ class SearchSpace:
     def choose(self, src: Source) -> TrialConfig:
         spec, fixed = self.spec, self.fixed
         family = fixed.get("schedule") or src.categorical("schedule", list(spec.families))
-        lr = fixed.get("lr") or src.float("lr", spec.lr.low, spec.lr.high, spec.lr.log is not False)
+        lr = fixed.get("lr") or self._lr(src)
         opt_name = fixed.get("optimizer") or src.categorical("optimizer", list(spec.optimizers))
         if isinstance(spec.weight_decay, Range):
             wd_log = spec.weight_decay.log is not False and spec.weight_decay.low > 0
@@ -168,6 +168,14 @@ class SearchSpace:
             batch = int(fixed["batch_size"])
         return TrialConfig(Schedule.build(family, fam_params, warmup, spec.clip),
                            OptimizerChoice.build(opt_name, lr, wd, opt_params), batch)
+
+    def _lr(self, src: Source) -> float:
+        rng = self.spec.lr
+        if rng == "auto":
+            if isinstance(src, ParamsSource):
+                return src.float("lr", 0.0, 0.0, True)
+            raise SpecError("space.lr", "'auto' must be resolved by an LR range test first")
+        return src.float("lr", rng.low, rng.high, rng.log is not False)
 
     def _value(self, src: Source, key: str, param: Param) -> Any:
         if key in self.fixed:

@@ -53,7 +53,9 @@ class SpaceSpec(Strict):
     families: list[FamilyName] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
     optimizers: list[OptimizerName] = Field(
         default_factory=lambda: ["sgd", "momentum", "adam", "adamw", "rmsprop"], min_length=1)
-    lr: LrRange = Field(default_factory=LrRange)
+    lr: LrRange | Literal["auto"] = Field(
+        default_factory=LrRange,
+        description='base LR range, or "auto" to take it from an LR range test before the study')
     weight_decay: Range | float = 0.0
     warmup: bool | Literal["search"] = False
     clip: dict[str, float] | None = None

@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import Engine
 
 from lrtune import study as names
+from lrtune.lr_range import LrBounds, resolved
 from lrtune.settings import Settings
 from lrtune.spec import StudySpec
 from lrtune.tables import studies, tokens
@@ -85,13 +86,23 @@ class StudyRecord:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    lr_range: dict[str, Any] | None = None  # the LR range test's result, for lr "auto"
 
     @classmethod
     def from_row(cls, row: Any) -> StudyRecord:
         m = row._mapping
         return cls(m["id"], m["name"], m["task"], StudySpec.model_validate(m["spec"]),
                    m["status"], m["owner"], m["n_trials"], m["reason"], aware(m["created_at"]),
-                   aware(m["updated_at"]), aware(m["finished_at"]))
+                   aware(m["updated_at"]), aware(m["finished_at"]), m["lr_range"])
+
+    @property
+    def lr_bounds(self) -> LrBounds | None:
+        return LrBounds.from_dict(self.lr_range) if self.lr_range else None
+
+    @property
+    def search_spec(self) -> StudySpec:
+        """The spec trials sample from: ``space.lr: "auto"`` replaced by its range test."""
+        return resolved(self.spec, self.lr_bounds)
 
 
 @dataclass
@@ -186,7 +197,7 @@ class Store:
             except optuna.exceptions.DuplicatedStudyError:
                 raise Conflict(f"an Optuna study named {spec.name!r} exists") from None
             optuna_study = optuna.load_study(study_name=spec.name, storage=self.optuna_storage)
-            optuna_study.set_user_attr("lrtune_spec", spec.model_dump(mode="json"))
+            optuna_study.set_user_attr(names.STUDY_ATTR_SPEC, spec.model_dump(mode="json"))
             sid = conn.execute(studies.insert().values(
                 name=spec.name, task=spec.task, spec=spec.model_dump(mode="json"),
                 status=RUNNING, owner=owner, n_trials=spec.n_trials, created_at=stamp,
@@ -199,6 +210,20 @@ class Store:
         if row is None:
             raise NotFound(f"no study {study_id}")
         return StudyRecord.from_row(row)
+
+    def save_lr_bounds(self, study_id: int, bounds: LrBounds) -> StudyRecord:
+        """Keep the first range test saved for a study (workers may race); return the record."""
+        with self.engine.begin() as conn:
+            conn.execute(studies.update().where(studies.c.id == study_id,
+                                                studies.c.lr_range.is_(None))
+                         .values(lr_range=bounds.to_dict(), updated_at=now()))
+        self._records.pop(study_id, None)
+        record = self.get_study(study_id)
+        if record.lr_bounds is not None:  # shown in the dashboard beside the spec
+            self.optuna_storage.set_study_user_attr(
+                self.optuna_study_id(record), names.STUDY_ATTR_LR_RANGE,
+                record.lr_bounds.summary())
+        return record
 
     def list_studies(self, status: str | None = None, limit: int = 50, offset: int = 0
                      ) -> tuple[list[StudyRecord], int]:

@@ -17,6 +17,11 @@ ATTR_CONFIG = "config"  # the decoded TrialConfig (schedule + optimizer)
 ATTR_STEPS_PER_EPOCH = "steps_per_epoch"
 
 
+# Study user attributes lrtune writes (shown in the dashboard).
+STUDY_ATTR_SPEC = "lrtune_spec"
+STUDY_ATTR_LR_RANGE = "lrtune_lr_range"  # {"low", "high", "by_optimizer"} of the range test
+
+
 def make_sampler(spec: SamplerSpec) -> optuna.samplers.BaseSampler:
     if spec.name == "random":
         return optuna.samplers.RandomSampler(seed=spec.seed)

@@ -19,6 +19,7 @@ studies = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("lr_range", JSON, nullable=True),  # the LR range test's result for lr "auto"
     Index("ix_lrtune_studies_status", "status"),
 )
 

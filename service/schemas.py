@@ -27,6 +27,14 @@ class BestOut(BaseModel):
     batch_size: int | None = None
 
 
+class LrRangeOut(BaseModel):
+    """The base-LR range searched, from the LR range test (``space.lr: "auto"``)."""
+
+    low: float
+    high: float
+    by_optimizer: dict[str, list[float]]  # each sweep's suggested [low, high]
+
+
 class StudyOut(BaseModel):
     id: int
     name: str
@@ -41,6 +49,7 @@ class StudyOut(BaseModel):
     updated_at: datetime
     finished_at: datetime | None
     dashboard: str
+    lr_range: LrRangeOut | None = None
 
 
 class StudyList(BaseModel):

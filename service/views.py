@@ -11,7 +11,7 @@ from lrtune import study as names
 from lrtune.space import SearchSpace, TrialConfig
 from lrtune.store import Store, StudyRecord
 from service.errors import ApiError
-from service.schemas import BestOut, Progress, StudyOut, TrialDetail, TrialOut
+from service.schemas import BestOut, LrRangeOut, Progress, StudyOut, TrialDetail, TrialOut
 
 
 def progress(store: Store, record: StudyRecord) -> Progress:
@@ -51,7 +51,15 @@ def study_out(store: Store, record: StudyRecord) -> StudyOut:
         best=best_out(record, best) if best is not None else None,
         spec=record.spec.model_dump(mode="json"), created_at=record.created_at,
         updated_at=record.updated_at, finished_at=record.finished_at,
-        dashboard=f"/dashboard/studies/{store.optuna_study_id(record)}")
+        dashboard=f"/dashboard/studies/{store.optuna_study_id(record)}",
+        lr_range=lr_range_out(record))
+
+
+def lr_range_out(record: StudyRecord) -> LrRangeOut | None:
+    bounds = record.lr_bounds
+    if bounds is None:
+        return None
+    return LrRangeOut(**bounds.summary())
 
 
 def local_time(moment: datetime | None) -> datetime | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -100,6 +101,8 @@ def test_linreg_study_finishes_with_its_exact_budget(deployment: Deployment) -> 
         png = httpx.get(f"{deployment.url}{path}", timeout=60)
         assert png.headers["content-type"] == "image/png"
         assert png.content.startswith(b"\x89PNG") and len(png.content) > 5000, path
+    none = httpx.get(f"{deployment.url}/studies/{sid}/plot?kind=lr_range", timeout=30)
+    assert none.status_code == 409 and none.json()["error"]["field"] == "kind"
     bad = httpx.get(f"{deployment.url}/studies/{sid}/plot?kind=pie", timeout=30)
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "kind"
     plots = subprocess.run([sys.executable, "-m", "lrtune", "plot", str(sid), "--out",
@@ -166,3 +169,22 @@ def test_packed_study_looks_like_an_unpacked_one(deployment: Deployment) -> None
     dash = httpx.get(f"{deployment.url}/api/studies/{storage_id}", timeout=30).json()
     assert len(dash["trials"]) == len(trials)
     assert any(t["intermediate_values"] for t in dash["trials"])
+
+
+def test_lr_auto_runs_one_range_test_before_the_study(deployment: Deployment) -> None:
+    sid = deployment.submit(name="auto-lr", task="digits-mlp", epochs=2, n_trials=8, pack=2,
+                            space={"lr": "auto", "families": ["cosine", "constant"],
+                                   "optimizers": ["sgd", "adam"]})
+    study = deployment.wait(sid)
+    assert study["status"] == "done" and study["spec"]["space"]["lr"] == "auto"
+    low, high = study["lr_range"]["low"], study["lr_range"]["high"]
+    assert set(study["lr_range"]["by_optimizer"]) == {"sgd", "adam"}
+    assert 0 < low < high
+    trials = deployment.trials(sid)
+    assert_exact(trials, 8)
+    assert all(low <= t["params"]["lr"] <= high for t in trials)  # sampled in the tested range
+    png = httpx.get(f"{deployment.url}/studies/{sid}/plot?kind=lr_range", timeout=60)
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    storage_id = int(study["dashboard"].rsplit("/", 1)[1])
+    dash = httpx.get(f"{deployment.url}/api/studies/{storage_id}", timeout=30).json()
+    assert "lrtune_lr_range" in json.dumps(dash)

@@ -10,12 +10,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lrtune import study as names
+from lrtune.lr_range import resolved
 from lrtune.optimizers import OptimizerChoice
 from lrtune.results import SPEC_ATTR, parse_spec, print_best
 from lrtune.schedules import Schedule
 from lrtune.space import TrialConfig
 from lrtune.spec import StudySpec
 from worker.device import pick_device
+from worker.lr_find import find_bounds
 from worker.runner import objective_for
 from worker.tasks import get_task
 from worker.train import train_trial
@@ -31,6 +33,14 @@ def run_local_study(raw: dict[str, Any], storage: str, device_name: str, baselin
         direction=names.direction(spec), sampler=names.make_sampler(spec.sampler),
         pruner=names.make_pruner(spec.pruner, spec.epochs))
     study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
+    if spec.space.lr == "auto":
+        with console.status("LR range test"):
+            bounds = find_bounds(spec, device)
+        study.set_user_attr(names.STUDY_ATTR_LR_RANGE, bounds.summary())
+        each = ", ".join(f"{t.optimizer} {t.low:.2g}..{t.high:.2g}" for t in bounds.tests)
+        console.print(f"LR range test: base LR searched in {bounds.low:.3g} .. "
+                      f"{bounds.high:.3g} ({each})")
+        spec = resolved(spec, bounds)
     console.print(f"study [bold]{spec.name}[/bold] on {storage}: {spec.n_trials} trials of "
                   f"{spec.task}, {spec.epochs} epochs, device {device}")
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),

@@ -14,11 +14,12 @@ import torch
 
 from lrtune.ledger import PackLedger
 from lrtune.settings import Settings
+from lrtune.spec import StudySpec
 from lrtune.store import Claim, Store, StudyRecord
 from worker.device import pick_device
 from worker.heartbeat import Heartbeat
 from worker.pack import run_pack
-from worker.runner import DATABASE_ERRORS, Stopping, TrialOutcome
+from worker.runner import DATABASE_ERRORS, Stopping, TrialOutcome, failed
 
 log = logging.getLogger("lrtune.worker")
 
@@ -98,6 +99,15 @@ class Worker:
 
         return auto_pack(record.spec, self.device, self.settings.max_pack)
 
+    def _search_spec(self, store: Store, record: StudyRecord) -> StudySpec:
+        """The spec to sample from; runs the study's LR range test first when ``lr`` is
+        "auto" and no worker has yet (racing workers keep the first one saved)."""
+        if record.spec.space.lr != "auto" or record.lr_range is not None:
+            return record.search_spec
+        from worker.lr_find import find_bounds
+
+        return store.save_lr_bounds(record.id, find_bounds(record.spec, self.device)).search_spec
+
     def _work(self, claims: list[Claim]) -> None:
         store = self._connect()
         name = claims[0].record.name
@@ -129,8 +139,15 @@ class Worker:
         ids = [c.trial._trial_id for c in claims]
         with Heartbeat(store.optuna_storage, ids, self.settings.heartbeat_interval):
             try:
-                run_pack(claims, claims[0].record.spec, self.device, should_stop, finish, ended,
-                         ledger)
+                try:
+                    spec = self._search_spec(store, claims[0].record)
+                except (Stopping, *DATABASE_ERRORS):
+                    raise
+                except Exception as error:  # the task's own failure, as in a trial
+                    for claim in claims:
+                        finish(claim, failed(claim.trial, error))
+                else:
+                    run_pack(claims, spec, self.device, should_stop, finish, ended, ledger)
                 if ledger is not None:
                     ledger.flush()
             except Stopping:

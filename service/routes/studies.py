@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Response
 
 from lrtune.export import export
-from lrtune.plots import study_png, trial_png
+from lrtune.plots import range_test_png, study_png, trial_png
 from lrtune.results import parse_spec
 from lrtune.space import SearchSpace
 from lrtune.spec import StudySpec
@@ -134,11 +134,18 @@ def plot_trial(study_id: StudyId, number: TrialNumber, store: StoreDep) -> Respo
     return Response(png, media_type="image/png")
 
 
-@router.get("/{study_id}/plot", responses={**PNG, **responses(401, 404, 422)})
+@router.get("/{study_id}/plot", responses={**PNG, **responses(401, 404, 409, 422)})
 def plot_study(study_id: StudyId, store: StoreDep,
-               kind: Literal["lr", "loss", "families"] = "loss") -> Response:
-    """LR or metric curves of the finished trials by family, or final metric by family."""
+               kind: Literal["lr", "loss", "families", "lr_range"] = "loss") -> Response:
+    """LR or metric curves of the finished trials by family, final metric by family, or the
+    LR range test (``lr_range``, 409 until one ran)."""
     record = store.get_study(study_id)
+    if kind == "lr_range":
+        bounds = record.lr_bounds
+        if bounds is None:
+            raise ApiError(409, "no_range_test", "this study has no LR range test result "
+                           "(its space.lr is not \"auto\", or no worker has run it yet)", "kind")
+        return Response(range_test_png(bounds, record.name), media_type="image/png")
     png = study_png(kind, trials_of(store, record), record.spec.objective,
                     direction(record.spec) == "minimize", record.name)
     return Response(png, media_type="image/png")
