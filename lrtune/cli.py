@@ -291,11 +291,16 @@ def worker(
 def dashboard(host: Annotated[str, typer.Option()] = "127.0.0.1",
               port: Annotated[int, typer.Option()] = 8080) -> None:
     """Run optuna-dashboard alone on the same database."""
+    import optuna
     import optuna_dashboard
 
+    from lrtune.dashboard import CurveArtifactStore
     from lrtune.store import optuna_url
 
-    optuna_dashboard.run_server(optuna_url(_settings().database_url), host=host, port=port)
+    settings = _settings()
+    storage = optuna.storages.RDBStorage(optuna_url(settings.database_url))
+    optuna_dashboard.run_server(storage, host=host, port=port,
+                                artifact_store=CurveArtifactStore(storage, settings.artifact_dir))
 
 
 def _client() -> Any:

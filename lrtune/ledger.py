@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
+from lrtune.dashboard import curve_artifact_attr
 from lrtune.store import OPTUNA_TABLES, Claim, Store
 from lrtune.study import make_pruner
 
@@ -111,6 +112,10 @@ class PackLedger:
                     log.warning("study %s trial %d was reaped as lost meanwhile",
                                 self.record.name, number)
                     continue
+                if state in (TrialState.COMPLETE, TrialState.PRUNED):
+                    key, meta = curve_artifact_attr(self.study_id, trial_id, number)
+                    system.append({"trial_id": trial_id, "key": key,
+                                   "value_json": json.dumps(meta)})
                 if state == TrialState.COMPLETE and value is not None:
                     stored, kind = models.TrialValueModel.value_to_stored_repr(value)
                     conn.execute(TABLES["values"].insert(), [{
@@ -124,6 +129,9 @@ class PackLedger:
             if system:
                 conn.execute(TABLES["system_attrs"].insert(), system)
         ended = bool(self.endings)
+        completed = any(state == TrialState.COMPLETE for _, state, _ in self.endings)
         self.values, self.user_attrs, self.endings = [], [], []
+        if completed:
+            self.store.note_best(self.record)
         if ended and self.last_slot:
             self.store.mark_done_if_complete(self.record)

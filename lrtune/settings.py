@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +22,8 @@ class Settings(BaseSettings):
     max_trials: int = Field(10_000, ge=1)
     max_epochs: int = Field(1_000, ge=1)
     max_pack: int = Field(1_024, ge=1)
+    artifact_dir: Path | None = Field(
+        None, description="folder for files uploaded in the dashboard (curve images need none)")
     max_body_bytes: int = Field(64 * 1024, ge=1024)
 
     # workers

@@ -31,6 +31,12 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import Engine
 
 from lrtune import study as names
+from lrtune.dashboard import (
+    curve_artifact_attr,
+    name_objective,
+    note_is_stale,
+    update_best_note,
+)
 from lrtune.lr_range import LrBounds, resolved
 from lrtune.settings import Settings
 from lrtune.spec import StudySpec
@@ -198,6 +204,7 @@ class Store:
                 raise Conflict(f"an Optuna study named {spec.name!r} exists") from None
             optuna_study = optuna.load_study(study_name=spec.name, storage=self.optuna_storage)
             optuna_study.set_user_attr(names.STUDY_ATTR_SPEC, spec.model_dump(mode="json"))
+            name_objective(optuna_study, spec.objective)
             sid = conn.execute(studies.insert().values(
                 name=spec.name, task=spec.task, spec=spec.model_dump(mode="json"),
                 status=RUNNING, owner=owner, n_trials=spec.n_trials, created_at=stamp,
@@ -483,12 +490,30 @@ class Store:
 
     def finish(self, claim: Claim, state: TrialState, value: float | None) -> None:
         """Record the trial's end; a study whose budget is complete becomes ``done``."""
+        trial_id = claim.trial._trial_id
+        if state in (TrialState.COMPLETE, TrialState.PRUNED):
+            self.optuna_storage.set_trial_system_attr(trial_id, *curve_artifact_attr(
+                claim.study._study_id, trial_id, claim.trial.number))
         if state == TrialState.COMPLETE:
             claim.study.tell(claim.trial, value)
+            self.note_best(claim.record)
         else:
             claim.study.tell(claim.trial, state=state)
         if claim.last_slot:  # with slots still unclaimed this cannot be the last trial
             self.mark_done_if_complete(claim.record)
+
+    def note_best(self, record: StudyRecord) -> None:
+        """Keep the study's dashboard note on its best trial, written under the claim lock
+        (one writer per study); a failure here never fails a trial."""
+        study_id = self.optuna_study_id(record)
+        try:
+            if not note_is_stale(self.optuna_storage, study_id):
+                return
+            with self._locked(record.id, wait=True) as held:
+                if held is not None:
+                    update_best_note(self.optuna_storage, study_id)
+        except Exception as error:  # noqa: BLE001 - cosmetic: log and go on
+            log.warning("study %s: best-schedule note not written: %s", record.name, error)
 
     def mark_done_if_complete(self, record: StudyRecord) -> dict[str, int]:
         counts = self.trial_counts(record)

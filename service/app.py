@@ -14,6 +14,7 @@ from a2wsgi import WSGIMiddleware
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lrtune.dashboard import CurveArtifactStore
 from lrtune.settings import Settings, get_settings
 from lrtune.store import Store
 from service import errors
@@ -137,5 +138,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 def dashboard_app(store: Store, closed: bool) -> Any:
     import optuna_dashboard
 
-    dashboard: Any = WSGIMiddleware(optuna_dashboard.wsgi(store.optuna_storage))  # type: ignore[arg-type]
+    artifacts = CurveArtifactStore(store.optuna_storage, store.settings.artifact_dir)
+    dashboard: Any = WSGIMiddleware(optuna_dashboard.wsgi(  # type: ignore[arg-type]
+        store.optuna_storage, artifact_store=artifacts))
     return TokenGate(dashboard, store) if closed else dashboard

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -68,6 +71,24 @@ def deployment(db_url: str, tmp_path: Path) -> Iterator[Deployment]:
             print(f"--- {log.name}\n{log.read_text()[-3000:]}")
 
 
+def assert_dashboard_extras(deployment: Deployment, study: dict) -> None:
+    """Each finished trial lists its curve image (a real PNG); the note shows the best code."""
+    storage_id = int(study["dashboard"].rsplit("/", 1)[1])
+    dash = httpx.get(f"{deployment.url}/api/studies/{storage_id}", timeout=30).json()
+    finished = [t for t in dash["trials"] if t["state"] in ("Complete", "Pruned")]
+    assert finished and all(len(t["artifacts"]) == 1 for t in finished)
+    trial = finished[-1]
+    meta = trial["artifacts"][0]
+    png = httpx.get(f"{deployment.url}/artifacts/{storage_id}/{trial['trial_id']}/"
+                    f"{meta['artifact_id']}", timeout=60)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.content.startswith(b"\x89PNG") and len(png.content) > 5000
+    best = study["best"]
+    note = dash["note"]["body"]
+    assert f"trial {best['number']}" in note and "```python" in note
+    assert "optimizer = torch.optim." in note
+
+
 def assert_exact(trials: list[dict], n: int) -> None:
     numbers = [t["number"] for t in trials]
     assert len(numbers) == len(set(numbers))
@@ -83,6 +104,7 @@ def test_linreg_study_finishes_with_its_exact_budget(deployment: Deployment) -> 
     assert study["status"] == "done"
     assert study["progress"]["n_done"] == 12
     assert_exact(deployment.trials(sid), 12)
+    assert_dashboard_extras(deployment, study)
     detail = httpx.get(f"{deployment.url}/studies/{sid}/trials/0", timeout=30).json()
     assert detail["lr_curve"] and detail["metric_curve"] or detail["state"] == "PRUNED"
     code = httpx.get(f"{deployment.url}/studies/{sid}/best/code", timeout=30).text
@@ -169,6 +191,7 @@ def test_packed_study_looks_like_an_unpacked_one(deployment: Deployment) -> None
     dash = httpx.get(f"{deployment.url}/api/studies/{storage_id}", timeout=30).json()
     assert len(dash["trials"]) == len(trials)
     assert any(t["intermediate_values"] for t in dash["trials"])
+    assert_dashboard_extras(deployment, study)
 
 
 def test_lr_auto_runs_one_range_test_before_the_study(deployment: Deployment) -> None:
@@ -188,3 +211,43 @@ def test_lr_auto_runs_one_range_test_before_the_study(deployment: Deployment) ->
     storage_id = int(study["dashboard"].rsplit("/", 1)[1])
     dash = httpx.get(f"{deployment.url}/api/studies/{storage_id}", timeout=30).json()
     assert "lrtune_lr_range" in json.dumps(dash)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def browse(url: str, out: Path | None = None) -> str:
+    """Render ``url`` in headless Chromium (JavaScript run); the DOM, and a screenshot."""
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--window-size=1400,1800", "--virtual-time-budget=15000"]
+    if out is not None:
+        subprocess.run([*flags, f"--screenshot={out}", url], capture_output=True, timeout=120,
+                       check=True)
+        assert out.read_bytes().startswith(b"\x89PNG")
+    return subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True,
+                          timeout=120, check=True).stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
+def test_dashboard_in_a_real_browser(deployment: Deployment) -> None:
+    """The dashboard of a finished study, rendered by Chromium: the trials, each trial's
+    curve image and the best-schedule note with its code."""
+    sid = deployment.submit(name="browser", task="linreg", epochs=4, n_trials=6,
+                            space={"families": ["cosine", "step"]})
+    study = deployment.wait(sid)
+    storage_id = int(study["dashboard"].rsplit("/", 1)[1])
+    best = study["best"]["number"]
+    base = f"{deployment.url}/dashboard/studies/{storage_id}"
+    shots = deployment.tmp / "screenshots"
+    shots.mkdir()
+    trials = browse(f"{base}/trials?numbers={best}", shots / "trials.png")
+    for n in range(6):
+        assert f">Trial {n}<" in trials
+    assert f'alt="trial_{best}_lr_and_loss.png"' in trials  # the artifact's image on the page
+    src = trials.split(f'alt="trial_{best}_lr_and_loss.png" src="', 1)[1].split('"', 1)[0]
+    image = httpx.get(f"{deployment.url}{src}", timeout=60)
+    assert image.headers["content-type"] == "image/png" and len(image.content) > 5000
+    note = html.unescape(re.sub(r"<[^>]+>", "", browse(f"{base}/note", shots / "note.png")))
+    assert f"Best schedule so far: trial {best}" in note
+    assert "optimizer = torch.optim." in note  # the code block, as text on the page
+    print("screenshots:", sorted(str(p) for p in shots.iterdir()))
