@@ -73,8 +73,17 @@ class PackLedger:
         self.values.append({"trial_id": trial_id, "step": epoch, "intermediate_value": stored,
                             "intermediate_value_type": kind})
         if number not in self.mirror:
-            self.mirror[number] = self.memory._storage.create_new_trial(self.memory._study_id)
+            self.mirror[number] = self._mirror(number)
         self.memory._storage.set_trial_intermediate_value(self.mirror[number], epoch, value)
+
+    def _mirror(self, number: int) -> int:
+        """An in-memory copy of the pack's trial, with its parameters (pruners may read them)."""
+        storage, trial = self.memory._storage, self.claims[number].trial
+        mirror = storage.create_new_trial(self.memory._study_id)
+        for name, value in trial.params.items():
+            dist = trial.distributions[name]
+            storage.set_trial_param(mirror, name, dist.to_internal_repr(value), dist)
+        return mirror
 
     def should_prune(self, number: int) -> bool:
         trial_id = self.mirror.get(number)

@@ -105,7 +105,8 @@ class SamplerSpec(Strict):
 
 
 class PrunerSpec(Strict):
-    name: Literal["none", "median", "hyperband", "successive_halving"] = "median"
+    name: Literal["none", "median", "progress_median", "hyperband", "successive_halving"] = \
+        "median"
 
 
 class StudySpec(Strict):

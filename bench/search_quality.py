@@ -1,0 +1,157 @@
+"""Does lrtune find better schedules? Textbook settings, random search, TPE and TPE with a
+pruner on the same tasks, at equal budget in trial-epochs, over several seeds.
+
+    python bench/search_quality.py --tasks digits-mlp,charlm --seeds 5 --jobs 2
+    python bench/search_report.py          # table, plots and pruning evidence from the results
+
+Every run trains for real with lrtune's trainer and samples lrtune's default search space
+(all families, all optimizers, base LR 1e-4..1) with lrtune's own sampler and pruner settings.
+One JSON line per (task, method, seed) into bench/results/search_quality.jsonl, with the
+best-so-far curve against trial-epochs spent and, for the searches, every trial's per-epoch
+values (used for the pruning analysis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import optuna  # noqa: E402
+import torch  # noqa: E402
+from optuna.distributions import distribution_to_json  # noqa: E402
+
+from bench.machine import machine  # noqa: E402
+from lrtune.optimizers import OptimizerChoice  # noqa: E402
+from lrtune.schedules import Schedule  # noqa: E402
+from lrtune.space import TrialConfig  # noqa: E402
+from lrtune.spec import StudySpec  # noqa: E402
+from lrtune.study import direction, make_pruner, make_sampler  # noqa: E402
+from worker.runner import run_trial, trial_seed  # noqa: E402
+from worker.tasks import get_task  # noqa: E402
+from worker.train import steps_per_epoch, train_trial  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+# (epochs per trial, budget in trial-epochs per search) by task
+BUDGETS = {"digits-mlp": (10, 400), "charlm": (5, 120), "linreg": (5, 100)}
+SEARCHES = {"random": ("random", "none"), "tpe": ("tpe", "none"),
+            "tpe+hyperband": ("tpe", "hyperband")}
+CPU = torch.device("cpu")
+
+
+def textbook(spe: int) -> dict[str, TrialConfig]:
+    """What tutorials print. Schedules ride on SGD(lr=0.01, momentum=0.9), as in the examples
+    of torch.optim's documentation; fractions are of the whole run."""
+    sgd = OptimizerChoice.build("sgd", 0.01)
+    momentum = OptimizerChoice.build("momentum", 0.01, params={"momentum": 0.9})
+    build = Schedule.build
+    return {
+        "SGD lr=0.01 constant": TrialConfig(build("constant"), sgd),
+        "ExponentialLR(gamma=0.9)": TrialConfig(build("exponential", {"gamma": 0.9}), momentum),
+        "StepLR(30%, gamma=0.1)": TrialConfig(
+            build("step", {"step_size": 0.3, "gamma": 0.1}), momentum),
+        "MultiStepLR(30/60/90%, gamma=0.1)": TrialConfig(
+            build("multistep", {"first": 0.3, "interval": 0.3, "gamma": 0.1}), momentum),
+        "CosineAnnealingLR(eta_min=0.001)": TrialConfig(
+            build("cosine", {"eta_min_ratio": 0.1}), momentum),
+        "inverse time, k=0.005/step": TrialConfig(
+            build("inverse_time", {"decay_rate": 0.005 * spe}), momentum),
+        "Adam lr=0.001 constant": TrialConfig(build("constant"),
+                                              OptimizerChoice.build("adam", 0.001)),
+    }
+
+
+def run_textbook(task_name: str, name: str, epochs: int, seed: int) -> dict[str, Any]:
+    task = get_task(task_name)
+    spe = steps_per_epoch(len(task.data().x_train), task.info.batch_size)
+    config = textbook(spe)[name]
+    result = train_trial(task, config, epochs, "val_loss", seed * 1_000_003, CPU)
+    value = result.value if result.outcome == "complete" else None
+    return {"kind": "textbook", "method": name, "best": value, "spent": result.epochs_run,
+            "curve": [[result.epochs_run, value]], "values": result.values}
+
+
+def run_search(task_name: str, method: str, epochs: int, budget: int, seed: int
+               ) -> dict[str, Any]:
+    sampler, pruner = SEARCHES[method]
+    # Independent draws per method: with one seed, TPE's random start-up trials would be
+    # random search's first trials, and the methods would share their luck.
+    seed = 1000 * (list(SEARCHES).index(method) + 1) + seed
+    name = f"{task_name}-{method.replace('+', '-')}-{seed}"
+    spec = StudySpec.model_validate({
+        "name": name, "task": task_name, "epochs": epochs, "n_trials": 10_000,
+        "sampler": {"name": sampler, "seed": seed}, "pruner": {"name": pruner}, "seed": seed})
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction=direction(spec), sampler=make_sampler(spec.sampler),
+                                pruner=make_pruner(spec.pruner, epochs))
+    spent, curve, trials = 0, [], []
+    while spent < budget:
+        trial = study.ask()
+        outcome = run_trial(trial, spec, CPU)
+        if outcome.state == optuna.trial.TrialState.COMPLETE:
+            study.tell(trial, outcome.value)
+        else:
+            study.tell(trial, state=outcome.state)
+        result = outcome.result
+        spent += result.epochs_run if result else epochs
+        complete = [t.value for t in study.trials
+                    if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+        curve.append([spent, min(complete) if complete else None])
+        trials.append({"number": trial.number, "seed": trial_seed(spec, trial),
+                       "family": trial.params.get("schedule"), "params": trial.params,
+                       "distributions": {k: distribution_to_json(d)
+                                         for k, d in trial.distributions.items()},
+                       "optimizer": trial.params.get("optimizer"),
+                       "state": outcome.state.name, "reason": outcome.reason,
+                       "values": result.values if result else []})
+    return {"kind": "search", "method": method, "sampler_seed": seed, "best": curve[-1][1],
+            "spent": spent, "curve": curve, "trials": trials}
+
+
+def unit(args: tuple[str, str, str, int, int, int]) -> dict[str, Any]:
+    kind, task_name, method, epochs, budget, seed = args
+    torch.set_num_threads(1)  # one core per job: small models scale better across jobs
+    started = time.perf_counter()
+    out = (run_textbook(task_name, method, epochs, seed) if kind == "textbook"
+           else run_search(task_name, method, epochs, budget, seed))
+    return {"task": task_name, "seed": seed, "epochs": epochs, "budget": budget,
+            "seconds": round(time.perf_counter() - started, 2), **out}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", default="digits-mlp,charlm")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--methods", default="textbook," + ",".join(SEARCHES))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS / "search_quality.jsonl")
+    args = parser.parse_args()
+    methods = args.methods.split(",")
+    units = []
+    for task_name in args.tasks.split(","):
+        epochs, budget = BUDGETS[task_name]
+        for seed in range(args.seeds):
+            if "textbook" in methods:
+                units += [("textbook", task_name, name, epochs, budget, seed)
+                          for name in textbook(1)]
+            units += [("search", task_name, m, epochs, budget, seed)
+                      for m in methods if m in SEARCHES]
+    info = machine()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(args.jobs) as pool, args.out.open("a") as out:
+        for i, line in enumerate(pool.map(unit, units), 1):
+            out.write(json.dumps({**line, "machine": info}) + "\n")
+            out.flush()
+            print(f"[{i}/{len(units)}] {line['task']} {line['method']} seed {line['seed']}: "
+                  f"best {line['best']} in {line['spent']} trial-epochs, {line['seconds']}s",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Tables, plots and pruning evidence from bench/results/search_quality.jsonl.
+
+    python bench/search_report.py [--results FILE] [--doc docs/benchmarks.md]
+
+Writes the search-quality section of docs/benchmarks.md and PNGs of best-so-far against
+trial-epochs into bench/results/. The pruning analysis replays the random-search trials (full
+curves, nothing pruned) through Optuna's real pruners, in their order, as a study would have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import warnings
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import optuna  # noqa: E402
+from optuna.distributions import json_to_distribution  # noqa: E402
+
+from lrtune.spec import PrunerSpec  # noqa: E402
+from lrtune.study import make_pruner  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+DOC = Path(__file__).parents[1] / "docs" / "benchmarks.md"
+SEARCHES = ["random", "tpe", "tpe+hyperband"]
+TOP = 0.2  # "a winner": in the best fifth of its run's trials by final value
+PRUNERS = ["median", "progress_median"]
+STAMP = datetime(2026, 1, 1)
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    """The latest line for each (task, method, seed)."""
+    latest: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        latest[(row["task"], row["method"], row["seed"])] = row
+    return list(latest.values())
+
+
+def by_method(rows: list[dict[str, Any]], task: str) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["task"] == task:
+            out[row["method"]].append(row)
+    return out
+
+
+def best_at(curve: list[list[Any]], spent: float) -> float | None:
+    """Best value found within ``spent`` trial-epochs."""
+    best = None
+    for x, value in curve:
+        if x > spent:
+            break
+        best = value if value is not None else best
+    return best
+
+
+def median_curve(runs: list[dict[str, Any]], grid: list[float]) -> list[float | None]:
+    out: list[float | None] = []
+    for x in grid:
+        values = [v for run in runs if (v := best_at(run["curve"], x)) is not None]
+        out.append(statistics.median(values) if len(values) == len(runs) else None)
+    return out
+
+
+def reach(runs: list[dict[str, Any]], target: float, budget: int) -> float | None:
+    """Trial-epochs the median run needs to be at least as good as ``target``."""
+    grid = list(range(1, budget + 1))
+    for x, value in zip(grid, median_curve(runs, grid), strict=True):
+        if value is not None and value <= target:
+            return x
+    return None
+
+
+def fmt(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {std:.4f}"
+
+
+def task_table(task: str, methods: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
+    lines = ["| method | best | mean ± std | median | trial-epochs (mean) | seeds |",
+             "|---|---|---|---|---|---|"]
+    medians: dict[str, float] = {}
+    order = [m for m in methods if m not in SEARCHES] + [m for m in SEARCHES if m in methods]
+    for method in order:
+        runs = methods[method]
+        finals = [r["best"] if r["best"] is not None else float("inf") for r in runs]
+        finite = [v for v in finals if v != float("inf")]
+        medians[method] = statistics.median(finals)
+        spent = statistics.mean(r["spent"] for r in runs)
+        diverged = len(finals) - len(finite)
+        note = f" ({diverged} diverged)" if diverged else ""
+        lines.append(f"| {method} | {min(finals):.4f} | {fmt(finite) if finite else '—'}{note}"
+                     f" | {medians[method]:.4f} | {spent:.0f} | {len(runs)} |")
+    textbook = {m: v for m, v in medians.items() if m not in SEARCHES}
+    facts: dict[str, Any] = {"medians": medians}
+    if "random" in medians:
+        for method in ("tpe", "tpe+hyperband"):
+            if method in medians:
+                worst_gap = min(textbook.values()) - medians[method] if textbook else None
+                facts[method] = {
+                    "beats_every_textbook": all(medians[method] < v for v in textbook.values()),
+                    "margin_to_best_textbook": worst_gap,
+                    "beats_random_median": medians[method] < medians["random"]}
+        if "tpe+hyperband" in methods:
+            budget = methods["random"][0]["budget"]
+            needed = reach(methods["tpe+hyperband"], medians["random"], budget)
+            facts["hyperband_reaches_random_final"] = needed
+            facts["hyperband_fraction_of_random"] = (needed / budget) if needed else None
+    return "\n".join(lines), facts
+
+
+# -- pruning: is the default pruner biased against schedules that decay late? -------------
+
+def frozen(t: dict[str, Any], values: list[float],
+           state: optuna.trial.TrialState) -> optuna.trial.FrozenTrial:
+    dists = {k: json_to_distribution(d) for k, d in t["distributions"].items()}
+    running = state == optuna.trial.TrialState.RUNNING
+    return optuna.trial.FrozenTrial(
+        number=t["number"], trial_id=t["number"], state=state,
+        value=values[-1] if state == optuna.trial.TrialState.COMPLETE else None, values=None,
+        datetime_start=STAMP, datetime_complete=None if running else STAMP,
+        params=t["params"], distributions=dists,
+        user_attrs={}, system_attrs={}, intermediate_values=dict(enumerate(values)))
+
+
+def replay(trials: list[dict[str, Any]], epochs: int, pruner: str) -> dict[int, int]:
+    """Trial number -> epoch it would have been pruned at, replaying full curves in order
+    through lrtune's pruner ``pruner``."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rule = make_pruner(PrunerSpec(name=pruner), epochs)
+        study = optuna.create_study(pruner=rule)
+    pruned: dict[int, int] = {}
+    for t in trials:
+        if len(t["values"]) < epochs:  # diverged: ends at once either way
+            continue
+        for epoch in range(epochs - 1):
+            if rule.prune(study, frozen(t, t["values"][:epoch + 1],
+                                        optuna.trial.TrialState.RUNNING)):
+                pruned[t["number"]] = epoch
+                study.add_trial(frozen(t, t["values"][:epoch + 1],
+                                       optuna.trial.TrialState.PRUNED))
+                break
+        else:
+            study.add_trial(frozen(t, t["values"], optuna.trial.TrialState.COMPLETE))
+    return pruned
+
+
+def pruning_evidence(runs: list[dict[str, Any]], epochs: int, pruners: list[str]
+                     ) -> dict[str, Any]:
+    """Per family: early vs final rank, and how often each pruner kills eventual winners."""
+    check = max(1, epochs // 4)  # the default median pruner's first decision epoch
+    shift: dict[str, list[float]] = defaultdict(list)
+    winners: dict[str, int] = defaultdict(int)
+    killed = {name: defaultdict(int) for name in pruners}
+    saved = dict.fromkeys(pruners, 0)
+    total_epochs = 0
+    for run in runs:
+        full = [t for t in run["trials"] if len(t["values"]) == epochs]
+        if len(full) < 5:
+            continue
+        early = sorted(full, key=lambda t: t["values"][check])
+        final = sorted(full, key=lambda t: t["values"][-1])
+        rank_early = {t["number"]: i / (len(full) - 1) for i, t in enumerate(early)}
+        rank_final = {t["number"]: i / (len(full) - 1) for i, t in enumerate(final)}
+        top = {t["number"] for t in final[:max(1, round(TOP * len(full)))]}
+        for t in full:
+            shift[t["family"]].append(rank_early[t["number"]] - rank_final[t["number"]])
+            if t["number"] in top:
+                winners[t["family"]] += 1
+        total_epochs += epochs * len(full)
+        for name in pruners:
+            pruned = replay(run["trials"], epochs, name)
+            saved[name] += sum(epochs - (e + 1) for e in pruned.values())
+            for t in full:
+                if t["number"] in top and t["number"] in pruned:
+                    killed[name][t["family"]] += 1
+    families = sorted(shift, key=lambda f: -statistics.mean(shift[f]))
+    return {
+        "check_epoch": check + 1,
+        "families": {f: {"trials": len(shift[f]), "rank_shift": statistics.mean(shift[f]),
+                         "winners": winners[f],
+                         **{f"killed_{n}": killed[n][f] for n in pruners}}
+                     for f in families},
+        "winners": sum(winners.values()),
+        "killed": {n: sum(killed[n].values()) for n in pruners},
+        "saved_fraction": {n: saved[n] / total_epochs for n in pruners},
+    }
+
+
+def evidence_table(ev: dict[str, Any], names: list[str]) -> str:
+    head = ("| family | trials | early − final rank | winners | "
+            + " | ".join(f"winners pruned by {n}" for n in names) + " |")
+    lines = [head, "|" + "---|" * (4 + len(names))]
+    for family, row in ev["families"].items():
+        lines.append(f"| {family} | {row['trials']} | {row['rank_shift']:+.3f} | "
+                     f"{row['winners']} | "
+                     + " | ".join(str(row[f"killed_{n}"]) for n in names) + " |")
+    lines.append(f"| **all** | | | {ev['winners']} | "
+                 + " | ".join(f"**{ev['killed'][n]}** "
+                              f"({ev['saved_fraction'][n]:.0%} of epochs saved)"
+                              for n in names) + " |")
+    return "\n".join(lines)
+
+
+# -- plots ----------------------------------------------------------------------------------
+
+def plot_task(task: str, methods: dict[str, list[dict[str, Any]]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    budget = max(r["budget"] for runs in methods.values() for r in runs)
+    grid = list(range(1, budget + 1))
+    for i, method in enumerate(m for m in SEARCHES if m in methods):
+        runs = methods[method]
+        med = median_curve(runs, grid)
+        lows, highs = [], []
+        for x in grid:
+            values = [v for r in runs if (v := best_at(r["curve"], x)) is not None]
+            lows.append(min(values) if len(values) == len(runs) else None)
+            highs.append(max(values) if len(values) == len(runs) else None)
+        xs = [x for x, v in zip(grid, med, strict=True) if v is not None]
+        ax.plot(xs, [v for v in med if v is not None], color=f"C{i}", linewidth=2,
+                label=f"{method} (median of {len(runs)} seeds)")
+        ax.fill_between(xs, [v for v in lows if v is not None],
+                        [v for v in highs if v is not None], color=f"C{i}", alpha=0.15)
+    textbook = [m for m in methods if m not in SEARCHES]
+    for j, method in enumerate(textbook):
+        finals = [r["best"] for r in methods[method] if r["best"] is not None]
+        if finals:
+            ax.axhline(statistics.median(finals), color=f"C{j + 3}", linestyle="--",
+                       linewidth=1, label=f"{method} (one run)")
+    ax.set_yscale("log")
+    ax.set(xlabel="trial-epochs spent", ylabel="best validation loss so far (log scale)",
+           title=f"{task}: best-so-far at equal budget (bands: min..max over seeds)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS / "search_quality.jsonl")
+    parser.add_argument("--doc", type=Path, default=DOC)
+    args = parser.parse_args()
+    rows = load(args.results)
+    report: dict[str, Any] = {"tasks": {}}
+    for task in sorted({r["task"] for r in rows}):
+        methods = by_method(rows, task)
+        table, facts = task_table(task, methods)
+        plot = RESULTS / f"search_quality_{task}.png"
+        plot_task(task, methods, plot)
+        epochs = methods["random"][0]["epochs"]
+        evidence = pruning_evidence(methods["random"], epochs, PRUNERS)
+        report["tasks"][task] = {"table": table, "facts": facts, "plot": plot.name,
+                                 "evidence": evidence,
+                                 "evidence_table": evidence_table(evidence, PRUNERS)}
+        print(f"## {task}\n{table}\n{json.dumps(facts, indent=1)}\n"
+              f"{report['tasks'][task]['evidence_table']}\n")
+    machine = rows[0]["machine"]
+    (RESULTS / "search_quality_summary.json").write_text(json.dumps(
+        {t: {"facts": v["facts"], "evidence": v["evidence"]} for t, v in report["tasks"].items()}
+        | {"machine": machine}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
