@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -91,9 +92,9 @@ class CurveArtifactStore:
 
 def name_objective(study: optuna.Study, objective: str) -> None:
     """The dashboard labels the value axis with the objective's name."""
-    from optuna_dashboard import set_objective_names
-
-    set_objective_names(study, [objective])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([objective])
 
 
 def best_note(study_name: str, spec: dict[str, Any], trial: optuna.trial.FrozenTrial,

@@ -22,6 +22,7 @@ from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
 from lrtune.dashboard import curve_artifact_attr
+from lrtune.pack_storage import bulk_insert
 from lrtune.store import OPTUNA_TABLES, Claim, Store
 from lrtune.study import make_pruner
 
@@ -37,6 +38,7 @@ class PackLedger:
         self.record = record
         self.study_id = store.optuna_study_id(record)
         self.last_slot = any(c.last_slot for c in claims)
+        self.params = list({id(c.params): c.params for c in claims if c.params}.values())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.memory = optuna.create_study(
@@ -78,10 +80,11 @@ class PackLedger:
 
     def _mirror(self, number: int) -> int:
         """An in-memory copy of the pack's trial, with its parameters (pruners may read them)."""
-        storage, trial = self.memory._storage, self.claims[number].trial
+        storage = self.memory._storage
+        sampled = self.claims[number].trial._cached_frozen_trial  # read-only: no copies
         mirror = storage.create_new_trial(self.memory._study_id)
-        for name, value in trial.params.items():
-            dist = trial.distributions[name]
+        for name, value in sampled.params.items():
+            dist = sampled.distributions[name]
             storage.set_trial_param(mirror, name, dist.to_internal_repr(value), dist)
         return mirror
 
@@ -100,43 +103,56 @@ class PackLedger:
     def finish(self, number: int, state: TrialState, value: float | None) -> None:
         self.endings.append((number, state, value))
 
+    def _ended(self, conn: sa.Connection, now: datetime
+               ) -> list[tuple[int, TrialState, float | None]]:
+        """Set the buffered endings' states, one statement per state; the endings applied (a
+        trial reaped as lost meanwhile stays as it is: its re-queued copy runs instead)."""
+        trials = TABLES["trials"]
+        applied = []
+        for state in {state for _, state, _ in self.endings}:
+            group = {self.claims[n].trial._trial_id: (n, state, v)
+                     for n, s, v in self.endings if s == state}
+            done = set(conn.execute(trials.update().where(
+                trials.c.trial_id.in_(group), trials.c.state == TrialState.RUNNING)
+                .values(state=state, datetime_complete=now).returning(trials.c.trial_id))
+                .scalars())
+            for trial_id, ending in group.items():
+                if trial_id in done:
+                    applied.append(ending)
+                else:
+                    log.warning("study %s trial %d was reaped as lost meanwhile",
+                                self.record.name, ending[0])
+        return applied
+
     def flush(self) -> None:
         """Write everything buffered in one transaction."""
-        if not (self.values or self.user_attrs or self.endings):
+        if not (self.values or self.user_attrs or self.endings
+                or any(p.pending for p in self.params)):
             return
         now = datetime.now(UTC).replace(tzinfo=None)  # Optuna stores naive UTC
         with self.store.engine.begin() as conn:
-            if self.values:
-                conn.execute(TABLES["intermediate"].insert(), self.values)
-            if self.user_attrs:
-                conn.execute(TABLES["user_attrs"].insert(), self.user_attrs)
-            system = []
-            for number, state, value in self.endings:
+            for buffered in self.params:  # the pack's sampled params, before anything else
+                buffered.write_params(conn)
+            bulk_insert(conn, TABLES["intermediate"], self.values)
+            bulk_insert(conn, TABLES["user_attrs"], self.user_attrs)
+            system, values = [], []
+            for number, state, value in self._ended(conn, now):
                 trial_id = self.claims[number].trial._trial_id
-                updated = conn.execute(TABLES["trials"].update().where(
-                    TABLES["trials"].c.trial_id == trial_id,
-                    TABLES["trials"].c.state == TrialState.RUNNING).values(
-                    state=state, datetime_complete=now)).rowcount
-                if not updated:  # reaped as lost meanwhile: its re-queued copy runs instead
-                    log.warning("study %s trial %d was reaped as lost meanwhile",
-                                self.record.name, number)
-                    continue
                 if state in (TrialState.COMPLETE, TrialState.PRUNED):
                     key, meta = curve_artifact_attr(self.study_id, trial_id, number)
                     system.append({"trial_id": trial_id, "key": key,
                                    "value_json": json.dumps(meta)})
                 if state == TrialState.COMPLETE and value is not None:
                     stored, kind = models.TrialValueModel.value_to_stored_repr(value)
-                    conn.execute(TABLES["values"].insert(), [{
-                        "trial_id": trial_id, "objective": 0, "value": stored,
-                        "value_type": kind}])
+                    values.append({"trial_id": trial_id, "objective": 0, "value": stored,
+                                   "value_type": kind})
                 mirror = self.mirror.get(number)
                 if mirror is not None:  # pruners' own notes (e.g. successive-halving rungs)
                     for key, note in self.memory._storage.get_trial(mirror).system_attrs.items():
                         system.append({"trial_id": trial_id, "key": key,
                                        "value_json": json.dumps(note)})
-            if system:
-                conn.execute(TABLES["system_attrs"].insert(), system)
+            bulk_insert(conn, TABLES["values"], values)
+            bulk_insert(conn, TABLES["system_attrs"], system)
         ended = bool(self.endings)
         completed = any(state == TrialState.COMPLETE for _, state, _ in self.endings)
         self.values, self.user_attrs, self.endings = [], [], []

@@ -38,6 +38,7 @@ from lrtune.dashboard import (
     update_best_note,
 )
 from lrtune.lr_range import LrBounds, resolved
+from lrtune.pack_storage import PackStorage, insert_trials, pack_study
 from lrtune.settings import Settings
 from lrtune.spec import StudySpec
 from lrtune.tables import studies, tokens
@@ -117,6 +118,7 @@ class Claim:
     study: optuna.Study
     trial: optuna.Trial
     last_slot: bool = True  # the budget was fully taken with this claim
+    params: PackStorage | None = None  # holds the trial's sampled params until written
 
 
 def engine_for(url: str) -> Engine:
@@ -391,16 +393,17 @@ class Store:
             taken = sum(counts[s.name] for s in TAKEN)
             waiting = counts["WAITING"]
             claims = []
-            while len(claims) < want and (waiting > 0 or taken < record.n_trials):
-                if waiting > 0:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")  # "heartbeat is meant for optimize()"
-                        trial = study.ask()  # pops the WAITING retry
-                    waiting -= 1
-                else:
-                    trial = self._new_trial(study)
-                    taken += 1
-                claims.append(Claim(record, study, trial))
+            while len(claims) < want and waiting > 0:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "heartbeat is meant for optimize()"
+                    claims.append(Claim(record, study, study.ask()))  # pops a WAITING retry
+                waiting -= 1
+            new = min(want - len(claims), record.n_trials - taken)
+            if new == 1:
+                claims.append(Claim(record, study, self._new_trial(study)))
+            elif new > 1:
+                claims += self._new_pack(record, study, new)
+            taken += max(new, 0)
             for claim in claims:
                 claim.last_slot = taken >= record.n_trials
             return claims
@@ -412,6 +415,15 @@ class Store:
         trials makes quadratic."""
         study._thread_local.cached_all_trials = None
         return optuna.Trial(study, study._storage.create_new_trial(study._study_id))
+
+    def _new_pack(self, record: StudyRecord, study: optuna.Study, k: int) -> list[Claim]:
+        """``k`` new trials in one statement, sampling in memory (see lrtune.pack_storage)."""
+        with self.engine.begin() as conn:
+            created = insert_trials(conn, study._study_id, k)
+        storage = PackStorage(study._storage, study._study_id, created)
+        view = pack_study(study, storage)
+        return [Claim(record, view, optuna.Trial(view, tid), params=storage)
+                for tid, _ in created]
 
     def reap(self, record: StudyRecord, study: optuna.Study) -> int:
         """Fail RUNNING trials whose worker went silent (reason ``lost``) and re-queue them."""

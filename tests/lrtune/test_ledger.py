@@ -97,3 +97,27 @@ def test_packed_trials_are_pruned_by_their_params_too(store: Store) -> None:
     assert mirror.params == claims[0].trial.params
     assert not ledger.should_prune(claims[0].trial.number)
     assert ledger.should_prune(claims[1].trial.number)
+
+
+def test_a_pack_is_created_at_once_and_its_params_written_with_the_ledger(store: Store) -> None:
+    record = store.create_study(StudySpec(name="bulk", task="linreg", epochs=2, n_trials=7,
+                                          pruner={"name": "none"}), "me")
+    history(store, 1)
+    claims = store.claim_pack(6)
+    assert [c.trial.number for c in claims] == [1, 2, 3, 4, 5, 6]
+    assert all(c.params is claims[0].params for c in claims)
+    for c in claims:
+        c.trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        c.trial.suggest_categorical("schedule", ["cosine", "step"])
+    sid = store.optuna_study_id(record)
+    stored = {t.number: t for t in store.optuna_storage.get_all_trials(sid)}
+    assert all(stored[n].params == {} for n in range(1, 7))  # held in memory so far
+    seen = claims[0].study._storage.get_all_trials(sid)  # the sampler's view: siblings' params
+    assert all(set(t.params) == {"lr", "schedule"} for t in seen if t.number > 0)
+    ledger = PackLedger(store, claims)
+    ledger.flush()
+    stored = {t.number: t for t in store.optuna_storage.get_all_trials(sid)}
+    for c in claims:
+        assert stored[c.trial.number].params == c.trial.params
+        assert stored[c.trial.number].state == TrialState.RUNNING
+    assert store.claim_pack(4) == []  # the budget of 7 is taken

@@ -1,0 +1,107 @@
+"""A pack's trials created in one statement and sampled in memory, parameters written in one.
+
+Optuna's own path costs a transaction per trial created and one per parameter suggested; for a
+pack of K trials that is K × (1 + parameters) round trips before any training. Here the K trial
+rows are inserted at once (numbers counted under the study's row lock, as Optuna does), and the
+trials sample through ``PackStorage``, a view of the study's storage that keeps their
+parameters in memory (visible to the sampler, so a constant liar sees the pack's own trials)
+until ``write_params`` inserts them in the ledger's transaction. Everything else is the
+study's storage.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.distributions import BaseDistribution, distribution_to_json
+from optuna.storages._rdb import models
+from optuna.study.study import _ThreadLocalStudyAttribute
+from optuna.trial import FrozenTrial, TrialState
+
+TRIALS = models.TrialModel.__table__
+PARAMS = models.TrialParamModel.__table__
+STUDIES = models.StudyModel.__table__
+
+
+def bulk_insert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """One executemany (psycopg pipelines it; a compiled multi-VALUES statement of thousands
+    of parameters costs more to build than it saves)."""
+    if rows:
+        conn.execute(table.insert(), rows)
+
+
+def insert_trials(conn: sa.Connection, study_id: int, k: int) -> list[tuple[int, int]]:
+    """Insert ``k`` RUNNING trials; their (trial_id, number) pairs, numbers in order."""
+    conn.execute(sa.select(STUDIES.c.study_id).where(STUDIES.c.study_id == study_id)
+                 .with_for_update())  # Optuna numbers trials under this lock too
+    base = conn.execute(sa.select(sa.func.count()).select_from(TRIALS)
+                        .where(TRIALS.c.study_id == study_id)).scalar_one()
+    start = datetime.now(UTC).replace(tzinfo=None)  # Optuna stores naive UTC
+    rows = [{"number": base + i, "study_id": study_id, "state": TrialState.RUNNING,
+             "datetime_start": start} for i in range(k)]
+    result = conn.execute(TRIALS.insert().returning(TRIALS.c.trial_id, TRIALS.c.number,
+                                                    sort_by_parameter_order=True), rows)
+    return [(int(tid), int(number)) for tid, number in result]
+
+
+class PackStorage:
+    """The study's storage, with the pack's trials and their parameters held in memory."""
+
+    def __init__(self, inner: Any, study_id: int, created: list[tuple[int, int]]) -> None:
+        self.inner = inner
+        start = datetime.now()
+        self.local: dict[int, FrozenTrial] = {
+            tid: FrozenTrial(number=number, trial_id=tid, state=TrialState.RUNNING, value=None,
+                             values=None, datetime_start=start, datetime_complete=None,
+                             params={}, distributions={}, user_attrs={}, system_attrs={},
+                             intermediate_values={})
+            for tid, number in created}
+        self.study_id = study_id
+        self.pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        local = self.local.get(trial_id)
+        return copy.deepcopy(local) if local is not None else self.inner.get_trial(trial_id)
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True,
+                       states: Any = None) -> list[FrozenTrial]:
+        trials = self.inner.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        if study_id != self.study_id:
+            return trials  # type: ignore[no-any-return]
+        return [self.local.get(t._trial_id, t) for t in trials]
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                        distribution: BaseDistribution) -> None:
+        local = self.local.get(trial_id)
+        if local is None:
+            self.inner.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+            return
+        with self._lock:
+            local.params[param_name] = distribution.to_external_repr(param_value_internal)
+            local.distributions[param_name] = distribution
+            self.pending.append({"trial_id": trial_id, "param_name": param_name,
+                                 "param_value": param_value_internal,
+                                 "distribution_json": distribution_to_json(distribution)})
+
+    def write_params(self, conn: sa.Connection) -> None:
+        """Insert the parameters sampled since the last call (in the caller's transaction)."""
+        with self._lock:
+            pending, self.pending = self.pending, []
+        bulk_insert(conn, PARAMS, pending)
+
+
+def pack_study(study: optuna.Study, storage: PackStorage) -> optuna.Study:
+    """``study`` (same sampler, pruner, ids) reading and writing through ``storage``."""
+    view = copy.copy(study)
+    view._storage = storage  # type: ignore[assignment]
+    view._thread_local = _ThreadLocalStudyAttribute()  # its own trial cache
+    return view
