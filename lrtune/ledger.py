@@ -154,9 +154,11 @@ class PackLedger:
             bulk_insert(conn, TABLES["values"], values)
             bulk_insert(conn, TABLES["system_attrs"], system)
         ended = bool(self.endings)
-        completed = any(state == TrialState.COMPLETE for _, state, _ in self.endings)
+        completed = [v for _, state, v in self.endings
+                     if state == TrialState.COMPLETE and v is not None]
         self.values, self.user_attrs, self.endings = [], [], []
         if completed:
-            self.store.note_best(self.record)
+            minimize = self.memory.direction == optuna.study.StudyDirection.MINIMIZE
+            self.store.note_best(self.record, min(completed) if minimize else max(completed))
         if ended and self.last_slot:
             self.store.mark_done_if_complete(self.record)

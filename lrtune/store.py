@@ -165,6 +165,7 @@ class Store:
         self._optuna_ids: dict[int, int] = {}
         self._records: dict[int, StudyRecord] = {}
         self._reaped: dict[int, float] = {}
+        self._noted: dict[int, float | None] = {}  # best value the study's note describes
         self._cursor = 0
         self._thread_lock = threading.Lock()
 
@@ -508,22 +509,28 @@ class Store:
                 claim.study._study_id, trial_id, claim.trial.number))
         if state == TrialState.COMPLETE:
             claim.study.tell(claim.trial, value)
-            self.note_best(claim.record)
+            self.note_best(claim.record, value)
         else:
             claim.study.tell(claim.trial, state=state)
         if claim.last_slot:  # with slots still unclaimed this cannot be the last trial
             self.mark_done_if_complete(claim.record)
 
-    def note_best(self, record: StudyRecord) -> None:
+    def note_best(self, record: StudyRecord, value: float | None = None) -> None:
         """Keep the study's dashboard note on its best trial, written under the claim lock
-        (one writer per study); a failure here never fails a trial."""
+        (one writer per study); ``value``, the trial just finished, skips the check when it
+        cannot be a new best. A failure here never fails a trial."""
+        noted = self._noted.get(record.id)
+        if value is not None and noted is not None:
+            minimize = names.direction(record.spec) == "minimize"
+            if (value >= noted) if minimize else (value <= noted):
+                return
         study_id = self.optuna_study_id(record)
         try:
-            if not note_is_stale(self.optuna_storage, study_id):
-                return
-            with self._locked(record.id, wait=True) as held:
-                if held is not None:
-                    update_best_note(self.optuna_storage, study_id)
+            if note_is_stale(self.optuna_storage, study_id):
+                with self._locked(record.id, wait=True) as held:
+                    if held is not None:
+                        update_best_note(self.optuna_storage, study_id)
+            self._noted[record.id] = self.optuna_storage.get_best_trial(study_id).value
         except Exception as error:  # noqa: BLE001 - cosmetic: log and go on
             log.warning("study %s: best-schedule note not written: %s", record.name, error)
 
