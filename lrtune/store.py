@@ -32,7 +32,6 @@ from sqlalchemy.engine import Engine
 
 from lrtune import study as names
 from lrtune.dashboard import (
-    curve_artifact_attr,
     name_objective,
     note_is_stale,
     update_best_note,
@@ -503,10 +502,6 @@ class Store:
 
     def finish(self, claim: Claim, state: TrialState, value: float | None) -> None:
         """Record the trial's end; a study whose budget is complete becomes ``done``."""
-        trial_id = claim.trial._trial_id
-        if state in (TrialState.COMPLETE, TrialState.PRUNED):
-            self.optuna_storage.set_trial_system_attr(trial_id, *curve_artifact_attr(
-                claim.study._study_id, trial_id, claim.trial.number))
         if state == TrialState.COMPLETE:
             claim.study.tell(claim.trial, value)
             self.note_best(claim.record, value)

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from lrtune.space import TrialConfig
@@ -37,6 +37,15 @@ def split_pack(configs: Sequence[TrialConfig], task: Task) -> list[list[int]]:
     return list(groups.values())
 
 
+ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.LeakyReLU, nn.Identity)
+
+
+def is_plain_mlp(model: nn.Module) -> bool:
+    """Linear layers and element-wise activations in a Sequential, no buffers."""
+    return (isinstance(model, nn.Sequential) and not list(model.buffers())
+            and all(isinstance(m, (nn.Linear, *ELEMENTWISE)) for m in model))
+
+
 class _Pack:
     """The live rows of the stack: which trial each row is, and their state."""
 
@@ -52,6 +61,7 @@ class _Pack:
         self.params = [params[n].detach().requires_grad_(True) for n in self.names]
         self.buffers = buffers
         self.rows = list(range(len(configs)))  # row -> index into the caller's lists
+        self.mlp = is_plain_mlp(self.base)
         self.optimizer = StackedOptimizer(self.params, [c.optimizer for c in configs])
 
     def forward(self, x: Tensor, shared_input: bool = False, rows: slice = slice(None)
@@ -61,9 +71,29 @@ class _Pack:
             return functional_call(self.base, ({**dict(zip(self.names, params, strict=True)),
                                                 **buffers}), (xb,))
 
-        params = tuple(p[rows] for p in self.params)
-        buffers = {k: v[rows] for k, v in self.buffers.items()}
+        if rows == slice(None):  # training: no slicing, whose backward zero-fills a copy
+            params, buffers = tuple(self.params), self.buffers
+        else:
+            params = tuple(p[rows] for p in self.params)
+            buffers = {k: v[rows] for k, v in self.buffers.items()}
+        if self.mlp:
+            return self._mlp(dict(zip(self.names, params, strict=True)), x, shared_input)
         return vmap(one, in_dims=(0, 0, None if shared_input else 0))(params, buffers, x)
+
+    def _mlp(self, params: dict[str, Tensor], x: Tensor, shared_input: bool) -> Tensor:
+        """A stack of Linear layers and element-wise activations, one batched matmul with its
+        bias per layer (vmap's generic rule adds the bias in a second pass over the output)."""
+        k = params[self.names[0]].shape[0]
+        h = x.expand(k, *x.shape) if shared_input else x
+        for i, layer in enumerate(self.base):
+            if isinstance(layer, nn.Linear):
+                weight = params[f"{i}.weight"].transpose(1, 2)
+                bias = params.get(f"{i}.bias")
+                h = torch.bmm(h, weight) if bias is None else \
+                    torch.baddbmm(bias.unsqueeze(1), h, weight)
+            else:
+                h = layer(h)
+        return h
 
     def keep(self, rows: list[int]) -> None:
         """Compact the stack to the given positions."""

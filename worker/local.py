@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lrtune import study as names
-from lrtune.dashboard import curve_artifact_attr, name_objective, update_best_note
+from lrtune.dashboard import name_objective, update_best_note
 from lrtune.lr_range import resolved
 from lrtune.optimizers import OptimizerChoice
 from lrtune.results import SPEC_ATTR, parse_spec, print_best
@@ -59,15 +59,8 @@ def run_local_study(raw: dict[str, Any], storage: str, device_name: str, baselin
             progress.update(bar, advance=1, best=best)
             update_best_note(st._storage, st._study_id)
 
-        objective = objective_for(spec, device)
-
-        def with_curve(trial: optuna.Trial) -> float:  # its dashboard image, drawn on request
-            trial.storage.set_trial_system_attr(trial._trial_id, *curve_artifact_attr(
-                trial.study._study_id, trial._trial_id, trial.number))
-            return objective(trial)  # type: ignore[no-any-return]
-
-        study.optimize(with_curve, n_trials=spec.n_trials, callbacks=[advance],
-                       catch=(RuntimeError,))
+        study.optimize(objective_for(spec, device), n_trials=spec.n_trials,
+                       callbacks=[advance], catch=(RuntimeError,))
     print_best(study, spec, console)
     if baseline:
         print_baseline(spec, device, console)

@@ -11,6 +11,7 @@ import sqlalchemy
 import torch
 
 from lrtune import study as names
+from lrtune.dashboard import curve_artifact_attr
 from lrtune.space import SearchSpace, TrialConfig
 from lrtune.spec import StudySpec
 from worker.tasks import Task, get_task
@@ -113,7 +114,11 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, device: torch.device,
         raise
     except Exception as error:  # the trial's own failure; the worker goes on
         return failed(trial, error)
-    return outcome_of(trial, result)
+    outcome = outcome_of(trial, result)
+    if outcome.state != optuna.trial.TrialState.FAIL:  # its curve image in the dashboard
+        trial.storage.set_trial_system_attr(trial._trial_id, *curve_artifact_attr(
+            trial.study._study_id, trial._trial_id, trial.number))
+    return outcome
 
 
 def objective_for(spec: StudySpec, device: torch.device) -> Any:
