@@ -41,7 +41,7 @@ RESULTS = Path(__file__).parent / "results"
 # (epochs per trial, budget in trial-epochs per search) by task
 BUDGETS = {"digits-mlp": (10, 400), "charlm": (5, 120), "linreg": (5, 100)}
 SEARCHES = {"random": ("random", "none"), "tpe": ("tpe", "none"),
-            "tpe+hyperband": ("tpe", "hyperband")}
+            "tpe+hyperband": ("tpe", "hyperband"), "tpe+percentile": ("tpe", "percentile")}
 CPU = torch.device("cpu")
 
 

@@ -29,9 +29,9 @@ from lrtune.study import make_pruner  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 DOC = Path(__file__).parents[1] / "docs" / "benchmarks.md"
-SEARCHES = ["random", "tpe", "tpe+hyperband"]
+SEARCHES = ["random", "tpe", "tpe+hyperband", "tpe+percentile"]
 TOP = 0.2  # "a winner": in the best fifth of its run's trials by final value
-PRUNERS = ["median", "progress_median"]
+PRUNERS = ["median", "percentile"]
 TIMING = {"early decay": ("exponential", "inverse_time", "polynomial"),
           "late decay": ("cosine", "step", "multistep", "wsd", "onecycle", "plateau")}
 STAMP = datetime(2026, 1, 1)
@@ -104,18 +104,19 @@ def task_table(task: str, methods: dict[str, list[dict[str, Any]]]) -> tuple[str
     textbook = {m: v for m, v in medians.items() if m not in SEARCHES}
     facts: dict[str, Any] = {"medians": medians}
     if "random" in medians:
-        for method in ("tpe", "tpe+hyperband"):
+        for method in SEARCHES[1:]:
             if method in medians:
                 worst_gap = min(textbook.values()) - medians[method] if textbook else None
                 facts[method] = {
                     "beats_every_textbook": all(medians[method] < v for v in textbook.values()),
                     "margin_to_best_textbook": worst_gap,
                     "beats_random_median": medians[method] < medians["random"]}
-        if "tpe+hyperband" in methods:
-            budget = methods["random"][0]["budget"]
-            needed = reach(methods["tpe+hyperband"], medians["random"], budget)
-            facts["hyperband_reaches_random_final"] = needed
-            facts["hyperband_fraction_of_random"] = (needed / budget) if needed else None
+        budget = methods["random"][0]["budget"]
+        for method in ("tpe+hyperband", "tpe+percentile"):
+            if method in methods:
+                needed = reach(methods[method], medians["random"], budget)
+                facts[method]["reaches_random_final"] = needed
+                facts[method]["fraction_of_random"] = needed / budget if needed else None
     return "\n".join(lines), facts
 
 
@@ -225,40 +226,48 @@ def evidence_table(ev: dict[str, Any], names: list[str]) -> str:
 # -- plots ----------------------------------------------------------------------------------
 
 def plot_task(task: str, methods: dict[str, list[dict[str, Any]]], out: Path) -> None:
+    """Two panels: everything, and a zoom on the searches' end game beside the best
+    textbook setting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, panels = plt.subplots(1, 2, figsize=(14, 5.5))
     budget = max(r["budget"] for runs in methods.values() for r in runs)
     grid = list(range(1, budget + 1))
-    for i, method in enumerate(m for m in SEARCHES if m in methods):
-        runs = methods[method]
-        med = median_curve(runs, grid)
-        lows, highs = [], []
-        for x in grid:
-            values = [v for r in runs if (v := best_at(r["curve"], x)) is not None]
-            lows.append(min(values) if len(values) == len(runs) else None)
-            highs.append(max(values) if len(values) == len(runs) else None)
-        xs = [x for x, v in zip(grid, med, strict=True) if v is not None]
-        ax.plot(xs, [v for v in med if v is not None], color=f"C{i}", linewidth=2,
-                label=f"{method} (median of {len(runs)} seeds)")
-        ax.fill_between(xs, [v for v in lows if v is not None],
-                        [v for v in highs if v is not None], color=f"C{i}", alpha=0.15)
-    textbook = [m for m in methods if m not in SEARCHES]
-    for j, method in enumerate(textbook):
-        finals = [r["best"] for r in methods[method] if r["best"] is not None]
-        if finals:
-            ax.axhline(statistics.median(finals), color=f"C{j + 3}", linestyle="--",
-                       linewidth=1, label=f"{method} (one run)")
-    ax.set_yscale("log")
-    ax.set(xlabel="trial-epochs spent", ylabel="best validation loss so far (log scale)",
-           title=f"{task}: best-so-far at equal budget (bands: min..max over seeds)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="upper right")
+    textbook = {m: statistics.median(f) for m in methods if m not in SEARCHES
+                if (f := [r["best"] for r in methods[m] if r["best"] is not None])}
+    for ax in panels:
+        for i, method in enumerate(m for m in SEARCHES if m in methods):
+            runs = methods[method]
+            med = median_curve(runs, grid)
+            band = [[v for r in runs if (v := best_at(r["curve"], x)) is not None]
+                    for x in grid]
+            xs = [x for x, v in zip(grid, med, strict=True) if v is not None]
+            ax.plot(xs, [v for v in med if v is not None], color=f"C{i}", linewidth=2,
+                    label=f"{method} (median of {len(runs)} seeds)")
+            ax.fill_between(xs, [min(b) for b, v in zip(band, med, strict=True) if v is not None],
+                            [max(b) for b, v in zip(band, med, strict=True) if v is not None],
+                            color=f"C{i}", alpha=0.12)
+        for j, (method, value) in enumerate(textbook.items()):
+            ax.axhline(value, color=plt.cm.Dark2(j % 8), linestyle=(0, (4, 2 + j % 3)),
+                       linewidth=1.2, label=f"{method} (one run)")
+        ax.set(xlabel="trial-epochs spent", ylabel="best validation loss so far")
+        ax.grid(alpha=0.3)
+    searched = [r["best"] for m in SEARCHES if m in methods for r in methods[m]
+                if r["best"] is not None]
+    full, zoom = panels
+    if textbook and searched:
+        low, high = min(searched), max(textbook.values())
+        full.set_ylim(low - 0.05 * (high - low), high + 0.08 * (high - low))
+        top = min(textbook.values())
+        zoom.set_ylim(low - 0.1 * (top - low), top + 0.25 * (top - low))
+    full.set_title(f"{task}: best-so-far at equal budget (bands: min..max over seeds)")
+    zoom.set_title("zoom: the searches against the best textbook setting")
+    full.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=100)
     plt.close(fig)
 
 
@@ -274,19 +283,23 @@ def render(tasks: dict[str, Any], machine: dict[str, Any]) -> str:
         f = t["facts"]
         out += [f"### {task}", "", t["table"], "",
                 f"![best-so-far, {task}](../bench/results/{t['plot']})", ""]
-        for method in ("tpe", "tpe+hyperband"):
+        for method in SEARCHES[1:]:
             if method in f:
                 m = f[method]
                 out.append(f"- **{method}**: beats every textbook setting: "
                            f"{'yes' if m['beats_every_textbook'] else 'NO'} (median margin "
                            f"to the best one {m['margin_to_best_textbook']:+.4f}); beats random"
                            f" search's median: {'yes' if m['beats_random_median'] else 'NO'}.")
-        if f.get("hyperband_reaches_random_final") is not None:
-            out.append(f"- **tpe+hyperband** reaches random search's final median in "
-                       f"{f['hyperband_reaches_random_final']} trial-epochs, "
-                       f"{f['hyperband_fraction_of_random']:.0%} of random search's budget.")
-        elif "hyperband_reaches_random_final" in f:
-            out.append("- **tpe+hyperband** never reaches random search's final median.")
+        for method in ("tpe+hyperband", "tpe+percentile"):
+            if method not in f:
+                continue
+            if f[method]["reaches_random_final"] is not None:
+                out.append(f"- **{method}** reaches random search's final median in "
+                           f"{f[method]['reaches_random_final']} trial-epochs, "
+                           f"{f[method]['fraction_of_random']:.0%} of random search's budget.")
+            else:
+                out.append(f"- **{method}** does not reach random search's final median "
+                           f"within the budget.")
         ev = t["evidence"]
         out += ["", f"Pruning replay on {task}: {ev['trials']} random-search trials of "
                     f"{ev['runs']} runs, replayed in order (decision from epoch "

@@ -85,7 +85,7 @@ def tune(
     storage: Annotated[str, typer.Option(help="database URL")] = "sqlite:///lrtune.db",
     study: Annotated[str | None, typer.Option(help="study name (default: TASK-tune)")] = None,
     sampler: Annotated[str, typer.Option()] = "tpe",
-    pruner: Annotated[str, typer.Option()] = "median",
+    pruner: Annotated[str, typer.Option()] = "percentile",
     seed: Annotated[int, typer.Option()] = 0,
     objective: Annotated[str, typer.Option()] = "val_loss",
     lr: Annotated[str | None, typer.Option(

@@ -75,18 +75,8 @@ class PackLedger:
         self.values.append({"trial_id": trial_id, "step": epoch, "intermediate_value": stored,
                             "intermediate_value_type": kind})
         if number not in self.mirror:
-            self.mirror[number] = self._mirror(number)
+            self.mirror[number] = self.memory._storage.create_new_trial(self.memory._study_id)
         self.memory._storage.set_trial_intermediate_value(self.mirror[number], epoch, value)
-
-    def _mirror(self, number: int) -> int:
-        """An in-memory copy of the pack's trial, with its parameters (pruners may read them)."""
-        storage = self.memory._storage
-        sampled = self.claims[number].trial._cached_frozen_trial  # read-only: no copies
-        mirror = storage.create_new_trial(self.memory._study_id)
-        for name, value in sampled.params.items():
-            dist = sampled.distributions[name]
-            storage.set_trial_param(mirror, name, dist.to_internal_repr(value), dist)
-        return mirror
 
     def should_prune(self, number: int) -> bool:
         trial_id = self.mirror.get(number)

@@ -105,8 +105,8 @@ class SamplerSpec(Strict):
 
 
 class PrunerSpec(Strict):
-    name: Literal["none", "median", "progress_median", "hyperband", "successive_halving"] = \
-        "median"
+    name: Literal["none", "percentile", "median", "hyperband", "successive_halving"] = \
+        "percentile"
 
 
 class StudySpec(Strict):

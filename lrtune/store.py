@@ -295,6 +295,15 @@ class Store:
                 counts[str(state).rsplit(".", 1)[-1]] = int(n)
         return counts
 
+    def requeued(self, record: StudyRecord, conn: sa.Connection | None = None) -> int:
+        """Failed trials that were re-queued (each copy names its original: ``retry_of``)."""
+        query = sa.text("SELECT COUNT(*) FROM trial_user_attributes a JOIN trials t "
+                        "ON a.trial_id = t.trial_id WHERE t.study_id = :sid "
+                        "AND a.key = 'retry_of'")
+        with contextlib.ExitStack() as stack:
+            conn = conn or stack.enter_context(self.engine.connect())
+            return int(conn.execute(query, {"sid": self.optuna_study_id(record)}).scalar_one())
+
     def optuna_study_id(self, record: StudyRecord) -> int:
         if record.id not in self._optuna_ids:
             self._optuna_ids[record.id] = self.optuna_storage.get_study_id_from_name(record.name)
@@ -386,9 +395,9 @@ class Store:
             if counts["COMPLETE"] + counts["PRUNED"] >= record.n_trials:
                 self.set_status(record.id, DONE, conn=conn)
                 return []
-            if counts["FAIL"] >= record.n_trials + self.settings.max_failures:
-                self.set_status(record.id, FAILED, f"{counts['FAIL']} trials failed",
-                                conn=conn)
+            failures = counts["FAIL"] - self.requeued(record, conn)  # lost, re-run: not failed
+            if failures >= record.n_trials + self.settings.max_failures:
+                self.set_status(record.id, FAILED, f"{failures} trials failed", conn=conn)
                 return []
             taken = sum(counts[s.name] for s in TAKEN)
             waiting = counts["WAITING"]

@@ -114,11 +114,16 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, device: torch.device,
         raise
     except Exception as error:  # the trial's own failure; the worker goes on
         return failed(trial, error)
-    outcome = outcome_of(trial, result)
-    if outcome.state != optuna.trial.TrialState.FAIL:  # its curve image in the dashboard
-        trial.storage.set_trial_system_attr(trial._trial_id, *curve_artifact_attr(
-            trial.study._study_id, trial._trial_id, trial.number))
-    return outcome
+    try:
+        outcome = outcome_of(trial, result)
+        if outcome.state != optuna.trial.TrialState.FAIL:  # its curve image in the dashboard
+            trial.storage.set_trial_system_attr(trial._trial_id, *curve_artifact_attr(
+                trial.study._study_id, trial._trial_id, trial.number))
+        return outcome
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # Reaped as lost meanwhile (a heartbeat came too late): its re-queued copy runs; the
+        # worker's finish is refused and logged, and the worker goes on.
+        return outcome_of(trial, result, lambda key, value: None)
 
 
 def objective_for(spec: StudySpec, device: torch.device) -> Any:

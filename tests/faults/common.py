@@ -36,5 +36,6 @@ def assert_exact_budget(store: Store, record: StudyRecord) -> None:
     numbers = [t.number for t in all_trials]
     assert len(numbers) == len(set(numbers))
     states = [t.state.name for t in all_trials]
-    assert states.count("COMPLETE") + states.count("PRUNED") == record.n_trials
+    assert states.count("COMPLETE") + states.count("PRUNED") == record.n_trials, {
+        s: states.count(s) for s in set(states)}
     assert "RUNNING" not in states and "WAITING" not in states

@@ -75,30 +75,6 @@ def test_a_trial_reaped_meanwhile_is_skipped(store: Store) -> None:
     assert states == [TrialState.FAIL, TrialState.COMPLETE]
 
 
-def test_packed_trials_are_pruned_by_their_params_too(store: Store) -> None:
-    """The progress-aware pruner reads each trial's schedule: the ledger's copies carry it."""
-    store.create_study(StudySpec(name="q", task="linreg", epochs=8, n_trials=9,
-                                 pruner={"name": "progress_median"}), "me")
-    for _ in range(5):  # finished constant-LR trials, value 1.0 throughout
-        claim = store.claim()
-        assert claim is not None
-        claim.trial.suggest_categorical("schedule", ["constant", "cosine"])
-        for step in range(8):
-            claim.trial.report(1.0, step)
-        store.finish(claim, TrialState.COMPLETE, 1.0)
-    claims = store.claim_pack(2)
-    for claim in claims:
-        claim.trial.suggest_categorical("schedule", ["constant", "cosine"])
-    ledger = PackLedger(store, claims)
-    for step in range(3):
-        ledger.report(claims[0].trial.number, step, 0.5)
-        ledger.report(claims[1].trial.number, step, 3.0)
-    mirror = ledger.memory._storage.get_trial(ledger.mirror[claims[0].trial.number])
-    assert mirror.params == claims[0].trial.params
-    assert not ledger.should_prune(claims[0].trial.number)
-    assert ledger.should_prune(claims[1].trial.number)
-
-
 def test_a_pack_is_created_at_once_and_its_params_written_with_the_ledger(store: Store) -> None:
     record = store.create_study(StudySpec(name="bulk", task="linreg", epochs=2, n_trials=7,
                                           pruner={"name": "none"}), "me")

@@ -136,3 +136,19 @@ def test_optuna_sees_the_study(db_url: str) -> None:
     store.create_study(spec("visible"), "me")
     names = [s.study_name for s in optuna.get_all_study_summaries(store.optuna_storage)]
     assert names == ["visible"]
+
+
+def test_requeued_losses_do_not_count_as_failures(db_url: str) -> None:
+    """A kill storm re-runs lost trials; only failures that stay failed can fail the study."""
+    store = make_store(db_url, max_failures=0, max_retries=10)
+    record = store.create_study(spec(n=1), "me")
+    for _ in range(3):  # lost three times, each time re-queued
+        claim = store.claim()
+        assert claim is not None
+        store.hand_back([claim], "handed back: test")
+    assert store.requeued(record) == 3 and store.trial_counts(record)["FAIL"] == 3
+    claim = store.claim()
+    assert claim is not None and store.get_study(record.id).status == "running"
+    store.finish(claim, TrialState.FAIL, None)  # a real failure: over n_trials + 0 allowed
+    assert store.claim() is None
+    assert store.get_study(record.id).status == "failed"
