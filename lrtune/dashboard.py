@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import uuid
 import warnings
 from pathlib import Path
@@ -21,8 +20,6 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from lrtune import study as names
-
-log = logging.getLogger("lrtune.store")
 
 ARTIFACT_PREFIX = "artifacts:"  # Optuna's trial system attribute prefix for artifact meta
 CURVE_MARK = 0x6C72_7475_6E65  # "lrtune": the top 48 bits of a curve artifact's id
