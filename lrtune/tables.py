@@ -21,6 +21,7 @@ studies = Table(
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("lr_range", JSON, nullable=True),  # the LR range test's result for lr "auto"
     Index("ix_lrtune_studies_status", "status"),
+    sqlite_autoincrement=True,  # ids never reused: workers cache studies by id
 )
 
 tokens = Table(

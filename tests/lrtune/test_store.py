@@ -152,3 +152,40 @@ def test_requeued_losses_do_not_count_as_failures(db_url: str) -> None:
     store.finish(claim, TrialState.FAIL, None)  # a real failure: over n_trials + 0 allowed
     assert store.claim() is None
     assert store.get_study(record.id).status == "failed"
+
+
+def test_a_deleted_studys_id_is_never_reused(db_url: str) -> None:
+    """Workers cache a study's Optuna objects by id: a new study must not inherit one."""
+    store = make_store(db_url)
+    first = store.create_study(spec("a", n=1), "me")
+    worker = make_store(db_url)  # a worker that knows the first study
+    assert worker.optuna_study(first).study_name == "a"
+    store.delete(first.id)
+    second = store.create_study(spec("b", n=1), "me")
+    assert second.id != first.id
+    claim = worker.claim()
+    assert claim is not None and claim.record.name == "b"
+    assert claim.study.study_name == "b"
+
+
+def test_upgrading_a_database_keeps_its_studies(db_url: str) -> None:
+    """A database made by an older lrtune (revision 0002) upgrades with its rows intact."""
+    from pathlib import Path
+
+    from alembic import command
+    from alembic.config import Config
+
+    import lrtune.store
+
+    store = make_store(db_url)
+    record = store.create_study(spec("old", n=1), "me")
+    cfg = Config()
+    cfg.set_main_option("script_location",
+                        str(Path(lrtune.store.__file__).parent / "migrations"))
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0002")
+    upgraded = make_store(db_url)  # migrates to head again
+    again = upgraded.get_study(record.id)
+    assert (again.name, again.spec, again.created_at) == ("old", record.spec, record.created_at)
+    assert upgraded.create_study(spec("new", n=1), "me").id > record.id
