@@ -401,6 +401,7 @@ class Store:
                 return []
             taken = sum(counts[s.name] for s in TAKEN)
             waiting = counts["WAITING"]
+            self._reseed(study, record, sum(counts.values()))
             claims = []
             while len(claims) < want and waiting > 0:
                 with warnings.catch_warnings():
@@ -416,6 +417,16 @@ class Store:
             for claim in claims:
                 claim.last_slot = taken >= record.n_trials
             return claims
+
+    @staticmethod
+    def _reseed(study: optuna.Study, record: StudyRecord, next_number: int) -> None:
+        """A seeded study's sampler draws from ``seed`` and the next trial number, so workers
+        sampling at once never repeat each other's draws, and one worker replays a study
+        exactly (the samplers keep no other state between trials: it is in the storage)."""
+        seed = record.spec.sampler.seed
+        if seed is not None:
+            spec = record.spec.sampler.model_copy(update={"seed": seed * 1_000_003 + next_number})
+            study.sampler = names.make_sampler(spec)
 
     @staticmethod
     def _new_trial(study: optuna.Study) -> optuna.Trial:

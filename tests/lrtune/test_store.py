@@ -189,3 +189,26 @@ def test_upgrading_a_database_keeps_its_studies(db_url: str) -> None:
     again = upgraded.get_study(record.id)
     assert (again.name, again.spec, again.created_at) == ("old", record.spec, record.created_at)
     assert upgraded.create_study(spec("new", n=1), "me").id > record.id
+
+
+def test_seeded_workers_do_not_repeat_each_others_draws(db_url: str) -> None:
+    """Two workers on one seeded study draw different values; one worker replays exactly."""
+    def seeded(name: str) -> StudySpec:
+        return StudySpec(name=name, task="linreg", epochs=2, n_trials=4,
+                         sampler={"name": "random", "seed": 7})
+
+    first, second = make_store(db_url), make_store(db_url)
+    first.create_study(seeded("two"), "me")
+    a, b = first.claim(), second.claim()
+    assert a is not None and b is not None
+    assert a.trial.suggest_float("x", 0, 1) != b.trial.suggest_float("x", 0, 1)
+    replays = []
+    for name in ("once", "again"):
+        store = make_store(db_url)
+        store.create_study(seeded(name), "me")
+        drawn = []
+        while (claim := store.claim({store.list_studies()[0][-1].id})) is not None:
+            drawn.append(claim.trial.suggest_float("x", 0, 1))
+            store.finish(claim, TrialState.COMPLETE, 0.5)
+        replays.append(drawn)
+    assert replays[0] == replays[1] and len(set(replays[0])) == 4
