@@ -78,6 +78,8 @@ def run_pack(claims: Sequence[Claim], spec: StudySpec, device: torch.device,
             raise
         except Exception as error:
             finish(claim, failed(claim.trial, error, attrs(claim)))
+    if ledger is not None:  # the pack's params at once: other workers' samplers, dashboard
+        ledger.flush()
     for group in split_pack(configs, task):
         members = [ready[i] for i in group]
 
