@@ -34,6 +34,11 @@ CMD ["lrtune", "serve", "--host", "0.0.0.0", "--port", "8000"]
 FROM runtime AS worker
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# a C++ compiler for torch.compile of fused packs (LRTUNE_FUSED_COMPILE); without one they
+# train eagerly
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++=4:12.2.0-3 \
+    && rm -rf /var/lib/apt/lists/*
 # torch first, from the chosen index (CPU by default, CUDA with --build-arg TORCH_INDEX=…).
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 COPY --from=build /wheels /wheels

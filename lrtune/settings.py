@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,16 @@ class Settings(BaseSettings):
                               "the whole study")
     idle_min: float = Field(0.2, gt=0, description="first idle backoff, seconds")
     idle_max: float = Field(5.0, gt=0, description="longest idle backoff, seconds")
+    fused_compile: Literal["auto", "always", "never"] = Field(
+        "auto", description="torch.compile a fused pack's training step: auto compiles once "
+        "the pack's remaining work is estimated at fused_compile_after seconds")
+    fused_compile_after: float = Field(60.0, ge=0, description="seconds of remaining eager "
+                                       "work that pay for compiling (auto)")
+
+    @property
+    def compile_after(self) -> float | None:
+        """Remaining seconds of a pack's eager work from which to compile (None: never)."""
+        return {"always": 0.0, "never": None}.get(self.fused_compile, self.fused_compile_after)
 
     # clients
     url: str = "http://127.0.0.1:8000"

@@ -12,7 +12,7 @@ from lrtune.optimizers import OptimizerChoice
 from lrtune.schedules import Schedule
 from lrtune.space import TrialConfig
 from lrtune.spec import StudySpec
-from worker.fused import _Pack
+from worker.fused import _Pack, train_step
 from worker.tasks import get_task
 
 log = logging.getLogger("lrtune.worker")
@@ -38,15 +38,12 @@ def _rate(task_name: str, k: int, device: torch.device) -> float:
     batch = task.info.batch_size
     idx = torch.randint(0, len(data.x_train), (k, batch), device=device)
     lr = torch.full((k,), 1e-3, device=device)
-    loss_fn = torch.func.vmap(task.loss)
     for step in range(PROBE_STEPS + 1):
         if step == 1:  # first step warms up kernels and allocations
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-        losses = loss_fn(pack.forward(data.x_train[idx]), data.y_train[idx])
-        losses.sum().backward()
-        pack.optimizer.step(lr, pack.params)
+        train_step(pack, data.x_train[idx], data.y_train[idx], lr)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return k * PROBE_STEPS / (time.perf_counter() - start)

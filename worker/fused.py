@@ -10,12 +10,15 @@ compute.
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import time
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, grad, stack_module_state, vmap
 
 from lrtune.space import TrialConfig
 from worker.stacked_optim import StackedOptimizer
@@ -23,6 +26,7 @@ from worker.tasks import Task
 from worker.train import NullReporter, Reporter, TrainResult, steps_per_epoch
 
 EVAL_CHUNK = 64  # trials evaluated at once (bounds the memory of validation outputs)
+log = logging.getLogger("lrtune.worker")
 
 
 def pack_key(config: TrialConfig, task: Task) -> tuple[str, int]:
@@ -58,36 +62,43 @@ class _Pack:
         self.base = copy.deepcopy(models[0]).to("meta")
         params, buffers = stack_module_state(models)  # type: ignore[arg-type]
         self.names = list(params)
-        self.params = [params[n].detach().requires_grad_(True) for n in self.names]
+        self.mlp = is_plain_mlp(self.base)
+        if self.mlp:  # weights as [K, in, out]: their gradient then needs no transposed copy
+            params = {n: p.transpose(1, 2).contiguous() if p.dim() == 3 else p
+                      for n, p in params.items()}
+        self.params = [params[n].detach() for n in self.names]
         self.buffers = buffers
         self.rows = list(range(len(configs)))  # row -> index into the caller's lists
-        self.mlp = is_plain_mlp(self.base)
+        self.loss = vmap(task.loss)
         self.optimizer = StackedOptimizer(self.params, [c.optimizer for c in configs])
 
     def forward(self, x: Tensor, shared_input: bool = False, rows: slice = slice(None)
                 ) -> Tensor:
         """Outputs of every trial (or the ``rows`` slice); ``x`` per trial or shared."""
+        params = [p[rows] for p in self.params]
+        buffers = {k: v[rows] for k, v in self.buffers.items()}
+        return self._apply(params, buffers, x, shared_input)
+
+    def _apply(self, params: Sequence[Tensor], buffers: dict[str, Tensor], x: Tensor,
+               shared_input: bool = False) -> Tensor:
         def one(params: tuple[Tensor, ...], buffers: dict[str, Tensor], xb: Tensor) -> Tensor:
             return functional_call(self.base, ({**dict(zip(self.names, params, strict=True)),
                                                 **buffers}), (xb,))
 
-        if rows == slice(None):  # training: no slicing, whose backward zero-fills a copy
-            params, buffers = tuple(self.params), self.buffers
-        else:
-            params = tuple(p[rows] for p in self.params)
-            buffers = {k: v[rows] for k, v in self.buffers.items()}
         if self.mlp:
             return self._mlp(dict(zip(self.names, params, strict=True)), x, shared_input)
-        return vmap(one, in_dims=(0, 0, None if shared_input else 0))(params, buffers, x)
+        return vmap(one, in_dims=(0, 0, None if shared_input else 0))(
+            tuple(params), buffers, x)
 
     def _mlp(self, params: dict[str, Tensor], x: Tensor, shared_input: bool) -> Tensor:
         """A stack of Linear layers and element-wise activations, one batched matmul with its
-        bias per layer (vmap's generic rule adds the bias in a second pass over the output)."""
+        bias per layer (vmap's generic rule adds the bias in a second pass over the output);
+        weights are stored ``[K, in, out]``."""
         k = params[self.names[0]].shape[0]
         h = x.expand(k, *x.shape) if shared_input else x
         for i, layer in enumerate(self.base):
             if isinstance(layer, nn.Linear):
-                weight = params[f"{i}.weight"].transpose(1, 2)
+                weight = params[f"{i}.weight"]
                 bias = params.get(f"{i}.bias")
                 h = torch.bmm(h, weight) if bias is None else \
                     torch.baddbmm(bias.unsqueeze(1), h, weight)
@@ -95,26 +106,78 @@ class _Pack:
                 h = layer(h)
         return h
 
+    def loss_sum(self, params: list[Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Summed loss of every trial (its gradient is each trial's own) and the losses."""
+        losses = self.loss(self._apply(params, self.buffers, x), y)
+        return losses.sum(), losses.detach()
+
     def keep(self, rows: list[int]) -> None:
         """Compact the stack to the given positions."""
         index = torch.tensor(rows, device=self.params[0].device)
-        self.params = [p.detach()[index].requires_grad_(True) for p in self.params]
+        self.params = [p[index] for p in self.params]
         self.buffers = {k: v[index] for k, v in self.buffers.items()}
         self.optimizer.select(index)
         self.rows = [self.rows[r] for r in rows]
+
+
+def train_step(pack: _Pack, x: Tensor, y: Tensor, lr: Tensor) -> Tensor:
+    """One optimizer step of every trial in the pack; returns each trial's batch loss."""
+    grads, losses = grad(pack.loss_sum, has_aux=True)(pack.params, x, y)
+    pack.optimizer.step(lr, pack.params, grads)
+    return losses
+
+
+class _Stepper:
+    """Runs ``train_step`` eagerly, or compiled once ``compile()`` was called. Compiling needs
+    a C++ compiler on CPU (Triton on CUDA); where it fails the worker logs why and goes on
+    eagerly, and stops trying for the rest of the process."""
+
+    broken = False  # compiling failed in this process
+    recompile_limit = 64  # sizes x optimizers x batch shapes a long-running worker meets
+
+    def __init__(self, compiled: bool) -> None:
+        self.compiled = False
+        if compiled:
+            self.compile()
+
+    def compile(self) -> None:
+        self.compiled = not _Stepper.broken
+
+    def __call__(self, pack: _Pack, x: Tensor, y: Tensor, lr: Tensor) -> Tensor:
+        if self.compiled:
+            try:
+                return _compiled_train_step()(pack, x, y, lr)
+            except Exception as error:  # compile failures surface at the first call
+                log.warning("torch.compile of the fused step failed, training eagerly: %s",
+                            str(error).splitlines()[0] if str(error) else type(error).__name__)
+                _Stepper.broken = True
+                self.compiled = False
+        return train_step(pack, x, y, lr)
+
+
+@lru_cache(maxsize=1)
+def _compiled_train_step() -> Callable[[_Pack, Tensor, Tensor, Tensor], Tensor]:
+    dynamo = torch._dynamo.config  # type: ignore[attr-defined]
+    dynamo.recompile_limit = max(dynamo.recompile_limit, _Stepper.recompile_limit)
+    return torch.compile(train_step)
 
 
 def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objective: str,
                seeds: Sequence[int], device: torch.device,
                reporters: Sequence[Reporter] | None = None,
                on_done: Callable[[int, TrainResult], None] | None = None,
-               after_epoch: Callable[[], None] | None = None) -> list[TrainResult]:
+               after_epoch: Callable[[], None] | None = None,
+               compile_after: float | None = None) -> list[TrainResult]:
     """Train K trials (one optimizer kind, one batch size) at once; results in input order.
 
     ``on_done(i, result)`` runs as soon as trial ``i`` ends (pruned or diverged mid-way, or
     complete after the last epoch), so its result can be recorded at once; ``after_epoch()``
     runs once every trial has reported the epoch (batched bookkeeping writes then).
+    ``compile_after``: compile the training step once the pack's remaining work, estimated
+    from its last epoch, is at least this many seconds (0: from the start; None: never).
     """
+    if len(seeds) != len(configs):
+        raise ValueError(f"{len(configs)} trials but {len(seeds)} seeds")
     reporters = list(reporters) if reporters is not None else [NullReporter() for _ in configs]
     data = task.data().to(device)
     batch = configs[0].batch_size or task.info.batch_size
@@ -129,29 +192,32 @@ def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objectiv
     orders = [torch.Generator().manual_seed(s) for s in seeds]
     results = [TrainResult("complete", None, 0) for _ in configs]
     metric_history: list[list[float]] = [[] for _ in configs]
-    loss_fn = vmap(task.loss)
+    step = _Stepper(compile_after == 0)
+    live = list(range(len(configs)))  # stack positions still training
     for epoch in range(epochs):
+        started = time.perf_counter()
         rows = pack.rows
+        running_rows = set(live)
         lr_table = torch.tensor(
             [[functions[i](epoch * spe + s, total, spe, base_lrs[i], metric_history[i])
-              for s in range(spe)] for i in rows], dtype=torch.float64, device=device)
-        perms = torch.stack([torch.randperm(n, generator=orders[i]) for i in rows]).to(device)
+              if j in running_rows else 0.0 for s in range(spe)] for j, i in enumerate(rows)],
+            dtype=torch.float64, device=device)
+        perms = torch.stack([torch.randperm(n, generator=orders[i]) if j in running_rows
+                             else torch.arange(n) for j, i in enumerate(rows)]).to(device)
         running = torch.zeros(len(rows), device=device)
         for s in range(spe):
             idx = perms[:, s * batch:(s + 1) * batch]
-            losses = loss_fn(pack.forward(data.x_train[idx]), data.y_train[idx])
-            for p in pack.params:
-                p.grad = None
-            losses.sum().backward()
-            pack.optimizer.step(lr_table[:, s], pack.params)
-            running += losses.detach()
+            running += step(pack, data.x_train[idx], data.y_train[idx], lr_table[:, s])
         train_losses = (running / spe).tolist()
+        stopped: list[int] = []
         with torch.no_grad():
-            stopped: list[int] = []
-            for j, i in enumerate(rows):
-                if j % EVAL_CHUNK == 0:
+            chunk_start = -1
+            for j in live:
+                i = rows[j]
+                if j - j % EVAL_CHUNK != chunk_start:
+                    chunk_start = j - j % EVAL_CHUNK
                     chunk = pack.forward(data.x_val, shared_input=True,
-                                         rows=slice(j, j + EVAL_CHUNK))
+                                         rows=slice(chunk_start, chunk_start + EVAL_CHUNK))
                 metrics = task.metrics(chunk[j % EVAL_CHUNK], data.y_val)
                 metrics["train_loss"] = train_losses[j]
                 value = metrics[objective]
@@ -171,15 +237,22 @@ def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objectiv
                     result.outcome = "pruned"
                     stopped.append(j)
         gone = set(stopped)
-        live = [j for j in range(len(rows)) if j not in gone]
+        live = [j for j in live if j not in gone]
         if on_done is not None:
             for j in stopped + (live if epoch == epochs - 1 else []):
                 on_done(rows[j], results[rows[j]])
         if after_epoch is not None:
             after_epoch()
-        if stopped:
-            if not live:
-                break
-            pack.keep(live)  # stopped trials leave the stack: no more compute for them
+        if not live:
+            break
+        if stopped and (not step.compiled or len(live) <= len(rows) // 2):
+            # stopped trials leave the stack: no more compute for them (a compiled step
+            # compiles again for each new size, so it waits until half the stack has stopped)
+            pack.keep(live)
+            live = list(range(len(live)))
+        remaining = (time.perf_counter() - started) * (epochs - epoch - 1)
+        if compile_after is not None and not step.compiled and remaining >= compile_after:
+            log.info("compiling the fused step: %d trials, about %.0f s of eager work left",
+                     len(live), remaining)
+            step.compile()
     return results
-

@@ -147,7 +147,8 @@ class Worker:
                     for claim in claims:
                         finish(claim, failed(claim.trial, error))
                 else:
-                    run_pack(claims, spec, self.device, should_stop, finish, ended, ledger)
+                    run_pack(claims, spec, self.device, should_stop, finish, ended, ledger,
+                             self.settings.compile_after)
                 if ledger is not None:
                     ledger.flush()
             except Stopping:

@@ -4,13 +4,20 @@ trials pruned or diverging mid-way."""
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
 
 from lrtune.optimizers import OptimizerChoice
 from lrtune.schedules import Schedule
 from lrtune.space import TrialConfig
-from worker.fused import split_pack, train_pack
+from worker.fused import _Stepper, split_pack, train_pack
 from worker.tasks import get_task
 from worker.train import TrainResult, train_trial
 
@@ -65,11 +72,10 @@ def compare(fused: list[TrainResult], alone: list[TrainResult]) -> None:
             assert f.metrics[name] == pytest.approx(value, rel=RTOL, nan_ok=True), name
 
 
-@pytest.mark.parametrize("task_name,optimizer", CASES)
-def test_fused_equals_sequential(task_name: str, optimizer: str) -> None:
+def check_equivalence(task_name: str, optimizer: str, prune_at: list[int | None],
+                      compile_after: float | None = None) -> None:
     task = get_task(task_name)
     cfgs = configs(optimizer)
-    prune_at = [None, 1, None, 2, None]
     seeds = [100 + i for i in range(len(cfgs))]
     if task_name == "linreg" and optimizer == "sgd":  # one trial diverges mid-way
         cfgs[4] = TrialConfig(Schedule.build("constant"), OptimizerChoice.build("sgd", 0.08))
@@ -78,12 +84,57 @@ def test_fused_equals_sequential(task_name: str, optimizer: str) -> None:
     reporters = [ScriptedPruner(p) for p in prune_at]
     ended: list[int] = []
     fused = train_pack(task, cfgs, EPOCHS, "val_loss", seeds, CPU, reporters,
-                       lambda i, r: ended.append(i))
+                       lambda i, r: ended.append(i), compile_after=compile_after)
     compare(fused, alone)
     assert sorted(ended) == list(range(len(cfgs)))  # every trial finished exactly once
     assert {a.outcome for a in alone} >= {"complete", "pruned"}
     if task_name == "linreg" and optimizer == "sgd":
         assert alone[4].outcome == "diverged" and fused[4].outcome == "diverged"
+
+
+@pytest.mark.parametrize("task_name,optimizer", CASES)
+def test_fused_equals_sequential(task_name: str, optimizer: str) -> None:
+    check_equivalence(task_name, optimizer, [None, 1, None, 2, None])
+
+
+@pytest.mark.parametrize("task_name,optimizer,compile_after", [
+    ("digits-mlp", "adamw", 0.0),  # compiled from the first step
+    ("linreg", "momentum", 1e-9),  # eager first epoch, then compiled
+])
+def test_compiled_step_equals_sequential(task_name: str, optimizer: str, compile_after: float,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Stopped trials stay masked in the stack until half have stopped (epoch 1 here), then
+    the stack is compacted and the step compiled again for the new size."""
+    caplog.set_level(logging.INFO, logger="lrtune.worker")
+    check_equivalence(task_name, optimizer, [0, 1, None, 1, None], compile_after)
+    assert not _Stepper.broken
+    if compile_after:
+        assert "compiling the fused step: 4 trials" in caplog.text
+
+
+def test_training_goes_on_eagerly_where_compiling_fails(tmp_path: Path) -> None:
+    """No C++ compiler (as in a slim image): the worker logs why and trains eagerly."""
+    code = textwrap.dedent("""
+        import logging, torch
+        from lrtune.optimizers import OptimizerChoice
+        from lrtune.schedules import Schedule
+        from lrtune.space import TrialConfig
+        from worker.fused import train_pack
+        from worker.tasks import get_task
+        logging.basicConfig(level=logging.INFO)
+        cfgs = [TrialConfig(Schedule.build("cosine"), OptimizerChoice.build("sgd", lr))
+                for lr in (0.01, 0.02)]
+        results = train_pack(get_task("linreg"), cfgs, 2, "val_loss", [1, 2],
+                             torch.device("cpu"), compile_after=0)
+        print([r.outcome for r in results], [r.epochs_run for r in results])
+    """)
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"),
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "torch.compile of the fused step failed, training eagerly" in done.stderr
+    assert done.stdout.strip() == "['complete', 'complete'] [2, 2]"
 
 
 def test_pruned_trials_are_finished_at_once_and_leave_the_stack() -> None:
