@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +34,13 @@ from lrtune.store import Store  # noqa: E402
 from worker.fused import train_pack  # noqa: E402
 from worker.loop import Worker  # noqa: E402
 from worker.tasks import get_task  # noqa: E402
-from worker.train import train_trial  # noqa: E402
+from worker.train import TrainResult, train_trial  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SPACE = {"families": ["cosine", "step", "onecycle", "wsd", "exponential"],
          "optimizers": ["momentum"], "lr": {"low": 1e-3, "high": 0.3}}
+SEQUENTIAL_TRIALS = 8
+E2E_TRIALS = {"digits-mlp": 64, "charlm": 8}  # at least two packs, a few seconds or more
 DEFAULT_KS = {"digits-mlp": [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
               "charlm": [1, 2, 4, 8, 16]}
 
@@ -53,7 +57,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def fused_rate(task_name: str, k: int, epochs: int, device: torch.device,
+def best_of(run: Callable[[], list[TrainResult]], repeats: int, device: torch.device
+            ) -> tuple[float, list[float], list[TrainResult]]:
+    """The fastest of ``repeats`` timed runs (this VM's speed wanders), all their seconds, and
+    the last run's results."""
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        results = run()
+        sync(device)
+        times.append(round(time.perf_counter() - start, 3))
+    return min(times), times, results
+
+
+def fused_rate(task_name: str, k: int, epochs: int, device: torch.device, repeats: int,
                compiled: bool = False) -> dict[str, Any]:
     """Bare fused trainer; ``compiled``: the step through torch.compile, timed after a one-epoch
     warm-up at the same K (its seconds, compiling included, are reported apart)."""
@@ -67,33 +85,28 @@ def fused_rate(task_name: str, k: int, epochs: int, device: torch.device,
                compile_after=compile_after)  # warm-up
     sync(device)
     warmup = time.perf_counter() - start
-    start = time.perf_counter()
-    results = train_pack(task, configs, epochs, "val_loss", list(range(k)), device,
-                         compile_after=compile_after)
-    sync(device)
-    seconds = time.perf_counter() - start
+    seconds, times, results = best_of(
+        lambda: train_pack(task, configs, epochs, "val_loss", list(range(k)), device,
+                           compile_after=compile_after), repeats, device)
     done = sum(r.epochs_run for r in results)
     best = min((r.value for r in results if r.value is not None), default=None)
-    row = {"seconds": round(seconds, 3), "trial_epochs": done,
+    row = {"seconds": seconds, "all_seconds": times, "trial_epochs": done,
            "rate": round(done / seconds, 2), "best_val_loss": best}
     if compiled:
         row["warmup_seconds"] = round(warmup, 2)
     return row
 
 
-def sequential_rate(task_name: str, n: int, epochs: int, device: torch.device
+def sequential_rate(task_name: str, n: int, epochs: int, device: torch.device, repeats: int
                     ) -> dict[str, Any]:
     task = get_task(task_name)
     configs = sample_configs(n, seed=1)
     train_trial(task, configs[0], 1, "val_loss", 0, device)  # warm-up
-    sync(device)
-    start = time.perf_counter()
-    results = [train_trial(task, c, epochs, "val_loss", i, device)
-               for i, c in enumerate(configs)]
-    sync(device)
-    seconds = time.perf_counter() - start
+    seconds, times, results = best_of(
+        lambda: [train_trial(task, c, epochs, "val_loss", i, device)
+                 for i, c in enumerate(configs)], repeats, device)
     done = sum(r.epochs_run for r in results)
-    return {"seconds": round(seconds, 3), "trial_epochs": done,
+    return {"seconds": seconds, "all_seconds": times, "trial_epochs": done,
             "rate": round(done / seconds, 2)}
 
 
@@ -105,7 +118,8 @@ def end_to_end_rate(task_name: str, k: int, epochs: int, device: torch.device,
                             fused_compile="always" if compiled else "never")
         store = Store(settings)
         store.create_study(StudySpec(name="e2e", task=task_name, epochs=epochs,
-                                     n_trials=max(2 * k, 64), pack=k, pruner={"name": "none"},
+                                     n_trials=max(2 * k, E2E_TRIALS[task_name]), pack=k,
+                                     pruner={"name": "none"},
                                      sampler={"name": "random", "seed": 0},
                                      space=SpaceSpec.model_validate(SPACE)), "bench")
         worker = Worker(settings, str(device), exit_when_idle=True)
@@ -124,7 +138,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for task_name in sorted({r["task"] for r in rows}):
-        seq = [r["rate"] for r in rows if r["task"] == task_name and r["mode"] == "sequential"]
+        seq = [r["sequential_rate"] for r in rows
+               if r["task"] == task_name and "sequential_rate" in r]
         color = None
         for mode, style, label in (("fused", "o-", "fused"),
                                    ("fused_compiled", "s:", "fused, torch.compile")):
@@ -135,8 +150,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                                 label=f"{task_name} {label}")
                 color = line.get_color()
         if seq:
-            ax.axhline(seq[0], color=color, linestyle="--",
-                       label=f"{task_name} one trial at a time")
+            ax.axhline(statistics.median(seq), color=color, linestyle="--",
+                       label=f"{task_name} one trial at a time (median)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("trials per pack (K)")
@@ -154,6 +169,8 @@ def main() -> None:
     parser.add_argument("--ks", default=None, help="comma-separated K (default per task)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs per measurement; the fastest counts")
     parser.add_argument("--compile", default="both", choices=["off", "on", "both"],
                         help="fused step eager, through torch.compile, or both")
     parser.add_argument("--e2e-k", type=int, default=None,
@@ -177,31 +194,47 @@ def main() -> None:
 
     for task_name in args.tasks.split(","):
         ks = [int(k) for k in args.ks.split(",")] if args.ks else DEFAULT_KS[task_name]
-        seq = sequential_rate(task_name, 16, args.epochs, device)
-        record({"task": task_name, "mode": "sequential", "k": 1, **seq})
         bare: dict[tuple[str, int], float] = {}
         modes = {"off": ["fused"], "on": ["fused_compiled"],
                  "both": ["fused", "fused_compiled"]}[args.compile]
         for mode in modes:
             for k in ks:
+                # the VM's speed wanders over minutes: each K has its own baseline, measured
+                # just before it
+                seq = sequential_rate(task_name, SEQUENTIAL_TRIALS, args.epochs, device,
+                                      args.repeats)
                 try:
-                    row = fused_rate(task_name, k, args.epochs, device,
+                    row = fused_rate(task_name, k, args.epochs, device, args.repeats,
                                      compiled=mode == "fused_compiled")
                 except torch.OutOfMemoryError:
                     print(f"{task_name} K={k}: out of memory, stopping", flush=True)
                     break
                 bare[mode, k] = row["rate"]
                 record({"task": task_name, "mode": mode, "k": k, **row,
+                        "sequential_rate": seq["rate"],
+                        "sequential_seconds": seq["all_seconds"],
                         "speedup": round(row["rate"] / seq["rate"], 2)})
         best_mode, best_k = max(bare, key=lambda key: bare[key])
         e2e_k = args.e2e_k or best_k
-        if (best_mode, e2e_k) in bare:
-            e2e = end_to_end_rate(task_name, e2e_k, args.epochs, device,
-                                  compiled=best_mode == "fused_compiled")
-            record({"task": task_name, "mode": "end_to_end", "k": e2e_k, "step": best_mode,
-                    **e2e, "ratio_to_bare": round(e2e["rate"] / bare[best_mode, e2e_k], 3)})
-    plot([r for r in rows if r["mode"] != "end_to_end"],
-         args.out.parent / f"fused_{args.device}.png")
+        compiled = best_mode == "fused_compiled"
+        row = fused_rate(task_name, e2e_k, args.epochs, device, args.repeats, compiled)
+        warmup = None
+        if compiled:  # a first study compiles the packs' shapes, as a long-running worker has
+            warmup = end_to_end_rate(task_name, e2e_k, args.epochs, device, compiled)["seconds"]
+        e2e = end_to_end_rate(task_name, e2e_k, args.epochs, device, compiled)
+        record({"task": task_name, "mode": "end_to_end", "k": e2e_k, "step": best_mode, **e2e,
+                "warmup_seconds": warmup, "bare_rate": row["rate"],
+                "ratio_to_bare": round(e2e["rate"] / row["rate"], 3)})
+    plot(latest(args.out, device_name), args.out.parent / f"fused_{args.device}.png")
+
+
+def latest(path: Path, device_name: str) -> list[dict[str, Any]]:
+    """Each task's rows from its newest run on this device in ``path`` (bare trainer only)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = [r for r in rows if r.get("device_name") == device_name and "sequential_rate" in r]
+    newest = {r["task"]: r["machine"]["when"] for r in sorted(
+        rows, key=lambda r: r["machine"]["when"])}
+    return [r for r in rows if r["machine"]["when"] == newest[r["task"]]]
 
 
 if __name__ == "__main__":
