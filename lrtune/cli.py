@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lrtune.errors import SpecError
+from lrtune.lr_range import MAX_LR, MIN_LR, STEPS
 from lrtune.schedules import describe_catalogue, from_settings
 
 app = typer.Typer(help="lrtune: search learning-rate schedules with Optuna.",
@@ -127,9 +128,9 @@ def _lr_option(text: str) -> Any:
 def lr_find(
     task: Annotated[str, typer.Option(help="task name, see `lrtune tasks`")],
     optimizers: Annotated[str, typer.Option(help="comma-separated optimizers")] = "sgd,adam",
-    min_lr: Annotated[float, typer.Option(min=0.0, help="first LR of the sweep")] = 1e-6,
-    max_lr: Annotated[float, typer.Option(min=0.0, help="last LR of the sweep")] = 10.0,
-    steps: Annotated[int, typer.Option(min=5, help="training steps in the sweep")] = 120,
+    min_lr: Annotated[float, typer.Option(min=0.0, help="first LR of the sweep")] = MIN_LR,
+    max_lr: Annotated[float, typer.Option(min=0.0, help="last LR of the sweep")] = MAX_LR,
+    steps: Annotated[int, typer.Option(min=5, help="training steps in the sweep")] = STEPS,
     seed: Annotated[int, typer.Option()] = 0,
     plot_file: Annotated[Path | None, typer.Option("--plot", help="write the curve as PNG")
                          ] = Path("lr_find.png"),

@@ -22,6 +22,7 @@ from lrtune.spec import LrRange, StudySpec
 SMOOTHING = 0.9  # exponential moving average of the loss (bias-corrected)
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this many times its minimum
 SPAN = 100.0  # the suggested range spans at least this factor
+MIN_LR, MAX_LR, STEPS = 1e-6, 10.0, 120  # the default sweep (worker and `lrtune lr-find`)
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,22 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from lrtune.lr_range import LrBounds, RangeTest, analyse, combine, exponential_lrs
+from lrtune.lr_range import (
+    MAX_LR,
+    MIN_LR,
+    STEPS,
+    LrBounds,
+    RangeTest,
+    analyse,
+    combine,
+    exponential_lrs,
+)
 from lrtune.optimizers import OptimizerChoice
 from lrtune.spec import StudySpec
 from worker.schedulers import build_optimizer
 from worker.tasks import Task, get_task
 
 log = logging.getLogger("lrtune.worker")
-
-MIN_LR, MAX_LR, STEPS = 1e-6, 10.0, 120
 
 
 def sweep(task: Task, optimizer: str, device: torch.device, seed: int = 0,
