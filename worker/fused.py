@@ -197,18 +197,18 @@ def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objectiv
     for epoch in range(epochs):
         started = time.perf_counter()
         rows = pack.rows
-        running_rows = set(live)
+        training = set(live)  # the other rows stopped and wait for compaction: LR 0
         lr_table = torch.tensor(
             [[functions[i](epoch * spe + s, total, spe, base_lrs[i], metric_history[i])
-              if j in running_rows else 0.0 for s in range(spe)] for j, i in enumerate(rows)],
+              if j in training else 0.0 for s in range(spe)] for j, i in enumerate(rows)],
             dtype=torch.float64, device=device)
-        perms = torch.stack([torch.randperm(n, generator=orders[i]) if j in running_rows
+        perms = torch.stack([torch.randperm(n, generator=orders[i]) if j in training
                              else torch.arange(n) for j, i in enumerate(rows)]).to(device)
-        running = torch.zeros(len(rows), device=device)
+        loss_sums = torch.zeros(len(rows), device=device)
         for s in range(spe):
             idx = perms[:, s * batch:(s + 1) * batch]
-            running += step(pack, data.x_train[idx], data.y_train[idx], lr_table[:, s])
-        train_losses = (running / spe).tolist()
+            loss_sums += step(pack, data.x_train[idx], data.y_train[idx], lr_table[:, s])
+        train_losses = (loss_sums / spe).tolist()
         stopped: list[int] = []
         with torch.no_grad():
             chunk_start = -1
