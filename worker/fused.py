@@ -127,10 +127,20 @@ def train_step(pack: _Pack, x: Tensor, y: Tensor, lr: Tensor) -> Tensor:
     return losses
 
 
+def compile_errors() -> tuple[type[Exception], ...]:
+    """Compiling failed (no C++ compiler, no Triton, an unsupported op); an error of the step
+    itself (out of memory, a bad shape) is none of these. Imported only when needed: the
+    compiler's modules take a second to import."""
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import CppCompileError
+
+    return TorchDynamoException, CppCompileError
+
+
 class _Stepper:
     """Runs ``train_step`` eagerly, or compiled once ``compile()`` was called. Compiling needs
     a C++ compiler on CPU (Triton on CUDA); where it fails the worker logs why and goes on
-    eagerly, and stops trying for the rest of the process."""
+    eagerly, and stops trying for the rest of the process. Other errors propagate."""
 
     broken = False  # compiling failed in this process
     recompile_limit = 64  # sizes x optimizers x batch shapes a long-running worker meets
@@ -147,7 +157,7 @@ class _Stepper:
         if self.compiled:
             try:
                 return _compiled_train_step()(pack, x, y, lr)
-            except Exception as error:  # compile failures surface at the first call
+            except compile_errors() as error:  # they surface at the first call of a shape
                 log.warning("torch.compile of the fused step failed, training eagerly: %s",
                             str(error).splitlines()[0] if str(error) else type(error).__name__)
                 _Stepper.broken = True

@@ -137,6 +137,20 @@ def test_training_goes_on_eagerly_where_compiling_fails(tmp_path: Path) -> None:
     assert done.stdout.strip() == "['complete', 'complete'] [2, 2]"
 
 
+def test_an_error_of_the_compiled_step_itself_keeps_compiling_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of memory (a GPU's, which cannot happen here) is the step's error, not the
+    compiler's: it reaches the caller and the process keeps compiling."""
+    def out_of_memory(*args: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("worker.fused._compiled_train_step", lambda: out_of_memory)
+    cfgs = configs("sgd")[:2]
+    with pytest.raises(torch.OutOfMemoryError):
+        train_pack(get_task("linreg"), cfgs, 1, "val_loss", [1, 2], CPU, compile_after=0)
+    assert not _Stepper.broken
+
+
 def test_pruned_trials_are_finished_at_once_and_leave_the_stack() -> None:
     task = get_task("linreg")
     cfgs = configs("adam")[:3]
