@@ -22,7 +22,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 
 from lrtune.space import TrialConfig
 from worker.stacked_optim import StackedOptimizer
-from worker.tasks import Task
+from worker.tasks import Task, TaskData
 from worker.train import NullReporter, Reporter, TrainResult, steps_per_epoch
 
 EVAL_CHUNK = 64  # trials evaluated at once (bounds the memory of validation outputs)
@@ -172,6 +172,25 @@ def _compiled_train_step() -> Callable[[_Pack, Tensor, Tensor, Tensor], Tensor]:
     return torch.compile(train_step)
 
 
+def evaluate(pack: _Pack, task: Task, data: TaskData, positions: Sequence[int]
+             ) -> list[tuple[int, dict[str, float]]]:
+    """Validation metrics of the given stack positions, ``EVAL_CHUNK`` trials at a time;
+    each chunk's metrics come back from the device in one transfer."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(pack.rows), EVAL_CHUNK):
+            chosen = [j for j in positions if start <= j < start + EVAL_CHUNK]
+            if not chosen:
+                continue
+            outputs = pack.forward(data.x_val, shared_input=True,
+                                   rows=slice(start, start + EVAL_CHUNK))
+            if len(chosen) < len(outputs):  # stopped rows awaiting compaction: no metrics
+                outputs = outputs[torch.tensor([j - start for j in chosen],
+                                               device=outputs.device)]
+            out += zip(chosen, task.stacked_metrics(outputs, data.y_val), strict=True)
+    return out
+
+
 def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objective: str,
                seeds: Sequence[int], device: torch.device,
                reporters: Sequence[Reporter] | None = None,
@@ -208,10 +227,9 @@ def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objectiv
         started = time.perf_counter()
         rows = pack.rows
         training = set(live)  # the other rows stopped and wait for compaction: LR 0
-        lr_table = torch.tensor(
-            [[functions[i](epoch * spe + s, total, spe, base_lrs[i], metric_history[i])
-              if j in training else 0.0 for s in range(spe)] for j, i in enumerate(rows)],
-            dtype=torch.float64, device=device)
+        lrs = [[functions[i](epoch * spe + s, total, spe, base_lrs[i], metric_history[i])
+                if j in training else 0.0 for s in range(spe)] for j, i in enumerate(rows)]
+        lr_table = torch.tensor(lrs, dtype=torch.float64, device=device)
         perms = torch.stack([torch.randperm(n, generator=orders[i]) if j in training
                              else torch.arange(n) for j, i in enumerate(rows)]).to(device)
         loss_sums = torch.zeros(len(rows), device=device)
@@ -220,32 +238,25 @@ def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objectiv
             loss_sums += step(pack, data.x_train[idx], data.y_train[idx], lr_table[:, s])
         train_losses = (loss_sums / spe).tolist()
         stopped: list[int] = []
-        with torch.no_grad():
-            chunk_start = -1
-            for j in live:
-                i = rows[j]
-                if j - j % EVAL_CHUNK != chunk_start:
-                    chunk_start = j - j % EVAL_CHUNK
-                    chunk = pack.forward(data.x_val, shared_input=True,
-                                         rows=slice(chunk_start, chunk_start + EVAL_CHUNK))
-                metrics = task.metrics(chunk[j % EVAL_CHUNK], data.y_val)
-                metrics["train_loss"] = train_losses[j]
-                value = metrics[objective]
-                result = results[i]
-                result.epochs_run = epoch + 1
-                result.metrics = metrics
-                if not (math.isfinite(train_losses[j]) and math.isfinite(value)):
-                    result.outcome = "diverged"
-                    stopped.append(j)
-                    continue
-                result.values.append(value)
-                result.lrs.append(float(lr_table[j, 0]))
-                result.value = value
-                reporters[i].report(epoch, value, float(lr_table[j, 0]), metrics)
-                metric_history[i].append(value)
-                if epoch < epochs - 1 and reporters[i].should_prune():
-                    result.outcome = "pruned"
-                    stopped.append(j)
+        for j, metrics in evaluate(pack, task, data, live):
+            i = rows[j]
+            metrics["train_loss"] = train_losses[j]
+            value = metrics[objective]
+            result = results[i]
+            result.epochs_run = epoch + 1
+            result.metrics = metrics
+            if not (math.isfinite(train_losses[j]) and math.isfinite(value)):
+                result.outcome = "diverged"
+                stopped.append(j)
+                continue
+            result.values.append(value)
+            result.lrs.append(lrs[j][0])
+            result.value = value
+            reporters[i].report(epoch, value, lrs[j][0], metrics)
+            metric_history[i].append(value)
+            if epoch < epochs - 1 and reporters[i].should_prune():
+                result.outcome = "pruned"
+                stopped.append(j)
         gone = set(stopped)
         live = [j for j in live if j not in gone]
         if on_done is not None:

@@ -18,7 +18,8 @@ from lrtune.optimizers import OptimizerChoice
 from lrtune.schedules import Schedule
 from lrtune.space import TrialConfig
 from worker.fused import _Stepper, split_pack, train_pack
-from worker.tasks import get_task
+from worker.tasks import Task, get_task
+from worker.tasks.digits import DigitsMLP as DigitsMLPTask
 from worker.train import TrainResult, train_trial
 
 CPU = torch.device("cpu")
@@ -168,3 +169,29 @@ def test_sub_packs_split_by_optimizer_and_batch_size() -> None:
     assert split_pack(cfgs, task) == [[0, 1], [2, 3], [4]]
     with pytest.raises(ValueError, match="one optimizer per pack"):
         train_pack(task, cfgs[1:3], 1, "val_loss", [0, 1], CPU)
+
+
+class DigitsWithFloatMetrics(DigitsMLPTask):
+    """A task written the older way: ``metrics`` of Python floats (float() fails under vmap)."""
+
+    def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        return {"val_loss": float(self.loss(output, target)), "val_max": float(output.max())}
+
+
+@pytest.mark.parametrize("task", [get_task("linreg"), get_task("digits-mlp"),
+                                  get_task("charlm"), DigitsWithFloatMetrics()],
+                         ids=["linreg", "digits-mlp", "charlm", "float-metrics"])
+def test_stacked_metrics_are_each_trials_own(task: Task) -> None:
+    """A fused pack reads every trial's validation metrics of a chunk back at once."""
+    data = task.data()
+    outputs = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            outputs.append(task.model()(data.x_val))
+    stacked = task.stacked_metrics(torch.stack(outputs), data.y_val)
+    one_by_one = [task.metrics(output, data.y_val) for output in outputs]
+    assert [sorted(m) for m in stacked] == [sorted(m) for m in one_by_one]
+    for got, want in zip(stacked, one_by_one, strict=True):
+        assert got == pytest.approx(want, rel=1e-6)
+    assert len({m["val_loss"] for m in stacked}) == 3

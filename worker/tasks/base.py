@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import vmap
 
 from lrtune.tasks import TaskInfo
 
@@ -37,6 +38,24 @@ class Task:
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def metric_tensors(self, output: torch.Tensor, target: torch.Tensor
+                       ) -> dict[str, torch.Tensor]:
+        """Validation metrics as 0-d tensors; must include every name in ``info.metrics`` but
+        train_loss. Torch operations only: a fused pack computes them for many trials at once
+        under ``vmap`` and reads them back from the device in one transfer."""
+        return {"val_loss": self.loss(output, target)}
+
     def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-        """Validation metrics; must include every name in ``info.metrics`` but train_loss."""
-        return {"val_loss": float(self.loss(output, target))}
+        """Validation metrics of one trial. A task may override this instead of
+        ``metric_tensors``; fused packs then call it once per trial."""
+        return {name: float(value) for name, value in self.metric_tensors(output, target).items()}
+
+    def stacked_metrics(self, outputs: torch.Tensor, target: torch.Tensor
+                        ) -> list[dict[str, float]]:
+        """``metrics`` of every trial whose outputs are stacked in ``outputs``."""
+        if type(self).metrics is not Task.metrics:
+            return [self.metrics(output, target) for output in outputs]
+        values = vmap(self.metric_tensors, in_dims=(0, None))(outputs, target)
+        names = list(values)
+        table = torch.stack([values[name].double() for name in names]).tolist()
+        return [dict(zip(names, row, strict=True)) for row in zip(*table, strict=True)]

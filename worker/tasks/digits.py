@@ -37,6 +37,7 @@ class DigitsMLP(Task):
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(output, target)
 
-    def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-        return {"val_loss": float(self.loss(output, target)),
-                "val_acc": float((output.argmax(dim=1) == target).float().mean())}
+    def metric_tensors(self, output: torch.Tensor, target: torch.Tensor
+                       ) -> dict[str, torch.Tensor]:
+        return {"val_loss": self.loss(output, target),
+                "val_acc": (output.argmax(dim=1) == target).float().mean()}
