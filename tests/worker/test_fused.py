@@ -74,17 +74,17 @@ def compare(fused: list[TrainResult], alone: list[TrainResult]) -> None:
 
 
 def check_equivalence(task_name: str, optimizer: str, prune_at: list[int | None],
-                      compile_after: float | None = None) -> None:
+                      compile_after: float | None = None, device: torch.device = CPU) -> None:
     task = get_task(task_name)
     cfgs = configs(optimizer)
     seeds = [100 + i for i in range(len(cfgs))]
     if task_name == "linreg" and optimizer == "sgd":  # one trial diverges mid-way
         cfgs[4] = TrialConfig(Schedule.build("constant"), OptimizerChoice.build("sgd", 0.08))
-    alone = [train_trial(task, c, EPOCHS, "val_loss", s, CPU, ScriptedPruner(p))
+    alone = [train_trial(task, c, EPOCHS, "val_loss", s, device, ScriptedPruner(p))
              for c, s, p in zip(cfgs, seeds, prune_at, strict=True)]
     reporters = [ScriptedPruner(p) for p in prune_at]
     ended: list[int] = []
-    fused = train_pack(task, cfgs, EPOCHS, "val_loss", seeds, CPU, reporters,
+    fused = train_pack(task, cfgs, EPOCHS, "val_loss", seeds, device, reporters,
                        lambda i, r: ended.append(i), compile_after=compile_after)
     compare(fused, alone)
     assert sorted(ended) == list(range(len(cfgs)))  # every trial finished exactly once
@@ -111,6 +111,14 @@ def test_compiled_step_equals_sequential(task_name: str, optimizer: str, compile
     assert not _Stepper.broken
     if compile_after:
         assert "compiling the fused step: 4 trials" in caplog.text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("compile_after", [None, 0.0], ids=["eager", "compiled"])
+def test_fused_equals_sequential_on_cuda(compile_after: float | None) -> None:
+    check_equivalence("digits-mlp", "adamw", [None, 1, None, 2, None], compile_after,
+                      torch.device("cuda"))
+    assert not _Stepper.broken
 
 
 def test_training_goes_on_eagerly_where_compiling_fails(tmp_path: Path) -> None:
