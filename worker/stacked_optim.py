@@ -52,12 +52,26 @@ class StackedOptimizer:
         self.steps = torch.zeros(1, dtype=torch.float64, device=device)
         # zeros are where torch.optim starts too (momentum's first buffer is the gradient)
         self.state = [{k: torch.zeros_like(p) for k in STATE[self.name]} for p in params]
-        self._flags()
+        self.dtype = params[0].dtype
+        self._derive()
 
-    def _flags(self) -> None:
-        """Plain booleans, so the update has no data-dependent branch."""
+    def _derive(self) -> None:
+        """What the update needs besides LR and step count, in the parameters' dtype, once per
+        pack rather than once per parameter and step (each is a kernel launch on a GPU); plain
+        booleans, so the update has no data-dependent branch."""
+        dtype = self.dtype
         self.has_wd = bool(self.wd.any())
         self.has_nesterov = self.name == "momentum" and bool(self.nesterov.any())
+        self.wd_p = self.wd.to(dtype)
+        if self.name == "momentum":  # p -= (lr * a) * buf: a = m with nesterov, else 1
+            self.buf_factor = torch.where(self.nesterov, self.momentum, 1.0)
+        if self.name in ("adam", "adamw"):
+            self.one_minus_beta1 = (1 - self.beta1).to(dtype)
+            self.beta2_p = self.beta2.to(dtype)
+            self.one_minus_beta2 = (1 - self.beta2).to(dtype)
+        if self.name == "rmsprop":
+            self.alpha_p = self.alpha.to(dtype)
+            self.one_minus_alpha = (1 - self.alpha).to(dtype)
 
     def select(self, keep: Tensor) -> None:
         """Keep only the trials at indices ``keep`` (compaction)."""
@@ -65,72 +79,76 @@ class StackedOptimizer:
             if hasattr(self, name):
                 setattr(self, name, getattr(self, name)[keep])
         self.state = [{k: v[keep] for k, v in s.items()} for s in self.state]
-        self._flags()
-
-    def _view(self, name: str, like: Tensor) -> Tensor:
-        """A per-trial hyper-parameter shaped to broadcast over ``like``."""
-        value = getattr(self, name)
-        return _shape(value.to(like.dtype) if value.is_floating_point() else value, like)
+        self._derive()
 
     @torch.no_grad()
     def step(self, lr: Tensor, params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
         """One update of every parameter from its gradient (``grads`` may be overwritten)."""
         self.steps.add_(1)
-        lr64 = lr.to(torch.float64)
+        factors = getattr(self, f"_{self.name}_factors")(lr.to(torch.float64))
         update = getattr(self, f"_{self.name}")
         for param, grad, state in zip(params, grads, self.state, strict=True):
-            update(param, grad, state, lr64)
+            update(param, grad, state, {k: _shape(v, param) for k, v in factors.items()})
 
     def _l2(self, param: Tensor, grad: Tensor) -> Tensor:
         if not self.has_wd:
             return grad
-        return grad.add_(self._view("wd", param) * param)
+        return grad.add_(_shape(self.wd_p, param) * param)
 
-    def _sgd(self, param: Tensor, grad: Tensor, state: dict[str, Tensor], lr: Tensor) -> None:
+    # per step, per trial ([K]) factors shared by every parameter; then each update
+
+    def _sgd_factors(self, lr: Tensor) -> dict[str, Tensor]:
+        return {"lr": lr.to(self.dtype)}
+
+    def _sgd(self, param: Tensor, grad: Tensor, state: dict[str, Tensor],
+             f: dict[str, Tensor]) -> None:
         grad = self._l2(param, grad)
-        param.addcmul_(_shape(lr.to(param.dtype), param), grad, value=-1)
+        param.addcmul_(f["lr"], grad, value=-1)
+
+    def _momentum_factors(self, lr: Tensor) -> dict[str, Tensor]:
+        lr_p = lr.to(self.dtype)
+        factors = {"buf": lr_p * self.buf_factor}
+        if self.has_nesterov:  # nesterov: p -= lr * (grad + m * buf)
+            factors["grad"] = lr_p * self.nesterov
+        return factors
 
     def _momentum(self, param: Tensor, grad: Tensor, state: dict[str, Tensor],
-                  lr: Tensor) -> None:
+                  f: dict[str, Tensor]) -> None:
         grad = self._l2(param, grad)
-        m = self._view("momentum", param)
-        state["buf"].mul_(m).add_(grad)
-        # nesterov: p -= lr * (grad + m * buf); plain: p -= lr * buf. As per-trial factors:
-        # p -= (lr * a) * buf + (lr * b) * grad, a = m or 1, b = 1 or 0; no temporaries.
-        lr_p = _shape(lr.to(param.dtype), param)
-        nesterov = self._view("nesterov", param)
-        param.addcmul_(lr_p * torch.where(nesterov, m, 1.0), state["buf"], value=-1)
+        state["buf"].mul_(_shape(self.momentum, param)).add_(grad)
+        param.addcmul_(f["buf"], state["buf"], value=-1)
         if self.has_nesterov:
-            param.addcmul_(lr_p * nesterov, grad, value=-1)
+            param.addcmul_(f["grad"], grad, value=-1)
 
-    def _adam_like(self, param: Tensor, grad: Tensor, state: dict[str, Tensor], lr: Tensor,
-                   decoupled: bool) -> None:
-        if decoupled:
-            param.mul_(_shape((1 - lr * self.wd).to(param.dtype), param))
+    def _adam_factors(self, lr: Tensor) -> dict[str, Tensor]:
+        return {"step_size": (lr / (1 - self.beta1**self.steps)).to(self.dtype),
+                "bc2_sqrt": ((1 - self.beta2**self.steps) ** 0.5).to(self.dtype)}
+
+    def _adamw_factors(self, lr: Tensor) -> dict[str, Tensor]:
+        return {**self._adam_factors(lr), "decay": (1 - lr * self.wd).to(self.dtype)}
+
+    def _adam_like(self, param: Tensor, grad: Tensor, state: dict[str, Tensor],
+                   f: dict[str, Tensor]) -> None:
+        if "decay" in f:  # adamw: decoupled weight decay
+            param.mul_(f["decay"])
         else:
             grad = self._l2(param, grad)
-        b1 = _shape(self.beta1, param)
-        b2 = _shape(self.beta2, param)
-        state["exp_avg"].lerp_(grad, (1 - b1).to(param.dtype))
-        state["exp_avg_sq"].mul_(b2.to(param.dtype)).addcmul_(
-            (1 - b2).to(param.dtype) * grad, grad)
-        step_size = (_shape(lr, param) / (1 - b1**self.steps)).to(param.dtype)
-        bc2_sqrt = ((1 - b2**self.steps) ** 0.5).to(param.dtype)
-        denom = state["exp_avg_sq"].sqrt() / bc2_sqrt + EPS
-        param.addcdiv_(step_size * state["exp_avg"], denom, value=-1)
+        state["exp_avg"].lerp_(grad, _shape(self.one_minus_beta1, param))
+        state["exp_avg_sq"].mul_(_shape(self.beta2_p, param)).addcmul_(
+            _shape(self.one_minus_beta2, param) * grad, grad)
+        denom = state["exp_avg_sq"].sqrt() / f["bc2_sqrt"] + EPS
+        param.addcdiv_(f["step_size"] * state["exp_avg"], denom, value=-1)
 
-    def _adam(self, param: Tensor, grad: Tensor, state: dict[str, Tensor], lr: Tensor) -> None:
-        self._adam_like(param, grad, state, lr, decoupled=False)
+    _adam = _adamw = _adam_like
 
-    def _adamw(self, param: Tensor, grad: Tensor, state: dict[str, Tensor], lr: Tensor) -> None:
-        self._adam_like(param, grad, state, lr, decoupled=True)
+    def _rmsprop_factors(self, lr: Tensor) -> dict[str, Tensor]:
+        return {"lr": lr.to(self.dtype)}
 
     def _rmsprop(self, param: Tensor, grad: Tensor, state: dict[str, Tensor],
-                 lr: Tensor) -> None:
+                 f: dict[str, Tensor]) -> None:
         grad = self._l2(param, grad)
-        alpha = _shape(self.alpha, param)
-        state["square_avg"].mul_(alpha.to(param.dtype)).addcmul_(
-            (1 - alpha).to(param.dtype) * grad, grad)
+        state["square_avg"].mul_(_shape(self.alpha_p, param)).addcmul_(
+            _shape(self.one_minus_alpha, param) * grad, grad)
         avg = state["square_avg"].sqrt() + EPS
-        state["buf"].mul_(self._view("rms_momentum", param)).add_(grad / avg)
-        param.addcmul_(_shape(lr.to(param.dtype), param), state["buf"], value=-1)
+        state["buf"].mul_(_shape(self.rms_momentum, param)).add_(grad / avg)
+        param.addcmul_(f["lr"], state["buf"], value=-1)
