@@ -194,6 +194,18 @@ def test_packed_study_looks_like_an_unpacked_one(deployment: Deployment) -> None
     assert_dashboard_extras(deployment, study)
 
 
+def test_auto_pack_is_sized_by_the_worker_and_keeps_the_budget(deployment: Deployment) -> None:
+    sid = deployment.submit(name="auto-pack", task="linreg", epochs=3, n_trials=24,
+                            pack="auto")
+    study = deployment.wait(sid)
+    assert study["status"] == "done" and study["progress"]["n_done"] == 24
+    trials = deployment.trials(sid)
+    assert_exact(trials, 24)
+    assert [t for t in trials if t["state"] == "FAIL"] == []
+    logs = "".join(p.read_text() for p in deployment.tmp.glob("worker*.log"))
+    assert re.search(r"auto pack for linreg on cpu: K=\d+", logs)
+
+
 def test_lr_auto_runs_one_range_test_before_the_study(deployment: Deployment) -> None:
     sid = deployment.submit(name="auto-lr", task="digits-mlp", epochs=2, n_trials=8, pack=2,
                             space={"lr": "auto", "families": ["cosine", "constant"],

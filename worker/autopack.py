@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from functools import lru_cache
 
 import torch
@@ -13,11 +14,13 @@ from lrtune.schedules import Schedule
 from lrtune.space import TrialConfig
 from lrtune.spec import StudySpec
 from worker.fused import _Pack, train_step
+from worker.schedulers import build_optimizer
 from worker.tasks import get_task
 
 log = logging.getLogger("lrtune.worker")
 GAIN = 1.15  # keep doubling K while trial-steps/s grows by at least this factor
 PROBE_STEPS = 3
+PROBE_SECONDS = 0.2
 
 
 def free_bytes(device: torch.device) -> int:
@@ -29,24 +32,51 @@ def free_bytes(device: torch.device) -> int:
     return info.get("MemAvailable", 2**31)
 
 
+def _per_second(step: Callable[[], object], device: torch.device) -> float:
+    """Calls of ``step`` per second, after one that warms up kernels and allocations: at
+    least PROBE_STEPS and PROBE_SECONDS (this is measured once per task and device)."""
+    step()
+    _sync(device)
+    start, calls = time.perf_counter(), 0
+    while calls < PROBE_STEPS or time.perf_counter() - start < PROBE_SECONDS:
+        step()
+        _sync(device)
+        calls += 1
+    return calls / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _rate(task_name: str, k: int, device: torch.device) -> float:
     """Trial-steps per second of a K-trial fused pack (probe with SGD, constant LR)."""
     task = get_task(task_name)
     data = task.data().to(device)
     config = TrialConfig(Schedule.build("constant"), OptimizerChoice.build("sgd", 1e-3))
     pack = _Pack(task, [config] * k, list(range(k)), device)
-    batch = task.info.batch_size
-    idx = torch.randint(0, len(data.x_train), (k, batch), device=device)
+    idx = torch.randint(0, len(data.x_train), (k, task.info.batch_size), device=device)
     lr = torch.full((k,), 1e-3, device=device)
-    for step in range(PROBE_STEPS + 1):
-        if step == 1:  # first step warms up kernels and allocations
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-        train_step(pack, data.x_train[idx], data.y_train[idx], lr)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return k * PROBE_STEPS / (time.perf_counter() - start)
+    return k * _per_second(lambda: train_step(pack, data.x_train[idx], data.y_train[idx], lr),
+                           device)
+
+
+def _sequential_rate(task_name: str, device: torch.device) -> float:
+    """Trial-steps per second of one trial trained alone, as ``train_trial`` steps it."""
+    task = get_task(task_name)
+    data = task.data().to(device)
+    model = task.model().to(device)
+    optimizer = build_optimizer(model.parameters(), OptimizerChoice.build("sgd", 1e-3))
+    idx = torch.randint(0, len(data.x_train), (task.info.batch_size,), device=device)
+
+    def step() -> None:
+        loss = task.loss(model(data.x_train[idx]), data.y_train[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return _per_second(step, device)
 
 
 @lru_cache(maxsize=32)
@@ -64,6 +94,11 @@ def _auto(task_name: str, device_name: str, cap: int) -> int:
             break
         best_k, best_rate = k, rate
         k *= 2
+    alone = _sequential_rate(task_name, device)
+    if best_rate < alone * GAIN:  # a pack of one trains one at a time (run_pack)
+        log.info("auto pack for %s on %s: K=1 (one trial at a time, %.0f trial-steps/s, "
+                 "against fused K=%d at %.0f)", task_name, device, alone, best_k, best_rate)
+        return 1
     log.info("auto pack for %s on %s: K=%d (%.0f trial-steps/s; memory allows %d, cap %d)",
              task_name, device, best_k, best_rate, by_memory, cap)
     return best_k
