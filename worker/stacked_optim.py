@@ -141,8 +141,7 @@ class StackedOptimizer:
 
     _adam = _adamw = _adam_like
 
-    def _rmsprop_factors(self, lr: Tensor) -> dict[str, Tensor]:
-        return {"lr": lr.to(self.dtype)}
+    _rmsprop_factors = _sgd_factors
 
     def _rmsprop(self, param: Tensor, grad: Tensor, state: dict[str, Tensor],
                  f: dict[str, Tensor]) -> None:
