@@ -31,6 +31,7 @@ from lrtune.settings import Settings  # noqa: E402
 from lrtune.space import SearchSpace, TrialConfig  # noqa: E402
 from lrtune.spec import SpaceSpec, StudySpec  # noqa: E402
 from lrtune.store import Store  # noqa: E402
+from worker.device import synchronize  # noqa: E402
 from worker.fused import train_pack  # noqa: E402
 from worker.loop import Worker  # noqa: E402
 from worker.tasks import get_task  # noqa: E402
@@ -52,21 +53,16 @@ def sample_configs(k: int, seed: int) -> list[TrialConfig]:
     return [space.sample(study.ask()) for _ in range(k)]
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def best_of(run: Callable[[], list[TrainResult]], repeats: int, device: torch.device
             ) -> tuple[float, list[float], list[TrainResult]]:
     """The fastest of ``repeats`` timed runs (this VM's speed wanders), all their seconds, and
     the last run's results."""
     times = []
     for _ in range(repeats):
-        sync(device)
+        synchronize(device)
         start = time.perf_counter()
         results = run()
-        sync(device)
+        synchronize(device)
         times.append(round(time.perf_counter() - start, 3))
     return min(times), times, results
 
@@ -78,12 +74,12 @@ def fused_rate(task_name: str, k: int, epochs: int, device: torch.device, repeat
     task = get_task(task_name)
     configs = sample_configs(k, seed=k)
     compile_after = 0 if compiled else None
-    sync(device)
+    synchronize(device)
     start = time.perf_counter()
     warm = configs if compiled else configs[:1]
     train_pack(task, warm, 1, "val_loss", list(range(len(warm))), device,
                compile_after=compile_after)  # warm-up
-    sync(device)
+    synchronize(device)
     warmup = time.perf_counter() - start
     seconds, times, results = best_of(
         lambda: train_pack(task, configs, epochs, "val_loss", list(range(k)), device,

@@ -13,6 +13,7 @@ from lrtune.optimizers import OptimizerChoice
 from lrtune.schedules import Schedule
 from lrtune.space import TrialConfig
 from lrtune.spec import StudySpec
+from worker.device import synchronize
 from worker.fused import _Pack, train_step
 from worker.schedulers import build_optimizer
 from worker.tasks import get_task
@@ -36,18 +37,13 @@ def _per_second(step: Callable[[], object], device: torch.device) -> float:
     """Calls of ``step`` per second, after one that warms up kernels and allocations: at
     least PROBE_STEPS and PROBE_SECONDS (this is measured once per task and device)."""
     step()
-    _sync(device)
+    synchronize(device)
     start, calls = time.perf_counter(), 0
     while calls < PROBE_STEPS or time.perf_counter() - start < PROBE_SECONDS:
         step()
-        _sync(device)
+        synchronize(device)
         calls += 1
     return calls / (time.perf_counter() - start)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _rate(task_name: str, k: int, device: torch.device) -> float:

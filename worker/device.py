@@ -12,3 +12,9 @@ def pick_device(setting: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {setting!r} asked for, but CUDA is not available")
     return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timings on a GPU need it; a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
