@@ -97,3 +97,34 @@ def test_a_pack_is_created_at_once_and_its_params_written_with_the_ledger(store:
         assert stored[c.trial.number].params == c.trial.params
         assert stored[c.trial.number].state == TrialState.RUNNING
     assert store.claim_pack(4) == []  # the budget of 7 is taken
+
+
+def test_bulk_insert_writes_what_optuna_reads(store: Store) -> None:
+    """PostgreSQL takes the COPY path, SQLite the executemany: both must store enum kinds,
+    missing values, infinities and JSON as Optuna's own writes would."""
+    import json
+
+    from optuna.storages._rdb import models
+
+    from lrtune.pack_storage import bulk_insert
+    from lrtune.store import OPTUNA_TABLES
+
+    store.create_study(StudySpec(name="b", task="linreg", epochs=3, n_trials=2), "me")
+    claim = store.claim()
+    assert claim is not None
+    trial_id = claim.trial._trial_id
+    values = {0: 0.25, 1: float("inf"), 2: float("-inf")}
+    rows = []
+    for step, value in values.items():
+        stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+        rows.append({"trial_id": trial_id, "step": step, "intermediate_value": stored,
+                     "intermediate_value_type": kind})
+    attr = {"text": "tab\there, quote ' and \\ backslash", "list": [1, None, 2.5]}
+    with store.engine.begin() as conn:
+        bulk_insert(conn, OPTUNA_TABLES["intermediate"], rows)
+        bulk_insert(conn, OPTUNA_TABLES["user_attrs"],
+                    [{"trial_id": trial_id, "key": "odd", "value_json": json.dumps(attr)}])
+        bulk_insert(conn, OPTUNA_TABLES["user_attrs"], [])
+    trial = store.optuna_storage.get_trial(trial_id)
+    assert trial.intermediate_values == values
+    assert trial.user_attrs["odd"] == attr
