@@ -49,6 +49,8 @@ OPTUNA_TABLES = {name: model.__table__ for name, model in {
     "params": models.TrialParamModel, "intermediate": models.TrialIntermediateValueModel,
     "user_attrs": models.TrialUserAttributeModel,
     "system_attrs": models.TrialSystemAttributeModel}.items()}
+HEARTBEATS = models.TrialHeartbeatModel.__table__
+ID_BATCH = 500  # trial ids per IN list (SQLite builds before 3.32 allow 999 parameters)
 
 TAKEN = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED)
 RUNNING, CANCELLED, DONE, FAILED = "running", "cancelled", "done", "failed"
@@ -455,6 +457,25 @@ class Store:
                 log.warning("study %s trial id %d lost (no heartbeat); re-queued", record.name,
                             trial_id)
         return len(stale)
+
+    def record_heartbeats(self, trial_ids: list[int]) -> None:
+        """Optuna's heartbeat rows of these trials, set to the database's now in one
+        transaction (Optuna's ``record_heartbeat`` takes one per trial: a second for a pack
+        of 1,024 on PostgreSQL). The reaper compares them with the database's clock too."""
+        beats = HEARTBEATS
+        with self.engine.begin() as conn:
+            for start in range(0, len(trial_ids), ID_BATCH):
+                chunk = trial_ids[start:start + ID_BATCH]
+                beaten = set(conn.execute(
+                    beats.update().where(beats.c.trial_id.in_(chunk))
+                    .values(heartbeat=sa.func.now()).returning(beats.c.trial_id)).scalars())
+                first = [trial_id for trial_id in chunk if trial_id not in beaten]
+                if first:
+                    trials = OPTUNA_TABLES["trials"]
+                    conn.execute(beats.insert().from_select(
+                        ["trial_id", "heartbeat"],
+                        sa.select(trials.c.trial_id, sa.func.now())
+                        .where(trials.c.trial_id.in_(first))))
 
     def _trials_without_heartbeat(self, optuna_study_id: int) -> list[int]:
         """RUNNING trials that never beat (worker killed right after claiming) past the grace.

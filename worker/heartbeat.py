@@ -1,7 +1,8 @@
 """A heartbeat for claimed trials that survives database blips.
 
 Optuna's own heartbeat thread stops at the first storage error, after which a live trial
-would be reaped as lost; this one logs the error and keeps beating.
+would be reaped as lost; this one logs the error and keeps beating, and beats a whole pack in
+one transaction.
 """
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ import logging
 import threading
 from types import TracebackType
 
-from optuna.storages import RDBStorage
+from lrtune.store import Store
 
 log = logging.getLogger("lrtune.worker")
 
 
 class Heartbeat:
-    """``with Heartbeat(storage, [trial_id, …], interval):`` beats every ``interval`` seconds."""
+    """``with Heartbeat(store, [trial_id, …], interval):`` beats every ``interval`` seconds."""
 
-    def __init__(self, storage: RDBStorage, trial_ids: list[int], interval: float) -> None:
-        self.storage = storage
+    def __init__(self, store: Store, trial_ids: list[int], interval: float) -> None:
+        self.store = store
         self.trial_ids = list(trial_ids)
         self.interval = interval
         self._stop = threading.Event()
@@ -27,12 +28,11 @@ class Heartbeat:
 
     def _beat(self) -> None:
         while True:
-            for trial_id in self.trial_ids:
-                try:
-                    self.storage.record_heartbeat(trial_id)
-                except Exception as error:  # the database may be restarting; keep trying
-                    log.warning("heartbeat of trial id %d failed: %s", trial_id,
-                                str(error).splitlines()[0])
+            try:
+                self.store.record_heartbeats(self.trial_ids)
+            except Exception as error:  # the database may be restarting; keep trying
+                log.warning("heartbeat of trial ids %s failed: %s", self.trial_ids,
+                            str(error).splitlines()[0])
             if self._stop.wait(self.interval):
                 return
 

@@ -137,7 +137,7 @@ class Worker:
                      outcome.state.name, value, reason, time.monotonic() - started)
 
         ids = [c.trial._trial_id for c in claims]
-        with Heartbeat(store.optuna_storage, ids, self.settings.heartbeat_interval):
+        with Heartbeat(store, ids, self.settings.heartbeat_interval):
             try:
                 try:
                     spec = self._search_spec(store, claims[0].record)

@@ -3,6 +3,7 @@ import time
 
 import optuna
 import pytest
+import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from lrtune.settings import Settings
@@ -103,6 +104,35 @@ def test_lost_trials_are_failed_and_requeued_once(db_url: str) -> None:
     store.finish(fresh, TrialState.COMPLETE, 1.0)
     counts = store.trial_counts(record)
     assert counts == {**counts, "COMPLETE": 1, "FAIL": 2, "WAITING": 0, "RUNNING": 0}
+
+
+def test_a_packs_heartbeat_keeps_every_trial_alive(db_url: str) -> None:
+    """One write beats the whole pack (first beat inserts, later ones update), on the
+    database's clock: past the grace, the beaten trials are not lost, the silent one is."""
+    from lrtune.store import HEARTBEATS, ID_BATCH
+
+    store = Store(Settings(database_url=db_url, heartbeat_interval=1, heartbeat_grace=3))
+    record = store.create_study(StudySpec(name="hb", task="linreg", epochs=2,
+                                          n_trials=ID_BATCH + 3, pack=ID_BATCH + 3), "me")
+    claims = store.claim_pack(ID_BATCH + 3)
+    beaten = [c.trial._trial_id for c in claims[1:]]  # more than one IN list
+    store.record_heartbeats(beaten)
+    with store.engine.connect() as conn:
+        first = {tid: beat for tid, beat in conn.execute(
+            sa.select(HEARTBEATS.c.trial_id, HEARTBEATS.c.heartbeat))}
+    assert set(first) == set(beaten)
+    for _ in range(4):  # 4.4 s: past the grace for the trial never beaten
+        time.sleep(1.1)
+        store.record_heartbeats(beaten)
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(HEARTBEATS.c.trial_id, HEARTBEATS.c.heartbeat)).all()
+    assert len(rows) == len(beaten) and all(beat > first[tid] for tid, beat in rows)
+    study_id = store.optuna_study_id(record)
+    assert store.optuna_storage._get_stale_trial_ids(study_id) == []
+    assert store.reap(record, store.optuna_study(record)) == 1
+    states = {t._trial_id: t.state for t in store.optuna_storage.get_all_trials(study_id)}
+    assert states[claims[0].trial._trial_id] == TrialState.FAIL
+    assert all(states[tid] == TrialState.RUNNING for tid in beaten)
 
 
 def test_hand_back_requeues_the_same_params(db_url: str) -> None:
