@@ -4,6 +4,11 @@ and database.
 
     python bench/fused.py --tasks digits-mlp,charlm --device cpu
 
+``linreg`` (a 10-weight model) is the host-bound case: what the worker's own per-trial work
+(sampling, LR tables, data order, reports, bookkeeping) costs once the device step is nearly
+free, as on a GPU. ``--db postgresql`` runs the end-to-end study on a fresh database of the
+local PostgreSQL instead of SQLite.
+
 JSON lines into bench/results/fused.jsonl (with the machine), a plot into
 bench/results/fused_<device>.png. Configs are sampled from lrtune's space (momentum SGD;
 cosine, step, onecycle, wsd, exponential), seeds as the worker seeds them.
@@ -27,6 +32,8 @@ import optuna  # noqa: E402
 import torch  # noqa: E402
 
 from bench.machine import machine  # noqa: E402
+from bench.overhead import drop_database, fresh_database  # noqa: E402
+from lrtune import study as names  # noqa: E402
 from lrtune.settings import Settings  # noqa: E402
 from lrtune.space import SearchSpace, TrialConfig  # noqa: E402
 from lrtune.spec import SpaceSpec, StudySpec  # noqa: E402
@@ -41,9 +48,9 @@ RESULTS = Path(__file__).parent / "results"
 SPACE = {"families": ["cosine", "step", "onecycle", "wsd", "exponential"],
          "optimizers": ["momentum"], "lr": {"low": 1e-3, "high": 0.3}}
 SEQUENTIAL_TRIALS = 8
-E2E_TRIALS = {"digits-mlp": 64, "charlm": 8}  # at least two packs, a few seconds or more
+E2E_TRIALS = {"digits-mlp": 64, "charlm": 8, "linreg": 256}  # 2+ packs, a few seconds or more
 DEFAULT_KS = {"digits-mlp": [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
-              "charlm": [1, 2, 4, 8, 16]}
+              "charlm": [1, 2, 4, 8, 16], "linreg": [1, 16, 256, 1024]}
 
 
 def sample_configs(k: int, seed: int) -> list[TrialConfig]:
@@ -107,23 +114,40 @@ def sequential_rate(task_name: str, n: int, epochs: int, device: torch.device, r
 
 
 def end_to_end_rate(task_name: str, k: int, epochs: int, device: torch.device,
-                    compiled: bool = False) -> dict[str, Any]:
-    """A packed study through the real worker loop and a SQLite database."""
+                    compiled: bool = False, db: str = "sqlite") -> dict[str, Any]:
+    """A packed study through the real worker loop and a fresh database (``db``)."""
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(database_url=f"sqlite:///{tmp}/e2e.db", idle_min=0.05,
-                            fused_compile="always" if compiled else "never")
-        store = Store(settings)
-        store.create_study(StudySpec(name="e2e", task=task_name, epochs=epochs,
-                                     n_trials=max(2 * k, E2E_TRIALS[task_name]), pack=k,
-                                     pruner={"name": "none"},
-                                     sampler={"name": "random", "seed": 0},
-                                     space=SpaceSpec.model_validate(SPACE)), "bench")
-        worker = Worker(settings, str(device), exit_when_idle=True)
-        start = time.perf_counter()
-        finished = worker.run()
-        seconds = time.perf_counter() - start
-    return {"seconds": round(seconds, 3), "trial_epochs": finished * epochs,
-            "rate": round(finished * epochs / seconds, 2)}
+        url = fresh_database(db, Path(tmp))
+        try:
+            return _end_to_end(url, task_name, k, epochs, device, compiled)
+        finally:
+            drop_database(url)
+
+
+def _end_to_end(url: str, task_name: str, k: int, epochs: int, device: torch.device,
+                compiled: bool) -> dict[str, Any]:
+    settings = Settings(database_url=url, idle_min=0.05,
+                        fused_compile="always" if compiled else "never")
+    store = Store(settings)
+    record = store.create_study(StudySpec(name="e2e", task=task_name, epochs=epochs,
+                                          n_trials=max(2 * k, E2E_TRIALS[task_name]), pack=k,
+                                          pruner={"name": "none"},
+                                          sampler={"name": "random", "seed": 0},
+                                          space=SpaceSpec.model_validate(SPACE)), "bench")
+    worker = Worker(settings, str(device), exit_when_idle=True)
+    start = time.perf_counter()
+    worker.run()
+    seconds = time.perf_counter() - start
+    trials = store.optuna_storage.get_all_trials(store.optuna_study_id(record))
+    store.engine.dispose()
+    done = sum(epochs_trained(t) for t in trials)
+    return {"seconds": round(seconds, 3), "trial_epochs": done, "rate": round(done / seconds, 2)}
+
+
+def epochs_trained(trial: optuna.trial.FrozenTrial) -> int:
+    """As ``TrainResult.epochs_run``: the reported epochs, and the one that diverged."""
+    diverged = trial.user_attrs.get(names.ATTR_REASON) == "diverged"
+    return len(trial.intermediate_values) + diverged
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -171,6 +195,8 @@ def main() -> None:
                         help="fused step eager, through torch.compile, or both")
     parser.add_argument("--e2e-k", type=int, default=None,
                         help="K of the end-to-end run (default: the fastest fused K above 1)")
+    parser.add_argument("--db", default="sqlite", choices=["sqlite", "postgresql"],
+                        help="database of the end-to-end run")
     parser.add_argument("--out", type=Path, default=RESULTS / "fused.jsonl")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -216,11 +242,13 @@ def main() -> None:
         e2e_k = args.e2e_k or best_k
         compiled = best_mode == "fused_compiled"
         row = fused_rate(task_name, e2e_k, args.epochs, device, args.repeats, compiled)
-        warmup = None
-        if compiled:  # a first study compiles the packs' shapes, as a long-running worker has
-            warmup = end_to_end_rate(task_name, e2e_k, args.epochs, device, compiled)["seconds"]
-        e2e = end_to_end_rate(task_name, e2e_k, args.epochs, device, compiled)
-        record({"task": task_name, "mode": "end_to_end", "k": e2e_k, "step": best_mode, **e2e,
+        # a first study imports what a worker loads lazily (the dashboard note's modules) and
+        # compiles the packs' shapes, as a long-running worker has
+        warmup = end_to_end_rate(task_name, e2e_k, args.epochs, device, compiled,
+                                 args.db)["seconds"]
+        e2e = end_to_end_rate(task_name, e2e_k, args.epochs, device, compiled, args.db)
+        record({"task": task_name, "mode": "end_to_end", "k": e2e_k, "step": best_mode,
+                "db": args.db, **e2e,
                 "warmup_seconds": warmup, "bare_rate": row["rate"],
                 "ratio_to_bare": round(e2e["rate"] / row["rate"], 3)})
     plot(latest(args.out, device_name), args.out.parent / f"fused_{args.device}.png")
