@@ -156,7 +156,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     for task_name in sorted({r["task"] for r in rows}):
         seq = [r["sequential_rate"] for r in rows
                if r["task"] == task_name and "sequential_rate" in r]
@@ -178,7 +178,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("trial-epochs per second")
     ax.set_title(f"lrtune fused packing on {rows[0]['device_name']}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
