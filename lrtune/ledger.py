@@ -117,7 +117,7 @@ class PackLedger:
     def flush(self) -> None:
         """Write everything buffered in one transaction."""
         if not (self.values or self.user_attrs or self.endings
-                or any(p.pending for p in self.params)):
+                or any(p.dirty for p in self.params)):
             return
         now = datetime.now(UTC).replace(tzinfo=None)  # Optuna stores naive UTC
         with self.store.engine.begin() as conn:

@@ -99,6 +99,46 @@ def test_a_pack_is_created_at_once_and_its_params_written_with_the_ledger(store:
     assert store.claim_pack(4) == []  # the budget of 7 is taken
 
 
+
+def test_a_tpe_pack_reads_the_study_once_while_sampling(store: Store) -> None:
+    """TPE with a constant liar asks for every trial once per parameter group of every trial
+    it samples; a pack reads the study once, sees its siblings live, and writes the sampler's
+    notes (the liar's shared relative params) with its parameters."""
+    from lrtune.space import SearchSpace
+
+    spec = StudySpec(name="tpe", task="linreg", epochs=2, n_trials=24, pruner={"name": "none"},
+                     sampler={"name": "tpe", "seed": 0})
+    record = store.create_study(spec, "me")
+    space = SearchSpace(spec.space)
+    for i in range(12):  # past TPE's 10 start-up trials
+        claim = store.claim()
+        assert claim is not None
+        space.sample(claim.trial)
+        store.finish(claim, TrialState.COMPLETE, 1.0 + i)
+    claims = store.claim_pack(8)
+    storage = claims[0].params
+    assert storage is not None
+    reads = []
+    inner_read = storage.inner.get_all_trials
+    storage.inner.get_all_trials = lambda *a, **k: reads.append(1) or inner_read(*a, **k)
+    for claim in claims:
+        space.sample(claim.trial)
+    assert len(reads) == 1
+    seen = {t.number: t for t in storage.get_all_trials(storage.study_id)}
+    assert all(seen[c.trial.number].params == c.trial.params for c in claims)
+    sid = store.optuna_study_id(record)
+    notes = {c.trial._trial_id: {k for k in store.optuna_storage.get_trial(
+        c.trial._trial_id).system_attrs if k.startswith("tpe:relative_params")} for c in claims}
+    assert not any(notes.values())  # held in memory so far
+    PackLedger(store, claims).flush()
+    for claim in claims:
+        stored = store.optuna_storage.get_trial(claim.trial._trial_id)
+        assert stored.params == claim.trial.params
+        assert any(k.startswith("tpe:relative_params") for k in stored.system_attrs)
+    storage.get_all_trials(sid)
+    assert len(reads) == 2  # sampling over: read afresh
+
+
 def test_bulk_insert_writes_what_optuna_reads(store: Store) -> None:
     """PostgreSQL takes the COPY path, SQLite the executemany: both must store enum kinds,
     missing values, infinities and JSON as Optuna's own writes would."""
