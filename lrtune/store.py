@@ -462,7 +462,7 @@ class Store:
         """Optuna's heartbeat rows of these trials, set to the database's now in one
         transaction (Optuna's ``record_heartbeat`` takes one per trial: a second for a pack
         of 1,024 on PostgreSQL). The reaper compares them with the database's clock too."""
-        beats = HEARTBEATS
+        beats, trials = HEARTBEATS, OPTUNA_TABLES["trials"]
         with self.engine.begin() as conn:
             for start in range(0, len(trial_ids), ID_BATCH):
                 chunk = trial_ids[start:start + ID_BATCH]
@@ -471,10 +471,8 @@ class Store:
                     .values(heartbeat=sa.func.now()).returning(beats.c.trial_id)).scalars())
                 first = [trial_id for trial_id in chunk if trial_id not in beaten]
                 if first:
-                    trials = OPTUNA_TABLES["trials"]
                     conn.execute(beats.insert().from_select(
-                        ["trial_id", "heartbeat"],
-                        sa.select(trials.c.trial_id, sa.func.now())
+                        ["trial_id", "heartbeat"], sa.select(trials.c.trial_id, sa.func.now())
                         .where(trials.c.trial_id.in_(first))))
 
     def _trials_without_heartbeat(self, optuna_study_id: int) -> list[int]:

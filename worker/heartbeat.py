@@ -31,7 +31,8 @@ class Heartbeat:
             try:
                 self.store.record_heartbeats(self.trial_ids)
             except Exception as error:  # the database may be restarting; keep trying
-                log.warning("heartbeat of trial ids %s failed: %s", self.trial_ids,
+                log.warning("heartbeat of %d trial(s), ids %d to %d, failed: %s",
+                            len(self.trial_ids), min(self.trial_ids), max(self.trial_ids),
                             str(error).splitlines()[0])
             if self._stop.wait(self.interval):
                 return
