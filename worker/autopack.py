@@ -17,6 +17,7 @@ from worker.device import synchronize
 from worker.fused import _Pack, train_step
 from worker.schedulers import build_optimizer
 from worker.tasks import get_task
+from worker.train import train_batch
 
 log = logging.getLogger("lrtune.worker")
 GAIN = 1.15  # keep doubling K while trial-steps/s grows by at least this factor
@@ -65,14 +66,8 @@ def _sequential_rate(task_name: str, device: torch.device) -> float:
     model = task.model().to(device)
     optimizer = build_optimizer(model.parameters(), OptimizerChoice.build("sgd", 1e-3))
     idx = torch.randint(0, len(data.x_train), (task.info.batch_size,), device=device)
-
-    def step() -> None:
-        loss = task.loss(model(data.x_train[idx]), data.y_train[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return _per_second(step, device)
+    return _per_second(
+        lambda: train_batch(task, model, optimizer, data.x_train[idx], data.y_train[idx]), device)
 
 
 @lru_cache(maxsize=32)

@@ -44,6 +44,16 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return math.ceil(n_train / batch_size)
 
 
+def train_batch(task: Task, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One optimizer step of one trial on a batch; returns the batch loss."""
+    loss = task.loss(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def train_trial(task: Task, config: TrialConfig, epochs: int, objective: str, seed: int,
                 device: torch.device, reporter: Reporter | None = None) -> TrainResult:
     """Train ``config`` on ``task`` for ``epochs``; NaN/inf loss ends it as ``diverged``."""
@@ -65,10 +75,7 @@ def train_trial(task: Task, config: TrialConfig, epochs: int, objective: str, se
         total = torch.zeros((), device=device)
         for i in range(spe):
             idx = perm[i * batch:(i + 1) * batch]
-            loss = task.loss(model(data.x_train[idx]), data.y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = train_batch(task, model, optimizer, data.x_train[idx], data.y_train[idx])
             driver.after_batch()
             total += loss.detach()
         train_loss = float(total) / spe
