@@ -85,7 +85,7 @@ class PackStorage:
             for tid, number in created}
         self.study_id = study_id
         self.pending: list[dict[str, Any]] = []
-        self.pending_notes: list[dict[str, Any]] = []
+        self.pending_notes: dict[tuple[int, str], dict[str, Any]] = {}  # a key set again: last
         self._study_view: list[FrozenTrial] | None = None  # while sampling: read once
         self._lock = threading.Lock()
 
@@ -128,8 +128,8 @@ class PackStorage:
             return
         with self._lock:  # e.g. TPE's constant liar sharing a trial's relative params
             local.system_attrs[key] = value
-            self.pending_notes.append({"trial_id": trial_id, "key": key,
-                                       "value_json": json.dumps(value)})
+            self.pending_notes[trial_id, key] = {"trial_id": trial_id, "key": key,
+                                                 "value_json": json.dumps(value)}
 
     @property
     def dirty(self) -> bool:
@@ -140,7 +140,7 @@ class PackStorage:
         study is read afresh from then on."""
         with self._lock:
             pending, self.pending = self.pending, []
-            notes, self.pending_notes = self.pending_notes, []
+            notes, self.pending_notes = list(self.pending_notes.values()), {}
             self._study_view = None
         bulk_insert(conn, PARAMS, pending)
         bulk_insert(conn, SYSTEM_ATTRS, notes)

@@ -8,6 +8,7 @@ import optuna
 
 from lrtune.spec import PrunerSpec, SamplerSpec, StudySpec
 from lrtune.tasks import task_info
+from lrtune.tpe import LazyGroupTPESampler
 
 # Trial user attributes lrtune writes.
 ATTR_REASON = "reason"  # diverged | failed: <error> | lost: <worker gone>
@@ -31,8 +32,7 @@ def make_sampler(spec: SamplerSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.QMCSampler(seed=spec.seed, warn_independent_sampling=False)
     with warnings.catch_warnings():  # multivariate/group/constant_liar are "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, group=True,
-                                          constant_liar=True, n_startup_trials=10)
+        return LazyGroupTPESampler(seed=spec.seed, constant_liar=True, n_startup_trials=10)
 
 
 def make_pruner(spec: PrunerSpec, epochs: int) -> optuna.pruners.BasePruner:

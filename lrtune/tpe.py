@@ -1,0 +1,115 @@
+"""lrtune's TPE: multivariate and grouped, each parameter group drawn when the trial first
+asks for one of its parameters.
+
+Optuna's grouped TPE draws every group of the search space before the trial's first
+parameter. lrtune's space is conditional: a family's and an optimizer's own parameters form
+17 groups of which a trial uses three (base LR, family and optimizer; the family's; the
+optimizer's), and each draw fits two Parzen estimators over every trial of the study. Drawing
+a group on first use keeps the joint draw within each group, as Optuna's, and does a fifth of
+the work. The groups themselves are kept and grown by the trials finished since the last
+trial; Optuna recomputes them from every finished trial for each trial it samples.
+
+The constant liar sees what a running trial drew, shared in the trial's system attributes in
+Optuna's own format, for the groups the trial uses; Optuna's also shares the draws of the
+groups a trial does not use, which only add liars where the trial has no parameters.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from optuna.distributions import check_distribution_compatibility
+from optuna.samplers import TPESampler
+from optuna.samplers._tpe.sampler import _RELATIVE_PARAMS_KEY, _SYSTEM_ATTR_MAX_LENGTH
+from optuna.search_space.group_decomposed import _SearchSpaceGroup
+from optuna.trial import TrialState
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
+
+DRAWN_TRIALS = 64  # trials whose drawn groups are kept (trials sample one after another)
+
+
+class LazyGroupTPESampler(TPESampler):
+    """``TPESampler(multivariate=True, group=True, **kwargs)``, drawing groups on first use."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(multivariate=True, group=True, **kwargs)
+        self._relative_space: dict[str, BaseDistribution] = {}  # this trial's, as inferred
+        self._drawn: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._groups = _SearchSpaceGroup()
+        self._grouped: set[int] = set()  # trial ids whose parameters the groups hold
+        self._grouped_study: int | None = None
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial
+                                    ) -> dict[str, BaseDistribution]:
+        """Optuna's grouped space (from COMPLETE and PRUNED trials), grown by the trials
+        finished since the last call: finished trials never change, and the groups do not
+        depend on the order trials are added in."""
+        if self._grouped_study != study._study_id:
+            self._groups, self._grouped, self._grouped_study = _SearchSpaceGroup(), set(), \
+                study._study_id
+        for finished in study._get_trials(deepcopy=False, use_cache=True,
+                                          states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if finished._trial_id not in self._grouped:
+                self._groups.add_distributions(finished.distributions)
+                self._grouped.add(finished._trial_id)
+        self._search_space_group = self._groups
+        return {name: distribution for sub_space in self._groups.search_spaces
+                for name, distribution in sorted(sub_space.items()) if not distribution.single()}
+
+    def sample_relative(self, study: Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        self._relative_space = search_space  # the groups are drawn in sample_independent
+        return {}
+
+    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        group = self._group_of(param_name, param_distribution)
+        drawn = self._drawn_for(trial._trial_id)
+        if group is not None and param_name not in drawn:
+            values = self._sample_relative(study, trial, group)  # {} before the start-up trials
+            if values:
+                drawn.update(values)
+                self._share(study, trial, drawn)
+        if param_name in drawn and param_distribution._contains(
+                param_distribution.to_internal_repr(drawn[param_name])):
+            return drawn[param_name]
+        return super().sample_independent(study, trial, param_name, param_distribution)
+
+    def _group_of(self, name: str, distribution: BaseDistribution
+                  ) -> dict[str, BaseDistribution] | None:
+        """The relative group holding ``name``, as Optuna's ``sample_relative`` draws it
+        (without single-valued parameters); None when ``name`` is not relative."""
+        space = self._relative_space
+        if name not in space or self._search_space_group is None:
+            return None
+        try:
+            check_distribution_compatibility(space[name], distribution)
+        except ValueError:
+            return None
+        for sub_space in self._search_space_group.search_spaces:
+            if name in sub_space:
+                return {n: d for n, d in sorted(sub_space.items()) if n in space}
+        return None
+
+    def _drawn_for(self, trial_id: int) -> dict[str, Any]:
+        if trial_id not in self._drawn:
+            self._drawn[trial_id] = {}
+            while len(self._drawn) > DRAWN_TRIALS:
+                self._drawn.popitem(last=False)
+        return self._drawn[trial_id]
+
+    def _share(self, study: Study, trial: FrozenTrial, drawn: dict[str, Any]) -> None:
+        """What the trial drew so far, for other trials' constant liar (Optuna's format)."""
+        if not self._constant_liar:
+            return
+        text = json.dumps(drawn)
+        for i in range(0, len(text), _SYSTEM_ATTR_MAX_LENGTH):
+            study._storage.set_trial_system_attr(
+                trial._trial_id, f"{_RELATIVE_PARAMS_KEY}:{i // _SYSTEM_ATTR_MAX_LENGTH}",
+                text[i:i + _SYSTEM_ATTR_MAX_LENGTH])

@@ -1,0 +1,129 @@
+import json
+from typing import Any
+
+import optuna
+import pytest
+
+from lrtune.space import SearchSpace
+from lrtune.spec import SamplerSpec, SpaceSpec
+from lrtune.study import make_sampler
+from lrtune.tpe import LazyGroupTPESampler
+
+SPACE = SearchSpace(SpaceSpec())  # every family and optimizer: 17 parameter groups
+
+
+def study_after(n: int, seed: int = 0) -> optuna.Study:
+    """A study of lrtune's sampler with ``n`` finished trials of the whole space."""
+    source = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    study = optuna.create_study(sampler=make_sampler(SamplerSpec(name="tpe", seed=seed)))
+    for i in range(n):
+        trial = source.ask()
+        SPACE.sample(trial)
+        study.add_trial(optuna.trial.create_trial(params=trial.params,
+                                                  distributions=trial.distributions,
+                                                  value=float((i * 7919) % 101)))
+    return study
+
+
+def record_draws(sampler: LazyGroupTPESampler) -> list[dict[str, Any]]:
+    draws: list[dict[str, Any]] = []
+    inner = sampler._sample_relative
+
+    def sample_relative(*args: Any) -> dict[str, Any]:
+        drawn = inner(*args)
+        draws.append(drawn)
+        return drawn
+
+    sampler._sample_relative = sample_relative  # type: ignore[method-assign]
+    return draws
+
+
+def shared(study: optuna.Study, trial: optuna.Trial) -> dict[str, Any]:
+    attrs = study._storage.get_trial(trial._trial_id).system_attrs
+    chunks = sorted((k for k in attrs if k.startswith("tpe:relative_params:")),
+                    key=lambda k: int(k.rsplit(":", 1)[1]))
+    return json.loads("".join(attrs[k] for k in chunks)) if chunks else {}
+
+
+def test_lrtunes_tpe_is_the_lazy_grouped_one() -> None:
+    sampler = make_sampler(SamplerSpec(name="tpe", seed=0))
+    assert isinstance(sampler, LazyGroupTPESampler)
+    assert sampler._multivariate and sampler._group and sampler._constant_liar
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_trial_draws_only_the_groups_it_uses_once_each(seed: int) -> None:
+    study = study_after(30, seed)
+    sampler = study.sampler
+    assert isinstance(sampler, LazyGroupTPESampler)
+    draws = record_draws(sampler)
+    trial = study.ask()
+    SPACE.sample(trial)
+    groups = [set(g) for g in sampler._search_space_group.search_spaces]
+    assert len(groups) >= 10  # the families and optimizers the history has seen
+    used = [g for g in groups if g & set(trial.params)]
+    assert sorted(map(sorted, draws)) == sorted(map(sorted, used))  # each once
+    assert len(used) <= 3  # the main group, the family's, the optimizer's
+    drawn = {k: v for d in draws for k, v in d.items()}
+    assert drawn == {k: trial.params[k] for k in drawn}  # one joint draw per group, as drawn
+    assert set(drawn) == {k for g in used for k in g}
+    assert shared(study, trial) == drawn  # the constant liar's note, in Optuna's format
+
+
+def test_before_the_start_up_trials_it_samples_at_random() -> None:
+    study = study_after(3)
+    draws = record_draws(study.sampler)  # type: ignore[arg-type]
+    trial = study.ask()
+    config = SPACE.sample(trial)
+    assert SPACE.decode(trial.params) == config
+    assert all(d == {} for d in draws) and shared(study, trial) == {}
+
+
+def test_the_liar_sees_what_a_running_trial_drew() -> None:
+    study = study_after(30)
+    sampler = study.sampler
+    assert isinstance(sampler, LazyGroupTPESampler)
+    first = study.ask()
+    SPACE.sample(first)  # stays RUNNING while the next trial samples
+    note = shared(study, first)
+    assert note and note.items() <= first.params.items()
+    running = study._storage.get_trial(first._trial_id)
+    assert sampler._get_params(running, study) == first.params  # what the liar reads
+
+
+def test_it_still_searches() -> None:
+    """Over lrtune's whole space, TPE's suggestions after the start-up trials lean to where
+    the objective is low: the base LR near 1e-2 with the cosine family."""
+    import math
+
+    def objective(trial: optuna.Trial) -> float:
+        config = SPACE.sample(trial)
+        return abs(math.log10(config.optimizer.lr) + 2) + (config.schedule.family != "cosine")
+
+    study = optuna.create_study(sampler=make_sampler(SamplerSpec(name="tpe", seed=3)))
+    study.optimize(objective, n_trials=60)
+    late = [t.value for t in study.trials[30:]]
+    early = [t.value for t in study.trials[:10]]  # random start-up trials
+    assert sum(late) / len(late) < 0.6 * sum(early) / len(early)
+
+
+def test_the_kept_groups_are_optunas_as_trials_finish() -> None:
+    from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace
+
+    study = study_after(4)  # few families seen so far: the groups grow as more finish
+    sampler = study.sampler
+    assert isinstance(sampler, LazyGroupTPESampler)
+    for i in range(40):
+        trial = study.ask()
+        SPACE.sample(trial)
+        if i % 5 == 0:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, float(i % 7))
+        frozen = study._storage.get_trial(trial._trial_id)
+        kept = sampler.infer_relative_search_space(study, frozen)
+        optunas = _GroupDecomposedSearchSpace(include_pruned=True).calculate(study)
+        assert sorted(map(sorted, sampler._search_space_group.search_spaces)) == \
+            sorted(map(sorted, optunas.search_spaces))
+        assert kept == {n: d for g in optunas.search_spaces for n, d in g.items()
+                        if not d.single()}
