@@ -5,6 +5,7 @@ trial first uses it) and with Optuna's grouped TPE (every group drawn before the
 first parameter), on the same history and the same claimed pack, in one run.
 
     python bench/pack_sampling.py --history 256,512,1024 --pack 128
+    python bench/pack_sampling.py --history 1024 --pack 1      # the one-trial path
 
 Samples through the worker's path (``Store.claim_pack``, then the space's suggestions on each
 claim); no training. One JSON line per (history, sampler) into
@@ -63,23 +64,28 @@ def history(store: Store, record: StudyRecord, n: int) -> None:
     study.add_trials(finished)
 
 
-def sample_pack(spec: StudySpec, n: int, k: int, sampler: str, db: str) -> float:
-    """Seconds to sample one claimed pack of ``k`` trials after ``n`` finished, on a fresh
-    database."""
+def sample_packs(spec: StudySpec, n: int, k: int, packs: int, sampler: str, db: str
+                 ) -> float:
+    """Seconds to sample ``packs`` claimed packs of ``k`` trials one after another (each
+    finished before the next claim) after ``n`` finished trials, on a fresh database."""
     with tempfile.TemporaryDirectory() as tmp:
         url = fresh_database(db, Path(tmp))
         try:
             store = Store(Settings(database_url=url))
             history(store, store.create_study(spec, "bench"), n)
-            claims = store.claim_pack(k)
-            assert len(claims) == k, len(claims)
-            if sampler == "optuna":
-                claims[0].trial.study.sampler = optunas_tpe(spec.sampler.seed or 0)
             space = SearchSpace(spec.space)
-            start = time.perf_counter()
-            for claim in claims:
-                space.sample(claim.trial)
-            seconds = time.perf_counter() - start
+            seconds = 0.0
+            for _ in range(packs):
+                claims = store.claim_pack(k)
+                assert len(claims) == k, len(claims)
+                if sampler == "optuna":  # a claim reseeds the study's sampler: replace it
+                    claims[0].trial.study.sampler = optunas_tpe(spec.sampler.seed or 0)
+                start = time.perf_counter()
+                for claim in claims:
+                    space.sample(claim.trial)
+                seconds += time.perf_counter() - start
+                for claim in claims:
+                    store.finish(claim, optuna.trial.TrialState.COMPLETE, 0.5)
             store.engine.dispose()
             return seconds
         finally:
@@ -90,22 +96,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--history", default="256,512,1024",
                         help="finished trials before the pack, comma-separated")
-    parser.add_argument("--pack", type=int, default=128)
+    parser.add_argument("--pack", type=int, default=128,
+                        help="trials per claim; 1 is the one-trial path")
+    parser.add_argument("--packs", type=int, default=None,
+                        help="claims sampled in a row (default: 1, or 30 with --pack 1)")
     parser.add_argument("--db", default="sqlite", choices=["sqlite", "postgresql"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     info = machine()
+    packs = args.packs or (30 if args.pack == 1 else 1)
+    trials = packs * args.pack
     for n in [int(h) for h in args.history.split(",")]:
         spec = StudySpec(name="sampling", task="digits-mlp", epochs=10,
-                         n_trials=n + 4 * args.pack, pack=args.pack,
+                         n_trials=n + trials, pack=args.pack,
                          sampler={"name": "tpe", "seed": 0})
         rows = {}
         for sampler in ("lrtune", "optuna"):
-            seconds = sample_pack(spec, n, args.pack, sampler, args.db)
+            seconds = sample_packs(spec, n, args.pack, packs, sampler, args.db)
             rows[sampler] = {"bench": "pack_sampling", "sampler": sampler, "db": args.db,
-                             "history": n, "pack": args.pack, "seconds": round(seconds, 3),
-                             "ms_per_trial": round(seconds / args.pack * 1e3, 2)}
+                             "history": n, "pack": args.pack, "packs": packs,
+                             "seconds": round(seconds, 3),
+                             "ms_per_trial": round(seconds / trials * 1e3, 2)}
         ratio = rows["optuna"]["seconds"] / rows["lrtune"]["seconds"]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("a") as f:

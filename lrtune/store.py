@@ -428,7 +428,7 @@ class Store:
         seed = record.spec.sampler.seed
         if seed is not None:
             spec = record.spec.sampler.model_copy(update={"seed": seed * 1_000_003 + next_number})
-            study.sampler = names.make_sampler(spec)
+            study.sampler = names.make_sampler(spec, previous=study.sampler)
 
     @staticmethod
     def _new_trial(study: optuna.Study) -> optuna.Trial:

@@ -23,7 +23,10 @@ STUDY_ATTR_SPEC = "lrtune_spec"
 STUDY_ATTR_LR_RANGE = "lrtune_lr_range"  # {"low", "high", "by_optimizer"} of the range test
 
 
-def make_sampler(spec: SamplerSpec) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: SamplerSpec, previous: optuna.samplers.BaseSampler | None = None
+                 ) -> optuna.samplers.BaseSampler:
+    """The spec's sampler; ``previous``: the study's sampler it replaces (a reseed), whose
+    kept state (lrtune's TPE's parameter groups) it starts from."""
     if spec.name == "random":
         return optuna.samplers.RandomSampler(seed=spec.seed)
     if spec.name == "cmaes":
@@ -32,7 +35,9 @@ def make_sampler(spec: SamplerSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.QMCSampler(seed=spec.seed, warn_independent_sampling=False)
     with warnings.catch_warnings():  # multivariate/group/constant_liar are "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return LazyGroupTPESampler(seed=spec.seed, constant_liar=True, n_startup_trials=10)
+        sampler = LazyGroupTPESampler(seed=spec.seed, constant_liar=True, n_startup_trials=10)
+    sampler.keep_groups_of(previous)
+    return sampler
 
 
 def make_pruner(spec: PrunerSpec, epochs: int) -> optuna.pruners.BasePruner:

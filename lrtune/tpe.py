@@ -45,6 +45,12 @@ class LazyGroupTPESampler(TPESampler):
         self._grouped: set[int] = set()  # trial ids whose parameters the groups hold
         self._grouped_study: int | None = None
 
+    def keep_groups_of(self, previous: object) -> None:
+        """Start from the groups ``previous`` (this study's sampler before a reseed) kept."""
+        if isinstance(previous, LazyGroupTPESampler):
+            self._groups, self._grouped, self._grouped_study = \
+                previous._groups, previous._grouped, previous._grouped_study
+
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial
                                     ) -> dict[str, BaseDistribution]:
         """Optuna's grouped space (from COMPLETE and PRUNED trials), grown by the trials

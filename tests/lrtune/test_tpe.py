@@ -127,3 +127,24 @@ def test_the_kept_groups_are_optunas_as_trials_finish() -> None:
             sorted(map(sorted, optunas.search_spaces))
         assert kept == {n: d for g in optunas.search_spaces for n, d in g.items()
                         if not d.single()}
+
+
+def test_a_reseeded_sampler_starts_from_the_groups_kept() -> None:
+    """A seeded study gets a new sampler at every claim (Store._reseed): it must not recompute
+    the groups from every finished trial each time."""
+    study = study_after(30)
+    old = study.sampler
+    assert isinstance(old, LazyGroupTPESampler)
+    first = study.ask()
+    SPACE.sample(first)
+    study.tell(first, 1.0)
+    assert len(old._grouped) == 30  # those finished when the trial sampled
+    new = make_sampler(SamplerSpec(name="tpe", seed=7), previous=old)
+    assert isinstance(new, LazyGroupTPESampler)
+    assert new._groups is old._groups and new._grouped is old._grouped
+    study.sampler = new
+    trial = study.ask()
+    SPACE.sample(trial)
+    assert len(new._grouped) == 31 and {"lr", "optimizer", "schedule"} <= set(new._relative_space)
+    assert isinstance(make_sampler(SamplerSpec(name="random"), previous=old),
+                      optuna.samplers.RandomSampler)
