@@ -114,25 +114,27 @@ def sequential_rate(task_name: str, n: int, epochs: int, device: torch.device, r
 
 
 def end_to_end_rate(task_name: str, k: int, epochs: int, device: torch.device,
-                    compiled: bool = False, db: str = "sqlite") -> dict[str, Any]:
+                    compiled: bool = False, db: str = "sqlite", sampler: str = "random",
+                    trials: int | None = None) -> dict[str, Any]:
     """A packed study through the real worker loop and a fresh database (``db``)."""
     with tempfile.TemporaryDirectory() as tmp:
         url = fresh_database(db, Path(tmp))
         try:
-            return _end_to_end(url, task_name, k, epochs, device, compiled)
+            return _end_to_end(url, task_name, k, epochs, device, compiled, sampler,
+                               trials or max(2 * k, E2E_TRIALS[task_name]))
         finally:
             drop_database(url)
 
 
 def _end_to_end(url: str, task_name: str, k: int, epochs: int, device: torch.device,
-                compiled: bool) -> dict[str, Any]:
+                compiled: bool, sampler: str, n_trials: int) -> dict[str, Any]:
     settings = Settings(database_url=url, idle_min=0.05,
                         fused_compile="always" if compiled else "never")
     store = Store(settings)
     record = store.create_study(StudySpec(name="e2e", task=task_name, epochs=epochs,
-                                          n_trials=max(2 * k, E2E_TRIALS[task_name]), pack=k,
+                                          n_trials=n_trials, pack=k,
                                           pruner={"name": "none"},
-                                          sampler={"name": "random", "seed": 0},
+                                          sampler={"name": sampler, "seed": 0},
                                           space=SpaceSpec.model_validate(SPACE)), "bench")
     worker = Worker(settings, str(device), exit_when_idle=True)
     start = time.perf_counter()
@@ -141,7 +143,8 @@ def _end_to_end(url: str, task_name: str, k: int, epochs: int, device: torch.dev
     trials = store.optuna_storage.get_all_trials(store.optuna_study_id(record))
     store.engine.dispose()
     done = sum(epochs_trained(t) for t in trials)
-    return {"seconds": round(seconds, 3), "trial_epochs": done, "rate": round(done / seconds, 2)}
+    return {"seconds": round(seconds, 3), "trials": len(trials), "trial_epochs": done,
+            "rate": round(done / seconds, 2)}
 
 
 def epochs_trained(trial: optuna.trial.FrozenTrial) -> int:
@@ -197,6 +200,10 @@ def main() -> None:
                         help="K of the end-to-end run (default: the fastest fused K above 1)")
     parser.add_argument("--db", default="sqlite", choices=["sqlite", "postgresql"],
                         help="database of the end-to-end run")
+    parser.add_argument("--sampler", default="random", choices=["random", "tpe"],
+                        help="sampler of the end-to-end study (tpe: lrtune's default)")
+    parser.add_argument("--e2e-trials", type=int, default=None,
+                        help="trials of the end-to-end study (default per task, or 2 packs)")
     parser.add_argument("--out", type=Path, default=RESULTS / "fused.jsonl")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -246,9 +253,10 @@ def main() -> None:
         # compiles the packs' shapes, as a long-running worker has
         warmup = end_to_end_rate(task_name, e2e_k, args.epochs, device, compiled,
                                  args.db)["seconds"]
-        e2e = end_to_end_rate(task_name, e2e_k, args.epochs, device, compiled, args.db)
+        e2e = end_to_end_rate(task_name, e2e_k, args.epochs, device, compiled, args.db,
+                              args.sampler, args.e2e_trials)
         record({"task": task_name, "mode": "end_to_end", "k": e2e_k, "step": best_mode,
-                "db": args.db, **e2e,
+                "db": args.db, "sampler": args.sampler, **e2e,
                 "warmup_seconds": warmup, "bare_rate": row["rate"],
                 "ratio_to_bare": round(e2e["rate"] / row["rate"], 3)})
     plot(latest(args.out, device_name), args.out.parent / f"fused_{args.device}.png")
