@@ -263,9 +263,11 @@ def main() -> None:
 
 
 def latest(path: Path, device_name: str) -> list[dict[str, Any]]:
-    """Each task's rows from its newest run on this device in ``path`` (bare trainer only)."""
+    """Each task's rows from its newest run on this device in ``path`` (bare trainer only;
+    rows of earlier code, marked ``code``, left out)."""
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    rows = [r for r in rows if r.get("device_name") == device_name and "sequential_rate" in r]
+    rows = [r for r in rows if r.get("device_name") == device_name and "sequential_rate" in r
+            and "code" not in r]
     newest = {r["task"]: r["machine"]["when"] for r in sorted(
         rows, key=lambda r: r["machine"]["when"])}
     return [r for r in rows if r["machine"]["when"] == newest[r["task"]]]
