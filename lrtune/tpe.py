@@ -9,20 +9,20 @@ a group on first use keeps the joint draw within each group, as Optuna's, and do
 the work. The groups themselves are kept and grown by the trials finished since the last
 trial; Optuna recomputes them from every finished trial for each trial it samples.
 
-The constant liar sees what a running trial drew, shared in the trial's system attributes in
-Optuna's own format, for the groups the trial uses; Optuna's also shares the draws of the
-groups a trial does not use, which only add liars where the trial has no parameters.
+The constant liar reads a running trial's parameters as stored, which hold every group it drew
+once its sampling is done (a group's parameters are suggested one after another): Optuna's
+grouped TPE also stores all its draws as a note on the trial, one more write per trial, for
+the draws it made before the trial suggested them, including the groups never used. lrtune's
+writes none.
 """
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from optuna.distributions import check_distribution_compatibility
 from optuna.samplers import TPESampler
-from optuna.samplers._tpe.sampler import _RELATIVE_PARAMS_KEY, _SYSTEM_ATTR_MAX_LENGTH
 from optuna.search_space.group_decomposed import _SearchSpaceGroup
 from optuna.trial import TrialState
 
@@ -78,10 +78,7 @@ class LazyGroupTPESampler(TPESampler):
         group = self._group_of(param_name, param_distribution)
         drawn = self._drawn_for(trial._trial_id)
         if group is not None and param_name not in drawn:
-            values = self._sample_relative(study, trial, group)  # {} before the start-up trials
-            if values:
-                drawn.update(values)
-                self._share(study, trial, drawn)
+            drawn.update(self._sample_relative(study, trial, group))  # {}: start-up trials
         if param_name in drawn and param_distribution._contains(
                 param_distribution.to_internal_repr(drawn[param_name])):
             return drawn[param_name]
@@ -109,13 +106,3 @@ class LazyGroupTPESampler(TPESampler):
             while len(self._drawn) > DRAWN_TRIALS:
                 self._drawn.popitem(last=False)
         return self._drawn[trial_id]
-
-    def _share(self, study: Study, trial: FrozenTrial, drawn: dict[str, Any]) -> None:
-        """What the trial drew so far, for other trials' constant liar (Optuna's format)."""
-        if not self._constant_liar:
-            return
-        text = json.dumps(drawn)
-        for i in range(0, len(text), _SYSTEM_ATTR_MAX_LENGTH):
-            study._storage.set_trial_system_attr(
-                trial._trial_id, f"{_RELATIVE_PARAMS_KEY}:{i // _SYSTEM_ATTR_MAX_LENGTH}",
-                text[i:i + _SYSTEM_ATTR_MAX_LENGTH])
