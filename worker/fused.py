@@ -25,6 +25,7 @@ from worker.stacked_optim import StackedOptimizer
 from worker.tasks import Task, TaskData
 from worker.train import NullReporter, Reporter, TrainResult, steps_per_epoch
 
+NARROW = 32  # a Linear layer with fewer outputs than this is computed transposed
 EVAL_CHUNK = 64  # trials evaluated at once (bounds the memory of validation outputs)
 log = logging.getLogger("lrtune.worker")
 
@@ -68,9 +69,14 @@ class _Pack:
         buffers = {n: b.to(device) for n, b in buffers.items()}
         self.names = list(params)
         self.mlp = is_plain_mlp(self.base)
-        if self.mlp:  # weights as [K, in, out]: their gradient then needs no transposed copy
-            params = {n: p.transpose(1, 2).contiguous() if p.dim() == 3 else p
-                      for n, p in params.items()}
+        # a narrow layer (few outputs) is computed transposed, its outputs as the rows of
+        # the product: a batched GEMM with few columns runs several times slower
+        self.narrow = {f"{i}.weight" for i, m in enumerate(self.base)
+                       if isinstance(m, nn.Linear) and m.out_features < NARROW} \
+            if self.mlp else set()
+        if self.mlp:  # other weights as [K, in, out]: their gradient needs no transposed copy
+            params = {n: p.transpose(1, 2).contiguous() if p.dim() == 3 and n not in self.narrow
+                      else p for n, p in params.items()}
         self.params = [params[n].detach() for n in self.names]
         self.buffers = buffers
         self.rows = list(range(len(configs)))  # row -> index into the caller's lists
@@ -98,15 +104,16 @@ class _Pack:
     def _mlp(self, params: dict[str, Tensor], x: Tensor, shared_input: bool) -> Tensor:
         """A stack of Linear layers and element-wise activations, one batched matmul with its
         bias per layer (vmap's generic rule adds the bias in a second pass over the output);
-        weights are stored ``[K, in, out]``."""
+        weights are stored ``[K, in, out]``, a narrow layer's ``[K, out, in]``."""
         k = params[self.names[0]].shape[0]
         h = x.expand(k, *x.shape) if shared_input else x
         for i, layer in enumerate(self.base):
             if isinstance(layer, nn.Linear):
-                weight = params[f"{i}.weight"]
-                bias = params.get(f"{i}.bias")
-                h = torch.bmm(h, weight) if bias is None else \
-                    torch.baddbmm(bias.unsqueeze(1), h, weight)
+                weight, bias = params[f"{i}.weight"], params.get(f"{i}.bias")
+                if f"{i}.weight" in self.narrow:  # [K, out, in]: outputs^T = weight @ h^T
+                    h = _affine(weight, h.transpose(1, 2), bias, 2).transpose(1, 2)
+                else:
+                    h = _affine(h, weight, bias, 1)
             else:
                 h = layer(h)
         return h
@@ -123,6 +130,11 @@ class _Pack:
         self.buffers = {k: v[index] for k, v in self.buffers.items()}
         self.optimizer.select(index)
         self.rows = [self.rows[r] for r in rows]
+
+
+def _affine(a: Tensor, b: Tensor, bias: Tensor | None, bias_dim: int) -> Tensor:
+    """``a @ b`` batched, plus ``bias`` broadcast along ``bias_dim`` of the product."""
+    return torch.bmm(a, b) if bias is None else torch.baddbmm(bias.unsqueeze(bias_dim), a, b)
 
 
 def train_step(pack: _Pack, x: Tensor, y: Tensor, lr: Tensor) -> Tensor:
