@@ -60,57 +60,80 @@ def sample_configs(k: int, seed: int) -> list[TrialConfig]:
     return [space.sample(study.ask()) for _ in range(k)]
 
 
-def best_of(run: Callable[[], list[TrainResult]], repeats: int, device: torch.device
-            ) -> tuple[float, list[float], list[TrainResult]]:
-    """The fastest of ``repeats`` timed runs (this VM's speed wanders), all their seconds, and
-    the last run's results."""
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        results = run()
-        synchronize(device)
-        times.append(round(time.perf_counter() - start, 3))
-    return min(times), times, results
+Run = Callable[[], list[TrainResult]]
 
 
-def fused_rate(task_name: str, k: int, epochs: int, device: torch.device, repeats: int,
-               compiled: bool = False) -> dict[str, Any]:
-    """Bare fused trainer; ``compiled``: the step through torch.compile, timed after a one-epoch
-    warm-up at the same K (its seconds, compiling included, are reported apart)."""
-    task = get_task(task_name)
-    configs = sample_configs(k, seed=k)
-    compile_after = 0 if compiled else None
+def timed(run: Run, device: torch.device) -> tuple[float, list[TrainResult]]:
     synchronize(device)
     start = time.perf_counter()
-    warm = configs if compiled else configs[:1]
-    train_pack(task, warm, 1, "val_loss", list(range(len(warm))), device,
-               compile_after=compile_after)  # warm-up
+    results = run()
     synchronize(device)
-    warmup = time.perf_counter() - start
-    seconds, times, results = best_of(
-        lambda: train_pack(task, configs, epochs, "val_loss", list(range(k)), device,
-                           compile_after=compile_after), repeats, device)
-    done = sum(r.epochs_run for r in results)
-    best = min((r.value for r in results if r.value is not None), default=None)
-    row = {"seconds": seconds, "all_seconds": times, "trial_epochs": done,
-           "rate": round(done / seconds, 2), "best_val_loss": best}
-    if compiled:
-        row["warmup_seconds"] = round(warmup, 2)
-    return row
+    return round(time.perf_counter() - start, 3), results
 
 
-def sequential_rate(task_name: str, n: int, epochs: int, device: torch.device, repeats: int
-                    ) -> dict[str, Any]:
-    task = get_task(task_name)
-    configs = sample_configs(n, seed=1)
-    train_trial(task, configs[0], 1, "val_loss", 0, device)  # warm-up
-    seconds, times, results = best_of(
-        lambda: [train_trial(task, c, epochs, "val_loss", i, device)
-                 for i, c in enumerate(configs)], repeats, device)
+def best_of(runs: dict[str, Run], repeats: int, device: torch.device
+            ) -> dict[str, tuple[float, list[float], list[TrainResult]]]:
+    """Each run's fastest of ``repeats`` timings, all its seconds and its last results; the runs
+    take turns, so a slow spell of this VM (they last seconds) falls on both sides alike."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    results: dict[str, list[TrainResult]] = {}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            seconds, results[name] = timed(run, device)
+            times[name].append(seconds)
+    return {name: (min(times[name]), times[name], results[name]) for name in runs}
+
+
+def rate_row(seconds: float, times: list[float], results: list[TrainResult]
+             ) -> dict[str, Any]:
     done = sum(r.epochs_run for r in results)
     return {"seconds": seconds, "all_seconds": times, "trial_epochs": done,
             "rate": round(done / seconds, 2)}
+
+
+def fused_run(task_name: str, k: int, epochs: int, device: torch.device,
+              compiled: bool = False) -> tuple[Run, float]:
+    """The bare fused trainer, warmed up: a one-epoch run at the same K (with ``compiled``,
+    the step through torch.compile; the warm-up's seconds, compiling included, returned)."""
+    task = get_task(task_name)
+    configs = sample_configs(k, seed=k)
+    compile_after = 0 if compiled else None
+    warm = configs if compiled else configs[:1]
+    warmup, _ = timed(lambda: train_pack(task, warm, 1, "val_loss", list(range(len(warm))),
+                                         device, compile_after=compile_after), device)
+    return (lambda: train_pack(task, configs, epochs, "val_loss", list(range(k)), device,
+                               compile_after=compile_after)), warmup
+
+
+def sequential_run(task_name: str, n: int, epochs: int, device: torch.device) -> Run:
+    """``n`` trials one at a time through the sequential trainer, warmed up."""
+    task = get_task(task_name)
+    configs = sample_configs(n, seed=1)
+    train_trial(task, configs[0], 1, "val_loss", 0, device)
+    return lambda: [train_trial(task, c, epochs, "val_loss", i, device)
+                    for i, c in enumerate(configs)]
+
+
+def fused_rate(task_name: str, k: int, epochs: int, device: torch.device, repeats: int,
+               compiled: bool = False, sequential: int = 0) -> dict[str, Any]:
+    """Bare fused trainer's rate and best value; with ``sequential`` trials, also their rate
+    one at a time, timed in turn with the fused runs."""
+    fused, warmup = fused_run(task_name, k, epochs, device, compiled)
+    runs = {"fused": fused}
+    if sequential:
+        runs["sequential"] = sequential_run(task_name, sequential, epochs, device)
+    timings = best_of(runs, repeats, device)
+    results = timings["fused"][2]
+    row = {**rate_row(*timings["fused"]),
+           "best_val_loss": min((r.value for r in results if r.value is not None),
+                                default=None)}
+    if compiled:
+        row["warmup_seconds"] = round(warmup, 2)
+    if sequential:
+        seq = rate_row(*timings["sequential"])
+        row.update(sequential_rate=seq["rate"], sequential_seconds=seq["all_seconds"],
+                   speedup=round(row["rate"] / seq["rate"], 2))
+    return row
 
 
 def end_to_end_rate(task_name: str, k: int, epochs: int, device: torch.device,
@@ -228,21 +251,15 @@ def main() -> None:
                  "both": ["fused", "fused_compiled"]}[args.compile]
         for mode in modes:
             for k in ks:
-                # the VM's speed wanders over minutes: each K has its own baseline, measured
-                # just before it
-                seq = sequential_rate(task_name, SEQUENTIAL_TRIALS, args.epochs, device,
-                                      args.repeats)
+                # the VM's speed wanders: each K has its own baseline, timed in turn with it
                 try:
                     row = fused_rate(task_name, k, args.epochs, device, args.repeats,
-                                     compiled=mode == "fused_compiled")
+                                     mode == "fused_compiled", SEQUENTIAL_TRIALS)
                 except torch.OutOfMemoryError:
                     print(f"{task_name} K={k}: out of memory, stopping", flush=True)
                     break
                 bare[mode, k] = row["rate"]
-                record({"task": task_name, "mode": mode, "k": k, **row,
-                        "sequential_rate": seq["rate"],
-                        "sequential_seconds": seq["all_seconds"],
-                        "speedup": round(row["rate"] / seq["rate"], 2)})
+                record({"task": task_name, "mode": mode, "k": k, **row})
         # a pack of one trains through the one-at-a-time trainer: end to end needs K >= 2
         packed = {key: rate for key, rate in bare.items() if key[1] > 1} or bare
         best_mode, best_k = max(packed, key=lambda key: packed[key])
