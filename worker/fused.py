@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +24,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 from lrtune.space import TrialConfig
 from worker.stacked_optim import StackedOptimizer
 from worker.tasks import Task, TaskData
+from worker.tasks.base import metric_rows
 from worker.train import NullReporter, Reporter, TrainResult, steps_per_epoch
 
 NARROW = 32  # a Linear layer with fewer outputs than this is computed transposed
@@ -86,11 +88,13 @@ class _Pack:
     def forward(self, x: Tensor, shared_input: bool = False, rows: slice = slice(None)
                 ) -> Tensor:
         """Outputs of every trial (or the ``rows`` slice); ``x`` per trial or shared."""
-        params = [p[rows] for p in self.params]
-        buffers = {k: v[rows] for k, v in self.buffers.items()}
-        return self._apply(params, buffers, x, shared_input)
+        return self.apply(*self.chunk(rows), x, shared_input)
 
-    def _apply(self, params: Sequence[Tensor], buffers: dict[str, Tensor], x: Tensor,
+    def chunk(self, rows: slice) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """The parameters and buffers of the trials at stack positions ``rows``."""
+        return [p[rows] for p in self.params], {k: v[rows] for k, v in self.buffers.items()}
+
+    def apply(self, params: Sequence[Tensor], buffers: dict[str, Tensor], x: Tensor,
                shared_input: bool = False) -> Tensor:
         def one(params: tuple[Tensor, ...], buffers: dict[str, Tensor], xb: Tensor) -> Tensor:
             return functional_call(self.base, ({**dict(zip(self.names, params, strict=True)),
@@ -120,7 +124,7 @@ class _Pack:
 
     def loss_sum(self, params: list[Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Summed loss of every trial (its gradient is each trial's own) and the losses."""
-        losses = self.loss(self._apply(params, self.buffers, x), y)
+        losses = self.loss(self.apply(params, self.buffers, x), y)
         return losses.sum(), losses.detach()
 
     def keep(self, rows: list[int]) -> None:
@@ -171,40 +175,55 @@ class _Stepper:
         self.compiled = not _Stepper.broken
 
     def __call__(self, pack: _Pack, x: Tensor, y: Tensor, lr: Tensor) -> Tensor:
+        return self._run(train_step, pack, x, y, lr)
+
+    def metrics(self, pack: _Pack, task: Task, rows: slice, x: Tensor, y: Tensor
+                ) -> dict[str, Tensor]:
+        return self._run(chunk_metrics, pack, task, *pack.chunk(rows), x, y)
+
+    def _run(self, function: Callable[..., Any], *args: Any) -> Any:
         if self.compiled:
             try:
-                return _compiled_train_step()(pack, x, y, lr)
+                return _compiled(function)(*args)
             except compile_errors() as error:  # they surface at the first call of a shape
                 log.warning("torch.compile of the fused step failed, training eagerly: %s",
                             str(error).splitlines()[0] if str(error) else type(error).__name__)
                 _Stepper.broken = True
                 self.compiled = False
-        return train_step(pack, x, y, lr)
+        return function(*args)
 
 
-@lru_cache(maxsize=1)
-def _compiled_train_step() -> Callable[[_Pack, Tensor, Tensor, Tensor], Tensor]:
+@lru_cache(maxsize=2)
+def _compiled(function: Callable[..., Any]) -> Callable[..., Any]:
     dynamo = torch._dynamo.config  # type: ignore[attr-defined]
     dynamo.recompile_limit = max(dynamo.recompile_limit, _Stepper.recompile_limit)
-    return torch.compile(train_step)
+    return torch.compile(function)
 
 
-def evaluate(pack: _Pack, task: Task, data: TaskData, positions: Sequence[int]
-             ) -> list[tuple[int, dict[str, float]]]:
+def chunk_metrics(pack: _Pack, task: Task, params: list[Tensor], buffers: dict[str, Tensor],
+                  x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """``task.metric_tensors`` of the trials with these stacked parameters, on shared ``x``."""
+    return task.stacked_metric_tensors(pack.apply(params, buffers, x, shared_input=True), y)
+
+
+def evaluate(pack: _Pack, task: Task, data: TaskData, positions: Sequence[int],
+             step: _Stepper) -> list[tuple[int, dict[str, float]]]:
     """Validation metrics of the given stack positions, ``EVAL_CHUNK`` trials at a time;
-    each chunk's metrics come back from the device in one transfer."""
-    out = []
+    each chunk's metrics come back from the device in one transfer (compiled with the step,
+    for a task whose metrics are tensors; stopped rows awaiting compaction are left out)."""
+    out: list[tuple[int, dict[str, float]]] = []
     with torch.no_grad():
         for start in range(0, len(pack.rows), EVAL_CHUNK):
             chosen = [j for j in positions if start <= j < start + EVAL_CHUNK]
             if not chosen:
                 continue
-            outputs = pack.forward(data.x_val, shared_input=True,
-                                   rows=slice(start, start + EVAL_CHUNK))
-            if len(chosen) < len(outputs):  # stopped rows awaiting compaction: no metrics
-                outputs = outputs[torch.tensor([j - start for j in chosen],
-                                               device=outputs.device)]
-            out += zip(chosen, task.stacked_metrics(outputs, data.y_val), strict=True)
+            rows = slice(start, start + EVAL_CHUNK)
+            if task.has_metric_tensors():
+                metrics = metric_rows(step.metrics(pack, task, rows, data.x_val, data.y_val))
+                out += ((j, metrics[j - start]) for j in chosen)
+            else:
+                outputs = pack.forward(data.x_val, shared_input=True, rows=rows)
+                out += ((j, task.metrics(outputs[j - start], data.y_val)) for j in chosen)
     return out
 
 
@@ -255,7 +274,7 @@ def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objectiv
             loss_sums += step(pack, data.x_train[idx], data.y_train[idx], lr_table[:, s])
         train_losses = (loss_sums / spe).tolist()
         stopped: list[int] = []
-        for j, metrics in evaluate(pack, task, data, live):
+        for j, metrics in evaluate(pack, task, data, live, step):
             i = rows[j]
             metrics["train_loss"] = train_losses[j]
             value = metrics[objective]

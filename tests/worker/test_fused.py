@@ -153,7 +153,7 @@ def test_an_error_of_the_compiled_step_itself_keeps_compiling_on(
     def out_of_memory(*args: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr("worker.fused._compiled_train_step", lambda: out_of_memory)
+    monkeypatch.setattr("worker.fused._compiled", lambda function: out_of_memory)
     cfgs = configs("sgd")[:2]
     with pytest.raises(torch.OutOfMemoryError):
         train_pack(get_task("linreg"), cfgs, 1, "val_loss", [1, 2], CPU, compile_after=0)

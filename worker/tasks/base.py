@@ -53,9 +53,22 @@ class Task:
     def stacked_metrics(self, outputs: torch.Tensor, target: torch.Tensor
                         ) -> list[dict[str, float]]:
         """``metrics`` of every trial whose outputs are stacked in ``outputs``."""
-        if type(self).metrics is not Task.metrics:
+        if not self.has_metric_tensors():
             return [self.metrics(output, target) for output in outputs]
-        values = vmap(self.metric_tensors, in_dims=(0, None))(outputs, target)
-        names = list(values)
-        table = torch.stack([values[name].double() for name in names]).tolist()
-        return [dict(zip(names, row, strict=True)) for row in zip(*table, strict=True)]
+        return metric_rows(self.stacked_metric_tensors(outputs, target))
+
+    def stacked_metric_tensors(self, outputs: torch.Tensor, target: torch.Tensor
+                               ) -> dict[str, torch.Tensor]:
+        """``metric_tensors`` of every trial stacked in ``outputs``, ``[trials]`` by name."""
+        return vmap(self.metric_tensors, in_dims=(0, None))(outputs, target)
+
+    def has_metric_tensors(self) -> bool:
+        """Its metrics come from ``metric_tensors`` (not an overridden ``metrics``)."""
+        return type(self).metrics is Task.metrics
+
+
+def metric_rows(values: dict[str, torch.Tensor]) -> list[dict[str, float]]:
+    """Per-trial metrics from ``[trials]`` tensors by name, read back in one transfer."""
+    names = list(values)
+    table = torch.stack([values[name].double() for name in names]).tolist()
+    return [dict(zip(names, row, strict=True)) for row in zip(*table, strict=True)]
