@@ -218,12 +218,10 @@ def evaluate(pack: _Pack, task: Task, data: TaskData, positions: Sequence[int],
             if not chosen:
                 continue
             rows = slice(start, start + EVAL_CHUNK)
-            if task.has_metric_tensors():
-                metrics = metric_rows(step.metrics(pack, task, rows, data.x_val, data.y_val))
-                out += ((j, metrics[j - start]) for j in chosen)
-            else:
-                outputs = pack.forward(data.x_val, shared_input=True, rows=rows)
-                out += ((j, task.metrics(outputs[j - start], data.y_val)) for j in chosen)
+            metrics = metric_rows(step.metrics(pack, task, rows, data.x_val, data.y_val)) \
+                if task.has_metric_tensors() else task.stacked_metrics(
+                    pack.forward(data.x_val, shared_input=True, rows=rows), data.y_val)
+            out += ((j, metrics[j - start]) for j in chosen)
     return out
 
 

@@ -203,3 +203,15 @@ def test_stacked_metrics_are_each_trials_own(task: Task) -> None:
     for got, want in zip(stacked, one_by_one, strict=True):
         assert got == pytest.approx(want, rel=1e-6)
     assert len({m["val_loss"] for m in stacked}) == 3
+
+
+def test_a_task_with_float_metrics_trains_fused_with_each_trials_own() -> None:
+    task = DigitsWithFloatMetrics()
+    cfgs = [TrialConfig(Schedule.build("cosine"), OptimizerChoice.build("sgd", lr))
+            for lr in (0.01, 0.1)]
+    results = train_pack(task, cfgs, 1, "val_loss", [1, 2], CPU, compile_after=0)
+    alone = [train_trial(task, c, 1, "val_loss", seed, CPU) for c, seed in zip(cfgs, [1, 2],
+                                                                                strict=True)]
+    for got, want in zip(results, alone, strict=True):
+        assert sorted(got.metrics) == ["train_loss", "val_loss", "val_max"]
+        assert got.metrics == pytest.approx(want.metrics, rel=1e-4)
