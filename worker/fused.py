@@ -95,7 +95,7 @@ class _Pack:
         return [p[rows] for p in self.params], {k: v[rows] for k, v in self.buffers.items()}
 
     def apply(self, params: Sequence[Tensor], buffers: dict[str, Tensor], x: Tensor,
-               shared_input: bool = False) -> Tensor:
+              shared_input: bool = False) -> Tensor:
         def one(params: tuple[Tensor, ...], buffers: dict[str, Tensor], xb: Tensor) -> Tensor:
             return functional_call(self.base, ({**dict(zip(self.names, params, strict=True)),
                                                 **buffers}), (xb,))
