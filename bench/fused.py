@@ -22,7 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from lrtune.settings import Settings  # noqa: E402
 from lrtune.space import SearchSpace, TrialConfig  # noqa: E402
 from lrtune.spec import SpaceSpec, StudySpec  # noqa: E402
 from lrtune.store import Store  # noqa: E402
+from worker.blocking import block_size  # noqa: E402
 from worker.device import synchronize  # noqa: E402
 from worker.fused import train_pack  # noqa: E402
 from worker.loop import Worker  # noqa: E402
@@ -91,8 +92,13 @@ def rate_row(seconds: float, times: list[float], results: list[TrainResult]
             "rate": round(done / seconds, 2)}
 
 
+def block_setting(blocking: str, k: int) -> int:
+    """``train_pack``'s ``block`` for a ``--block`` value: auto (as a worker), whole, or N."""
+    return {"auto": 0, "whole": k}[blocking] if blocking in ("auto", "whole") else int(blocking)
+
+
 def fused_run(task_name: str, k: int, epochs: int, device: torch.device,
-              compiled: bool = False) -> tuple[Run, float]:
+              compiled: bool = False, block: int = 0) -> tuple[Run, float]:
     """The bare fused trainer, warmed up: a one-epoch run at the same K (with ``compiled``,
     the step through torch.compile; the warm-up's seconds, compiling included, returned)."""
     task = get_task(task_name)
@@ -100,9 +106,10 @@ def fused_run(task_name: str, k: int, epochs: int, device: torch.device,
     compile_after = 0 if compiled else None
     warm = configs if compiled else configs[:1]
     warmup, _ = timed(lambda: train_pack(task, warm, 1, "val_loss", list(range(len(warm))),
-                                         device, compile_after=compile_after), device)
+                                         device, compile_after=compile_after, block=block),
+                      device)
     return (lambda: train_pack(task, configs, epochs, "val_loss", list(range(k)), device,
-                               compile_after=compile_after)), warmup
+                               compile_after=compile_after, block=block)), warmup
 
 
 def sequential_run(task_name: str, n: int, epochs: int, device: torch.device) -> Run:
@@ -114,44 +121,55 @@ def sequential_run(task_name: str, n: int, epochs: int, device: torch.device) ->
                     for i, c in enumerate(configs)]
 
 
-def fused_rate(task_name: str, k: int, epochs: int, device: torch.device, repeats: int,
-               compiled: bool = False, sequential: int = 0) -> dict[str, Any]:
-    """Bare fused trainer's rate and best value; with ``sequential`` trials, also their rate
-    one at a time, timed in turn with the fused runs."""
-    fused, warmup = fused_run(task_name, k, epochs, device, compiled)
-    runs = {"fused": fused}
+def fused_rates(task_name: str, k: int, epochs: int, device: torch.device, repeats: int,
+                compiled: bool = False, sequential: int = 0, blockings: Sequence[str] = ("auto",)
+                ) -> list[dict[str, Any]]:
+    """Bare fused trainer's rate and best value, one row per blocking; with ``sequential``
+    trials, also their rate one at a time. All are timed in turn with each other."""
+    task = get_task(task_name)
+    data = task.data().to(device)
+    runs, warmups, blocks = {}, {}, {}
+    for blocking in blockings:
+        block = block_setting(blocking, k)
+        runs[blocking], warmups[blocking] = fused_run(task_name, k, epochs, device, compiled,
+                                                      block)
+        blocks[blocking] = block_size(task, data, SPACE["optimizers"][0],
+                                      task.info.batch_size, k, block)
     if sequential:
         runs["sequential"] = sequential_run(task_name, sequential, epochs, device)
     timings = best_of(runs, repeats, device)
-    results = timings["fused"][2]
-    row = {**rate_row(*timings["fused"]),
-           "best_val_loss": min((r.value for r in results if r.value is not None),
-                                default=None)}
-    if compiled:
-        row["warmup_seconds"] = round(warmup, 2)
-    if sequential:
-        seq = rate_row(*timings["sequential"])
-        row.update(sequential_rate=seq["rate"], sequential_seconds=seq["all_seconds"],
-                   speedup=round(row["rate"] / seq["rate"], 2))
-    return row
+    rows = []
+    for blocking in blockings:
+        results = timings[blocking][2]
+        row = {**rate_row(*timings[blocking]), "blocking": blocking, "block": blocks[blocking],
+               "best_val_loss": min((r.value for r in results if r.value is not None),
+                                    default=None)}
+        if compiled:
+            row["warmup_seconds"] = round(warmups[blocking], 2)
+        if sequential:
+            seq = rate_row(*timings["sequential"])
+            row.update(sequential_rate=seq["rate"], sequential_seconds=seq["all_seconds"],
+                       speedup=round(row["rate"] / seq["rate"], 2))
+        rows.append(row)
+    return rows
 
 
 def end_to_end_rate(task_name: str, k: int, epochs: int, device: torch.device,
                     compiled: bool = False, db: str = "sqlite", sampler: str = "random",
-                    trials: int | None = None) -> dict[str, Any]:
+                    trials: int | None = None, block: int = 0) -> dict[str, Any]:
     """A packed study through the real worker loop and a fresh database (``db``)."""
     with tempfile.TemporaryDirectory() as tmp:
         url = fresh_database(db, Path(tmp))
         try:
             return _end_to_end(url, task_name, k, epochs, device, compiled, sampler,
-                               trials or max(2 * k, E2E_TRIALS[task_name]))
+                               trials or max(2 * k, E2E_TRIALS[task_name]), block)
         finally:
             drop_database(url)
 
 
 def _end_to_end(url: str, task_name: str, k: int, epochs: int, device: torch.device,
-                compiled: bool, sampler: str, n_trials: int) -> dict[str, Any]:
-    settings = Settings(database_url=url, idle_min=0.05,
+                compiled: bool, sampler: str, n_trials: int, block: int) -> dict[str, Any]:
+    settings = Settings(database_url=url, idle_min=0.05, fused_block=block,
                         fused_compile="always" if compiled else "never")
     store = Store(settings)
     record = store.create_study(StudySpec(name="e2e", task=task_name, epochs=epochs,
@@ -187,14 +205,19 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         seq = [r["sequential_rate"] for r in rows
                if r["task"] == task_name and "sequential_rate" in r]
         color = None
+        colors: dict[str, str] = {}  # a task's lines share a color, one per blocking
+        blockings = sorted({r.get("blocking", "whole") for r in rows if r["task"] == task_name})
         for mode, style, label in (("fused", "o-", "fused"),
                                    ("fused_compiled", "s:", "fused, torch.compile")):
-            points = sorted((r["k"], r["rate"]) for r in rows
-                            if r["task"] == task_name and r["mode"] == mode)
-            if points:
-                line, = ax.plot(*zip(*points, strict=True), style, color=color,
-                                label=f"{task_name} {label}")
-                color = line.get_color()
+            for blocking in blockings:
+                points = sorted((r["k"], r["rate"]) for r in rows
+                                if r["task"] == task_name and r["mode"] == mode
+                                and r.get("blocking", "whole") == blocking)
+                if points:
+                    which = f", blocks: {blocking}" if len(blockings) > 1 else ""
+                    line, = ax.plot(*zip(*points, strict=True), style,
+                                    color=colors.get(blocking), label=f"{task_name} {label}{which}")
+                    color = colors.setdefault(blocking, line.get_color())
         if seq:
             ax.axhline(statistics.median(seq), color=color, linestyle="--",
                        label=f"{task_name} one trial at a time (median)")
@@ -219,6 +242,10 @@ def main() -> None:
                         help="timed runs per measurement; the fastest counts")
     parser.add_argument("--compile", default="both", choices=["off", "on", "both"],
                         help="fused step eager, through torch.compile, or both")
+    parser.add_argument("--block", default="auto",
+                        help="trials stepped at once: auto (the worker's default: by the "
+                        "CPU's cache), whole (the pack), or a number; comma-separated to "
+                        "compare")
     parser.add_argument("--e2e-k", type=int, default=None,
                         help="K of the end-to-end run (default: the fastest fused K above 1)")
     parser.add_argument("--db", default="sqlite", choices=["sqlite", "postgresql"],
@@ -246,34 +273,38 @@ def main() -> None:
 
     for task_name in args.tasks.split(","):
         ks = [int(k) for k in args.ks.split(",")] if args.ks else DEFAULT_KS[task_name]
-        bare: dict[tuple[str, int], float] = {}
+        bare: dict[tuple[str, str, int], float] = {}
         modes = {"off": ["fused"], "on": ["fused_compiled"],
                  "both": ["fused", "fused_compiled"]}[args.compile]
         for mode in modes:
             for k in ks:
                 # the VM's speed wanders: each K has its own baseline, timed in turn with it
                 try:
-                    row = fused_rate(task_name, k, args.epochs, device, args.repeats,
-                                     mode == "fused_compiled", SEQUENTIAL_TRIALS)
+                    rows_k = fused_rates(task_name, k, args.epochs, device, args.repeats,
+                                         mode == "fused_compiled", SEQUENTIAL_TRIALS,
+                                         args.block.split(","))
                 except torch.OutOfMemoryError:
                     print(f"{task_name} K={k}: out of memory, stopping", flush=True)
                     break
-                bare[mode, k] = row["rate"]
-                record({"task": task_name, "mode": mode, "k": k, **row})
+                for row in rows_k:
+                    bare[mode, row["blocking"], k] = row["rate"]
+                    record({"task": task_name, "mode": mode, "k": k, **row})
         # a pack of one trains through the one-at-a-time trainer: end to end needs K >= 2
-        packed = {key: rate for key, rate in bare.items() if key[1] > 1} or bare
-        best_mode, best_k = max(packed, key=lambda key: packed[key])
+        packed = {key: rate for key, rate in bare.items() if key[2] > 1} or bare
+        best_mode, blocking, best_k = max(packed, key=lambda key: packed[key])
         e2e_k = args.e2e_k or best_k
         compiled = best_mode == "fused_compiled"
-        row = fused_rate(task_name, e2e_k, args.epochs, device, args.repeats, compiled)
+        block = block_setting(blocking, e2e_k)
+        row, = fused_rates(task_name, e2e_k, args.epochs, device, args.repeats, compiled,
+                           blockings=[blocking])
         # a first study imports what a worker loads lazily (the dashboard note's modules) and
         # compiles the packs' shapes, as a long-running worker has
         warmup = end_to_end_rate(task_name, e2e_k, args.epochs, device, compiled,
-                                 args.db)["seconds"]
+                                 args.db, block=block)["seconds"]
         e2e = end_to_end_rate(task_name, e2e_k, args.epochs, device, compiled, args.db,
-                              args.sampler, args.e2e_trials)
+                              args.sampler, args.e2e_trials, block)
         record({"task": task_name, "mode": "end_to_end", "k": e2e_k, "step": best_mode,
-                "db": args.db, "sampler": args.sampler, **e2e,
+                "blocking": blocking, "db": args.db, "sampler": args.sampler, **e2e,
                 "warmup_seconds": warmup, "bare_rate": row["rate"],
                 "ratio_to_bare": round(e2e["rate"] / row["rate"], 3)})
     plot(latest(args.out, device_name), args.out.parent / f"fused_{args.device}.png")

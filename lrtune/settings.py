@@ -40,6 +40,8 @@ class Settings(BaseSettings):
         "the pack's remaining work is estimated at fused_compile_after seconds")
     fused_compile_after: float = Field(60.0, ge=0, description="seconds of remaining eager "
                                        "work that pay for compiling (auto)")
+    fused_block: int = Field(0, ge=0, description="trials of a fused pack stepped at once; "
+                             "0: on a CPU as many as fit its cache, on a GPU the whole pack")
 
     @property
     def compile_after(self) -> float | None:

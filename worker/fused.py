@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from lrtune.space import TrialConfig
+from worker.blocking import block_size, blocks
 from worker.stacked_optim import StackedOptimizer
 from worker.tasks import Task, TaskData
 from worker.tasks.base import metric_rows
@@ -57,7 +58,7 @@ class _Pack:
     """The live rows of the stack: which trial each row is, and their state."""
 
     def __init__(self, task: Task, configs: Sequence[TrialConfig], seeds: Sequence[int],
-                 device: torch.device) -> None:
+                 device: torch.device, rows: Sequence[int] | None = None) -> None:
         models = []
         for seed in seeds:
             # the generator that initialises a model, as train_trial's torch.manual_seed
@@ -81,7 +82,9 @@ class _Pack:
                       else p for n, p in params.items()}
         self.params = [params[n].detach() for n in self.names]
         self.buffers = buffers
-        self.rows = list(range(len(configs)))  # row -> index into the caller's lists
+        # stack position -> index into the caller's lists; positions still training
+        self.rows = list(rows) if rows is not None else list(range(len(configs)))
+        self.live = list(range(len(configs)))
         self.loss = vmap(task.loss)
         self.optimizer = StackedOptimizer(self.params, [c.optimizer for c in configs])
 
@@ -134,6 +137,7 @@ class _Pack:
         self.buffers = {k: v[index] for k, v in self.buffers.items()}
         self.optimizer.select(index)
         self.rows = [self.rows[r] for r in rows]
+        self.live = list(range(len(rows)))
 
 
 def _affine(a: Tensor, b: Tensor, bias: Tensor | None, bias_dim: int) -> Tensor:
@@ -225,58 +229,62 @@ def evaluate(pack: _Pack, task: Task, data: TaskData, positions: Sequence[int],
     return out
 
 
-def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objective: str,
-               seeds: Sequence[int], device: torch.device,
-               reporters: Sequence[Reporter] | None = None,
-               on_done: Callable[[int, TrainResult], None] | None = None,
-               after_epoch: Callable[[], None] | None = None,
-               compile_after: float | None = None) -> list[TrainResult]:
-    """Train K trials (one optimizer kind, one batch size) at once; results in input order.
+class _Epoch:
+    """One block's epoch: every step's LR for each of its trials, their data orders, and their
+    summed batch losses."""
 
-    ``on_done(i, result)`` runs as soon as trial ``i`` ends (pruned or diverged mid-way, or
-    complete after the last epoch), so its result can be recorded at once; ``after_epoch()``
-    runs once every trial has reported the epoch (batched bookkeeping writes then).
-    ``compile_after``: compile the training step once the pack's remaining work, estimated
-    from its last epoch, is at least this many seconds (0: from the start; None: never).
-    """
-    if len(seeds) != len(configs):
-        raise ValueError(f"{len(configs)} trials but {len(seeds)} seeds")
-    reporters = list(reporters) if reporters is not None else [NullReporter() for _ in configs]
-    data = task.data().to(device)
-    batch = configs[0].batch_size or task.info.batch_size
-    n = len(data.x_train)
-    spe = steps_per_epoch(n, batch)
-    total = epochs * spe
-    for config in configs:
-        config.schedule.check_horizon(total, spe)
-    pack = _Pack(task, configs, seeds, device)
-    functions = [c.schedule.function() for c in configs]
-    base_lrs = [c.optimizer.lr for c in configs]
-    orders = [torch.Generator().manual_seed(s) for s in seeds]
-    results = [TrainResult("complete", None, 0) for _ in configs]
-    metric_history: list[list[float]] = [[] for _ in configs]
-    step = _Stepper(compile_after == 0)
-    live = list(range(len(configs)))  # stack positions still training
-    for epoch in range(epochs):
-        started = time.perf_counter()
-        rows = pack.rows
-        training = set(live)  # the other rows stopped and wait for compaction: LR 0
-        lrs = [[functions[i](epoch * spe + s, total, spe, base_lrs[i], metric_history[i])
-                if j in training else 0.0 for s in range(spe)] for j, i in enumerate(rows)]
-        lr_table = torch.tensor(lrs, dtype=torch.float64, device=device)
-        perms = torch.stack([torch.randperm(n, generator=orders[i]) if j in training
-                             else torch.arange(n) for j, i in enumerate(rows)]).to(device)
-        loss_sums = torch.zeros(len(rows), device=device)
-        for s in range(spe):
-            idx = perms[:, s * batch:(s + 1) * batch]
-            loss_sums += step(pack, data.x_train[idx], data.y_train[idx], lr_table[:, s])
-        train_losses = (loss_sums / spe).tolist()
+    def __init__(self, lrs: list[list[float]], device: torch.device, perms: Tensor) -> None:
+        self.lrs = lrs
+        self.lr_table = torch.tensor(lrs, dtype=torch.float64, device=device)
+        self.perms = perms.to(device)
+        self.loss_sums = torch.zeros(len(lrs), device=device)
+
+
+class _Run:
+    """What the blocks of one ``train_pack`` call share: the trials' schedules, data orders,
+    results and reporters, all indexed as the caller's lists."""
+
+    def __init__(self, task: Task, configs: Sequence[TrialConfig], seeds: Sequence[int],
+                 epochs: int, objective: str, reporters: Sequence[Reporter],
+                 on_done: Callable[[int, TrainResult], None] | None, data: TaskData) -> None:
+        self.task, self.data, self.epochs, self.objective = task, data, epochs, objective
+        self.reporters, self.on_done = reporters, on_done
+        self.batch = configs[0].batch_size or task.info.batch_size
+        self.spe = steps_per_epoch(len(data.x_train), self.batch)
+        for config in configs:
+            config.schedule.check_horizon(epochs * self.spe, self.spe)
+        self.functions = [c.schedule.function() for c in configs]
+        self.base_lrs = [c.optimizer.lr for c in configs]
+        self.orders = [torch.Generator().manual_seed(s) for s in seeds]
+        self.results = [TrainResult("complete", None, 0) for _ in configs]
+        self.metric_history: list[list[float]] = [[] for _ in configs]
+
+    def begin(self, pack: _Pack, epoch: int) -> _Epoch:
+        """LRs and data orders of the block's epoch; stopped rows awaiting compaction get LR 0."""
+        n, spe, total = len(self.data.x_train), self.spe, self.epochs * self.spe
+        training = set(pack.live)
+        lrs = [[self.functions[i](epoch * spe + s, total, spe, self.base_lrs[i],
+                                  self.metric_history[i]) if j in training else 0.0
+                for s in range(spe)] for j, i in enumerate(pack.rows)]
+        perms = torch.stack([torch.randperm(n, generator=self.orders[i]) if j in training
+                             else torch.arange(n) for j, i in enumerate(pack.rows)])
+        return _Epoch(lrs, self.data.x_train.device, perms)
+
+    def step(self, pack: _Pack, state: _Epoch, s: int, step: _Stepper) -> None:
+        idx = state.perms[:, s * self.batch:(s + 1) * self.batch]
+        state.loss_sums += step(pack, self.data.x_train[idx], self.data.y_train[idx],
+                                state.lr_table[:, s])
+
+    def end(self, pack: _Pack, epoch: int, state: _Epoch, step: _Stepper) -> list[int]:
+        """Validate and report the block's live trials; those that ended (pruned, diverged,
+        or complete after the last epoch) go to ``on_done``. Returns the stopped positions."""
+        train_losses = (state.loss_sums / self.spe).tolist()
         stopped: list[int] = []
-        for j, metrics in evaluate(pack, task, data, live, step):
-            i = rows[j]
+        for j, metrics in evaluate(pack, self.task, self.data, pack.live, step):
+            i = pack.rows[j]
             metrics["train_loss"] = train_losses[j]
-            value = metrics[objective]
-            result = results[i]
+            value = metrics[self.objective]
+            result = self.results[i]
             result.epochs_run = epoch + 1
             result.metrics = metrics
             if not (math.isfinite(train_losses[j]) and math.isfinite(value)):
@@ -284,30 +292,67 @@ def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objectiv
                 stopped.append(j)
                 continue
             result.values.append(value)
-            result.lrs.append(lrs[j][0])
+            result.lrs.append(state.lrs[j][0])
             result.value = value
-            reporters[i].report(epoch, value, lrs[j][0], metrics)
-            metric_history[i].append(value)
-            if epoch < epochs - 1 and reporters[i].should_prune():
+            self.reporters[i].report(epoch, value, state.lrs[j][0], metrics)
+            self.metric_history[i].append(value)
+            if epoch < self.epochs - 1 and self.reporters[i].should_prune():
                 result.outcome = "pruned"
                 stopped.append(j)
         gone = set(stopped)
-        live = [j for j in live if j not in gone]
-        if on_done is not None:
-            for j in stopped + (live if epoch == epochs - 1 else []):
-                on_done(rows[j], results[rows[j]])
+        pack.live = [j for j in pack.live if j not in gone]
+        if self.on_done is not None:
+            for j in stopped + (pack.live if epoch == self.epochs - 1 else []):
+                self.on_done(pack.rows[j], self.results[pack.rows[j]])
+        return stopped
+
+
+def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objective: str,
+               seeds: Sequence[int], device: torch.device,
+               reporters: Sequence[Reporter] | None = None,
+               on_done: Callable[[int, TrainResult], None] | None = None,
+               after_epoch: Callable[[], None] | None = None,
+               compile_after: float | None = None, block: int = 0) -> list[TrainResult]:
+    """Train K trials (one optimizer kind, one batch size) at once; results in input order.
+
+    ``on_done(i, result)`` runs as soon as trial ``i`` ends (pruned or diverged mid-way, or
+    complete after the last epoch), so its result can be recorded at once; ``after_epoch()``
+    runs once every trial has reported the epoch (batched bookkeeping writes then).
+    ``compile_after``: compile the training step once the pack's remaining work, estimated
+    from its last epoch, is at least this many seconds (0: from the start; None: never).
+    ``block``: trials stepped at once (0: ``blocking.block_size`` picks, by the device's cache);
+    blocks take turns step by step, so every trial still reports each epoch together.
+    """
+    if len(seeds) != len(configs):
+        raise ValueError(f"{len(configs)} trials but {len(seeds)} seeds")
+    reporters = list(reporters) if reporters is not None else [NullReporter() for _ in configs]
+    data = task.data().to(device)
+    run = _Run(task, configs, seeds, epochs, objective, reporters, on_done, data)
+    size = block_size(task, data, configs[0].optimizer.name, run.batch, len(configs), block)
+    packs = [_Pack(task, [configs[i] for i in rows], [seeds[i] for i in rows], device, rows)
+             for rows in blocks(len(configs), size)]
+    step = _Stepper(compile_after == 0)
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        states = [run.begin(pack, epoch) for pack in packs]
+        for s in range(run.spe):
+            for pack, state in zip(packs, states, strict=True):
+                run.step(pack, state, s, step)
+        stopped = [run.end(pack, epoch, state, step)
+                   for pack, state in zip(packs, states, strict=True)]
         if after_epoch is not None:
             after_epoch()
-        if not live:
+        for pack, gone in zip(packs, stopped, strict=True):
+            if gone and pack.live and (not step.compiled or len(pack.live) <= len(pack.rows) // 2):
+                # stopped trials leave the stack: no more compute for them (a compiled step
+                # compiles again for each new size, so it waits until half the stack has stopped)
+                pack.keep(pack.live)
+        packs = [pack for pack in packs if pack.live]
+        if not packs:
             break
-        if stopped and (not step.compiled or len(live) <= len(rows) // 2):
-            # stopped trials leave the stack: no more compute for them (a compiled step
-            # compiles again for each new size, so it waits until half the stack has stopped)
-            pack.keep(live)
-            live = list(range(len(live)))
         remaining = (time.perf_counter() - started) * (epochs - epoch - 1)
         if compile_after is not None and not step.compiled and remaining >= compile_after:
             log.info("compiling the fused step: %d trials, about %.0f s of eager work left",
-                     len(live), remaining)
+                     sum(len(pack.live) for pack in packs), remaining)
             step.compile()
-    return results
+    return run.results

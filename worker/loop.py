@@ -148,7 +148,7 @@ class Worker:
                         finish(claim, failed(claim.trial, error))
                 else:
                     run_pack(claims, spec, self.device, should_stop, finish, ended, ledger,
-                             self.settings.compile_after)
+                             self.settings.compile_after, self.settings.fused_block)
                 if ledger is not None:
                     ledger.flush()
             except Stopping:

@@ -46,10 +46,11 @@ class LedgerReporter:
 def run_pack(claims: Sequence[Claim], spec: StudySpec, device: torch.device,
              between_epochs: Callable[[], None], finish: Finish,
              ended: set[int] | None = None, ledger: PackLedger | None = None,
-             compile_after: float | None = None) -> None:
+             compile_after: float | None = None, block: int = 0) -> None:
     """Train every claim, calling ``finish`` for each as soon as it ends; the trial numbers
     that ended are added to ``ended``. With a ``ledger``, fused sub-packs report, record
-    attributes and flush through it once per epoch; ``compile_after`` as in ``train_pack``.
+    attributes and flush through it once per epoch; ``compile_after`` and ``block`` as in
+    ``train_pack``.
 
     Raises ``Stopping`` (the caller hands back what did not end) or a database error.
     """
@@ -97,7 +98,8 @@ def run_pack(claims: Sequence[Claim], spec: StudySpec, device: torch.device,
             else:
                 train_pack(task, [configs[i] for i in group], spec.epochs, spec.objective,
                            [trial_seed(spec, c.trial) for c in members], device, reporters,
-                           done, ledger.flush if ledger is not None else None, compile_after)
+                           done, ledger.flush if ledger is not None else None, compile_after,
+                           block)
         except (Stopping, *DATABASE_ERRORS):
             raise
         except Exception as error:  # the sub-pack's own failure: its unfinished trials FAIL

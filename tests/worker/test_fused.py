@@ -74,7 +74,8 @@ def compare(fused: list[TrainResult], alone: list[TrainResult]) -> None:
 
 
 def check_equivalence(task_name: str, optimizer: str, prune_at: list[int | None],
-                      compile_after: float | None = None, device: torch.device = CPU) -> None:
+                      compile_after: float | None = None, device: torch.device = CPU,
+                      block: int = 0) -> None:
     task = get_task(task_name)
     cfgs = configs(optimizer)
     seeds = [100 + i for i in range(len(cfgs))]
@@ -85,7 +86,7 @@ def check_equivalence(task_name: str, optimizer: str, prune_at: list[int | None]
     reporters = [ScriptedPruner(p) for p in prune_at]
     ended: list[int] = []
     fused = train_pack(task, cfgs, EPOCHS, "val_loss", seeds, device, reporters,
-                       lambda i, r: ended.append(i), compile_after=compile_after)
+                       lambda i, r: ended.append(i), compile_after=compile_after, block=block)
     compare(fused, alone)
     assert sorted(ended) == list(range(len(cfgs)))  # every trial finished exactly once
     assert {a.outcome for a in alone} >= {"complete", "pruned"}
@@ -111,6 +112,21 @@ def test_compiled_step_equals_sequential(task_name: str, optimizer: str, compile
     assert not _Stepper.broken
     if compile_after:
         assert "compiling the fused step: 4 trials" in caplog.text
+
+
+@pytest.mark.parametrize("task_name,optimizer,compile_after", [
+    ("digits-mlp", "momentum", None),
+    ("linreg", "rmsprop", 1e-9),  # eager first epoch, then compiled
+])
+def test_a_pack_stepped_in_blocks_equals_sequential(
+        task_name: str, optimizer: str, compile_after: float | None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Blocks of 2, 2 and 1 trials take turns; trials still pruned, diverged and compacted
+    within their own block, and the step compiled for the live trials of every block."""
+    caplog.set_level(logging.INFO, logger="lrtune.worker")
+    check_equivalence(task_name, optimizer, [0, 1, None, 0, None], compile_after, block=2)
+    if compile_after:
+        assert "compiling the fused step: 3 trials" in caplog.text
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
