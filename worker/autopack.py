@@ -13,6 +13,7 @@ from lrtune.optimizers import OptimizerChoice
 from lrtune.schedules import Schedule
 from lrtune.space import TrialConfig
 from lrtune.spec import StudySpec
+from worker.blocking import trial_bytes
 from worker.device import synchronize
 from worker.fused import _Pack, train_step
 from worker.schedulers import build_optimizer
@@ -74,8 +75,9 @@ def _sequential_rate(task_name: str, device: torch.device) -> float:
 def _auto(task_name: str, device_name: str, cap: int) -> int:
     device = torch.device(device_name)
     task = get_task(task_name)
-    n_params = sum(p.numel() for p in task.model().parameters())
-    per_trial = n_params * 4 * 6 + task.info.batch_size * 4 * 4096  # weights, grads, state
+    # twice a step's working set with the largest optimizer state (measured): the
+    # activations' gradients and the step's temporaries come on top of what it keeps
+    per_trial = 2 * trial_bytes(task, task.data(), "adam", task.info.batch_size)
     by_memory = max(1, int(free_bytes(device) * 0.5 // per_trial))
     best_k, best_rate = 1, _rate(task_name, 1, device)
     k = 2
