@@ -101,7 +101,7 @@ def lrtune_worker(url: str, study_spec: StudySpec, ready: Any, go: Any, out: Any
         claim = store.claim()
         if claim is None:
             break
-        with Heartbeat(store, [claim.trial._trial_id], 10):
+        with Heartbeat(store, [claim.trial_id], 10):
             space.sample(claim.trial)
             reporter = OptunaReporter(claim.trial)
             for epoch in range(study_spec.epochs):

@@ -296,10 +296,10 @@ def dashboard(host: Annotated[str, typer.Option()] = "127.0.0.1",
     import optuna_dashboard
 
     from lrtune.dashboard import CurveArtifactStore
-    from lrtune.store import optuna_url
+    from lrtune.store import sqlalchemy_url
 
     settings = _settings()
-    storage = optuna.storages.RDBStorage(optuna_url(settings.database_url))
+    storage = optuna.storages.RDBStorage(sqlalchemy_url(settings.database_url))
     optuna_dashboard.run_server(storage, host=host, port=port,
                                 artifact_store=CurveArtifactStore(storage, settings.artifact_dir))
 

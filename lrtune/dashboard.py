@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import uuid
 import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,6 +28,7 @@ ARTIFACT_PREFIX = "artifacts:"  # Optuna's trial system attribute prefix for art
 CURVE_MARK = 0x6C72_7475_6E65  # "lrtune": the top 48 bits of a curve artifact's id
 ID_BITS = 40  # then the study id, then the trial id
 NOTE_TRIAL = "lrtune:best_note_trial"  # study system attr: the trial the note describes
+log = logging.getLogger("lrtune.dashboard")
 
 
 def curve_artifact_id(study_id: int, trial_id: int) -> str:
@@ -140,3 +144,30 @@ def update_best_note(storage: optuna.storages.BaseStorage, study_id: int) -> boo
     save_note(study, best_note(name, raw, best, code))
     storage.set_study_system_attr(study_id, NOTE_TRIAL, best.number)
     return True
+
+
+class BestNotes:
+    """Keeps each study's dashboard note on its best trial. ``serialise(study_id)`` holds the
+    study's claim lock (one note writer per study) and yields None when the study is gone."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage,
+                 serialise: Callable[[int], AbstractContextManager[object | None]]) -> None:
+        self.storage, self.serialise = storage, serialise
+        self._noted: dict[int, float | None] = {}  # best value the study's note describes
+
+    def update(self, study_id: int, optuna_study_id: int, name: str, minimize: bool,
+               value: float | None = None) -> None:
+        """``value``, the trial just finished, skips the check when it cannot be a new best.
+        A failure here never fails a trial: it is logged."""
+        noted = self._noted.get(study_id)
+        if value is not None and noted is not None:
+            if (value >= noted) if minimize else (value <= noted):
+                return
+        try:
+            if note_is_stale(self.storage, optuna_study_id):
+                with self.serialise(study_id) as held:
+                    if held is not None:
+                        update_best_note(self.storage, optuna_study_id)
+            self._noted[study_id] = self.storage.get_best_trial(optuna_study_id).value
+        except Exception as error:  # noqa: BLE001 - cosmetic: log and go on
+            log.warning("study %s: best-schedule note not written: %s", name, error)

@@ -3,16 +3,40 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from lrtune.errors import SpecError
 from lrtune.optimizers import OPTIMIZERS
 from lrtune.schedules import CLIP, FAMILIES
 
-FamilyName = Literal[tuple(FAMILIES)]  # type: ignore[valid-type]
-OptimizerName = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
+
+def _one_of(names: Iterable[str], what: str) -> Callable[[str], str]:
+    known = tuple(names)
+
+    def check(value: str) -> str:
+        if value not in known:
+            raise ValueError(f"unknown {what} {value!r}; known: {', '.join(known)}")
+        return value
+
+    return check
+
+
+# A name from a registry, with the registry's names as the schema's enum.
+FamilyName = Annotated[str, AfterValidator(_one_of(FAMILIES, "family")),
+                       WithJsonSchema({"type": "string", "enum": list(FAMILIES)})]
+OptimizerName = Annotated[str, AfterValidator(_one_of(OPTIMIZERS, "optimizer")),
+                          WithJsonSchema({"type": "string", "enum": list(OPTIMIZERS)})]
 
 
 def _task_enum(schema: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ import warnings
 import optuna
 
 from lrtune.spec import PrunerSpec, SamplerSpec, StudySpec
-from lrtune.tasks import task_info
+from lrtune.tasks import Direction, task_info
 from lrtune.tpe import LazyGroupTPESampler
 
 # Trial user attributes lrtune writes.
@@ -56,5 +56,5 @@ def make_pruner(spec: PrunerSpec, epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup)
 
 
-def direction(spec: StudySpec) -> str:
+def direction(spec: StudySpec) -> Direction:
     return task_info(spec.task).direction(spec.objective)

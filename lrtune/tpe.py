@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.distributions import check_distribution_compatibility
 from optuna.samplers import TPESampler
-from optuna.search_space.group_decomposed import _SearchSpaceGroup
-from optuna.trial import TrialState
+
+from lrtune import optuna_internals as internals
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -41,7 +41,7 @@ class LazyGroupTPESampler(TPESampler):
         super().__init__(multivariate=True, group=True, **kwargs)
         self._relative_space: dict[str, BaseDistribution] = {}  # this trial's, as inferred
         self._drawn: OrderedDict[int, dict[str, Any]] = OrderedDict()
-        self._groups = _SearchSpaceGroup()
+        self._groups = internals.search_space_group()
         self._grouped: set[int] = set()  # trial ids whose parameters the groups hold
         self._grouped_study: int | None = None
 
@@ -56,15 +56,16 @@ class LazyGroupTPESampler(TPESampler):
         """Optuna's grouped space (from COMPLETE and PRUNED trials), grown by the trials
         finished since the last call: finished trials never change, and the groups do not
         depend on the order trials are added in."""
-        if self._grouped_study != study._study_id:
-            self._groups, self._grouped, self._grouped_study = _SearchSpaceGroup(), set(), \
-                study._study_id
-        for finished in study._get_trials(deepcopy=False, use_cache=True,
-                                          states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            if finished._trial_id not in self._grouped:
+        study_id = internals.study_id(study)
+        if self._grouped_study != study_id:
+            self._groups, self._grouped, self._grouped_study = \
+                internals.search_space_group(), set(), study_id
+        for finished in internals.finished_trials(study):
+            trial_id = internals.trial_id(finished)
+            if trial_id not in self._grouped:
                 self._groups.add_distributions(finished.distributions)
-                self._grouped.add(finished._trial_id)
-        self._search_space_group = self._groups
+                self._grouped.add(trial_id)
+        internals.set_tpe_groups(self, self._groups)
         return {name: distribution for sub_space in self._groups.search_spaces
                 for name, distribution in sorted(sub_space.items()) if not distribution.single()}
 
@@ -76,11 +77,11 @@ class LazyGroupTPESampler(TPESampler):
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
         group = self._group_of(param_name, param_distribution)
-        drawn = self._drawn_for(trial._trial_id)
+        drawn = self._drawn_for(internals.trial_id(trial))
         if group is not None and param_name not in drawn:
-            drawn.update(self._sample_relative(study, trial, group))  # {}: start-up trials
-        if param_name in drawn and param_distribution._contains(
-                param_distribution.to_internal_repr(drawn[param_name])):
+            drawn.update(internals.sample_tpe_group(self, study, trial, group))  # {}: start-up
+        if param_name in drawn and internals.distribution_contains(param_distribution,
+                                                                   drawn[param_name]):
             return drawn[param_name]
         return super().sample_independent(study, trial, param_name, param_distribution)
 
@@ -89,13 +90,14 @@ class LazyGroupTPESampler(TPESampler):
         """The relative group holding ``name``, as Optuna's ``sample_relative`` draws it
         (without single-valued parameters); None when ``name`` is not relative."""
         space = self._relative_space
-        if name not in space or self._search_space_group is None:
+        groups = internals.tpe_groups(self)
+        if name not in space or groups is None:
             return None
         try:
             check_distribution_compatibility(space[name], distribution)
         except ValueError:
             return None
-        for sub_space in self._search_space_group.search_spaces:
+        for sub_space in groups.search_spaces:
             if name in sub_space:
                 return {n: d for n, d in sorted(sub_space.items()) if n in space}
         return None

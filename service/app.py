@@ -139,6 +139,6 @@ def dashboard_app(store: Store, closed: bool) -> Any:
     import optuna_dashboard
 
     artifacts = CurveArtifactStore(store.optuna_storage, store.settings.artifact_dir)
-    dashboard: Any = WSGIMiddleware(optuna_dashboard.wsgi(  # type: ignore[arg-type]
+    dashboard: Any = WSGIMiddleware(optuna_dashboard.wsgi(
         store.optuna_storage, artifact_store=artifacts))
     return TokenGate(dashboard, store) if closed else dashboard

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
-import optuna
-import sqlalchemy
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lrtune.errors import SpecError
-from lrtune.store import Conflict, NotFound
+from lrtune.errors import Conflict, DatabaseUnavailable, NotFound, SpecError
 
 log = logging.getLogger("lrtune.service")
-DATABASE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError,
-                   sqlalchemy.exc.InterfaceError)
 
 
 class ErrorBody(BaseModel):
@@ -45,7 +41,7 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
-def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+def _field(loc: Sequence[object]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
@@ -77,18 +73,16 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(NotFound)
     async def _missing(_: Request, e: NotFound) -> JSONResponse:
-        return error_response(404, "not_found", str(e), "id")
+        return error_response(404, "not_found", str(e), e.field)
 
     @app.exception_handler(Conflict)
     async def _conflict(_: Request, e: Conflict) -> JSONResponse:
-        return error_response(409, "conflict", str(e), "name")
+        return error_response(409, "conflict", str(e), e.field)
 
-    async def _database(_: Request, e: Exception) -> JSONResponse:
+    @app.exception_handler(DatabaseUnavailable)
+    async def _database(_: Request, e: DatabaseUnavailable) -> JSONResponse:
         return error_response(503, "unavailable", "database unavailable, retry shortly",
                               headers={"Retry-After": "1"})
-
-    for kind in DATABASE_ERRORS:
-        app.add_exception_handler(kind, _database)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception) -> JSONResponse:
@@ -118,4 +112,4 @@ def _path_methods(app: FastAPI) -> list[tuple[re.Pattern[str], list[str]]]:
                    sorted(m.upper() for m in ops))
                   for path, ops in app.openapi()["paths"].items()]
         app.state.path_methods = cached
-    return cached  # type: ignore[no-any-return]
+    return cached

@@ -21,7 +21,7 @@ class Telemetry:
                                 ["method", "route", "status"], registry=self.registry)
         self.latency = Histogram("lrtune_http_request_seconds", "HTTP request latency",
                                  ["route"], registry=self.registry)
-        self.registry.register(self)  # type: ignore[arg-type]
+        self.registry.register(self)
 
     def describe(self) -> list[GaugeMetricFamily]:
         return [GaugeMetricFamily("lrtune_studies", "Studies by status", labels=["status"])]

@@ -9,6 +9,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from lrtune import optuna_internals as internals
 from lrtune import study as names
 from lrtune.dashboard import name_objective, update_best_note
 from lrtune.lr_range import resolved
@@ -57,7 +58,7 @@ def run_local_study(raw: dict[str, Any], storage: str, device_name: str, baselin
             except ValueError:
                 pass
             progress.update(bar, advance=1, best=best)
-            update_best_note(st._storage, st._study_id)
+            update_best_note(internals.storage_of(st), internals.study_id(st))
 
         study.optimize(objective_for(spec, device), n_trials=spec.n_trials,
                        callbacks=[advance], catch=(RuntimeError,))

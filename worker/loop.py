@@ -9,9 +9,9 @@ import socket
 import time
 from typing import Any
 
-import optuna
 import torch
 
+from lrtune.errors import DatabaseUnavailable
 from lrtune.ledger import PackLedger
 from lrtune.settings import Settings
 from lrtune.spec import StudySpec
@@ -19,7 +19,7 @@ from lrtune.store import Claim, Store, StudyRecord
 from worker.device import pick_device
 from worker.heartbeat import Heartbeat
 from worker.pack import run_pack
-from worker.runner import DATABASE_ERRORS, Stopping, TrialOutcome, failed
+from worker.runner import Stopping, TrialOutcome, failed
 
 log = logging.getLogger("lrtune.worker")
 
@@ -61,7 +61,7 @@ class Worker:
         while not self.stopping and (self.max_trials is None or done < self.max_trials):
             try:
                 claims = self._connect().claim_pack(None, self.only, self.pack_size)
-            except DATABASE_ERRORS as error:  # database away: back off, reconnect
+            except DatabaseUnavailable as error:  # database away: back off, reconnect
                 log.warning("database unavailable (%s); retrying in %.1fs",
                             str(error).splitlines()[0], idle)
                 claims = []
@@ -74,7 +74,7 @@ class Worker:
             idle = self.settings.idle_min
             try:
                 self._work(claims)
-            except DATABASE_ERRORS as error:
+            except DatabaseUnavailable as error:
                 # The trials stay RUNNING without heartbeats: they are reaped as lost, re-run.
                 log.warning("study %s trials %s abandoned, database error: %s",
                             claims[0].record.name, [c.trial.number for c in claims],
@@ -122,26 +122,21 @@ class Worker:
                 raise Stopping
 
         def finish(claim: Claim, outcome: TrialOutcome) -> None:
-            try:
-                if ledger is not None:  # written with the epoch's batch
-                    ledger.finish(claim.trial.number, outcome.state, outcome.value)
-                else:
-                    store.finish(claim, outcome.state, outcome.value)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                log.warning("study %s trial %d was reaped as lost meanwhile; its copy re-runs",
-                            name, claim.trial.number)
-                return
+            if ledger is not None:  # written with the epoch's batch
+                ledger.finish(claim.trial.number, outcome.state, outcome.value)
+            elif not store.finish(claim, outcome.state, outcome.value):
+                return  # reaped as lost meanwhile (logged by the store): its copy re-runs
             value = "" if outcome.value is None else f" value={outcome.value:.6g}"
             reason = f" reason={outcome.reason}" if outcome.reason else ""
             log.info("study %s trial %d %s%s%s in %.1fs", name, claim.trial.number,
                      outcome.state.name, value, reason, time.monotonic() - started)
 
-        ids = [c.trial._trial_id for c in claims]
+        ids = [c.trial_id for c in claims]
         with Heartbeat(store, ids, self.settings.heartbeat_interval):
             try:
                 try:
                     spec = self._search_spec(store, claims[0].record)
-                except (Stopping, *DATABASE_ERRORS):
+                except (Stopping, DatabaseUnavailable):
                     raise
                 except Exception as error:  # the task's own failure, as in a trial
                     for claim in claims:

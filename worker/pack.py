@@ -6,12 +6,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from lrtune.errors import DatabaseUnavailable
 from lrtune.ledger import PackLedger
 from lrtune.spec import StudySpec
 from lrtune.store import Claim
 from worker.fused import split_pack, train_pack
 from worker.runner import (
-    DATABASE_ERRORS,
     OptunaReporter,
     SetAttr,
     Stopping,
@@ -76,7 +76,7 @@ def run_pack(claims: Sequence[Claim], spec: StudySpec, device: torch.device,
         try:
             configs.append(prepare(claim.trial, spec, task, attrs(claim)))
             ready.append(claim)
-        except DATABASE_ERRORS:
+        except DatabaseUnavailable:
             raise
         except Exception as error:
             finish(claim, failed(claim.trial, error, attrs(claim)))
@@ -100,7 +100,7 @@ def run_pack(claims: Sequence[Claim], spec: StudySpec, device: torch.device,
                            [trial_seed(spec, c.trial) for c in members], device, reporters,
                            done, ledger.flush if ledger is not None else None, compile_after,
                            block)
-        except (Stopping, *DATABASE_ERRORS):
+        except (Stopping, DatabaseUnavailable):
             raise
         except Exception as error:  # the sub-pack's own failure: its unfinished trials FAIL
             for claim in members:

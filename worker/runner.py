@@ -7,19 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-import sqlalchemy
 import torch
 
 from lrtune import study as names
-from lrtune.dashboard import curve_artifact_attr
+from lrtune.errors import DatabaseUnavailable
 from lrtune.space import SearchSpace, TrialConfig
 from lrtune.spec import StudySpec
 from worker.tasks import Task, get_task
 from worker.train import TrainResult, steps_per_epoch, train_trial
-
-# Storage failures are the database's, not the trial's: they end the worker's hold on the trial.
-DATABASE_ERRORS: tuple[type[Exception], ...] = (optuna.exceptions.StorageInternalError,
-                                               sqlalchemy.exc.SQLAlchemyError)
 
 
 class Stopping(Exception):  # noqa: N818 - a signal, not an error
@@ -110,16 +105,12 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, device: torch.device,
         config = prepare(trial, spec, task)
         result = train_trial(task, config, spec.epochs, spec.objective, trial_seed(spec, trial),
                              device, OptunaReporter(trial, between_epochs))
-    except (Stopping, *DATABASE_ERRORS):
+    except (Stopping, DatabaseUnavailable):
         raise
     except Exception as error:  # the trial's own failure; the worker goes on
         return failed(trial, error)
     try:
-        outcome = outcome_of(trial, result)
-        if outcome.state != optuna.trial.TrialState.FAIL:  # its curve image in the dashboard
-            trial.storage.set_trial_system_attr(trial._trial_id, *curve_artifact_attr(
-                trial.study._study_id, trial._trial_id, trial.number))
-        return outcome
+        return outcome_of(trial, result)
     except optuna.exceptions.UpdateFinishedTrialError:
         # Reaped as lost meanwhile (a heartbeat came too late): its re-queued copy runs; the
         # worker's finish is refused and logged, and the worker goes on.

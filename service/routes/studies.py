@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 
@@ -123,7 +123,7 @@ def get_best_code(study_id: StudyId, store: StoreDep,
     return Response(code, media_type="text/x-python")
 
 
-PNG = {200: {"content": {"image/png": {}}}}
+PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}}}
 
 
 @router.get("/{study_id}/trials/{number}/plot", responses={**PNG, **responses(401, 404, 422)})

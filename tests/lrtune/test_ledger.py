@@ -2,6 +2,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from lrtune import optuna_internals as internals
 from lrtune.ledger import PackLedger
 from lrtune.settings import Settings
 from lrtune.spec import StudySpec
@@ -66,7 +67,7 @@ def test_a_trial_reaped_meanwhile_is_skipped(store: Store) -> None:
     store.create_study(StudySpec(name="r", task="linreg", epochs=1, n_trials=2), "me")
     claims = store.claim_pack(2)
     ledger = PackLedger(store, claims)
-    store.optuna_storage.set_trial_state_values(claims[0].trial._trial_id, TrialState.FAIL)
+    store.optuna_storage.set_trial_state_values(claims[0].trial_id, TrialState.FAIL)
     ledger.finish(claims[0].trial.number, TrialState.COMPLETE, 1.0)
     ledger.finish(claims[1].trial.number, TrialState.COMPLETE, 2.0)
     ledger.flush()
@@ -88,7 +89,7 @@ def test_a_pack_is_created_at_once_and_its_params_written_with_the_ledger(store:
     sid = store.optuna_study_id(record)
     stored = {t.number: t for t in store.optuna_storage.get_all_trials(sid)}
     assert all(stored[n].params == {} for n in range(1, 7))  # held in memory so far
-    seen = claims[0].study._storage.get_all_trials(sid)  # the sampler's view: siblings' params
+    seen = internals.storage_of(claims[0].study).get_all_trials(sid)  # siblings' params
     assert all(set(t.params) == {"lr", "schedule"} for t in seen if t.number > 0)
     ledger = PackLedger(store, claims)
     ledger.flush()
@@ -127,13 +128,13 @@ def test_a_tpe_pack_reads_the_study_once_while_sampling(store: Store) -> None:
     seen = {t.number: t for t in storage.get_all_trials(storage.study_id)}
     assert all(seen[c.trial.number].params == c.trial.params for c in claims)
     sid = store.optuna_study_id(record)
-    first = claims[0].trial._trial_id
+    first = claims[0].trial_id
     storage.set_trial_system_attr(first, "note", 1)  # a sampler's note on a trial (CMA-ES)
     storage.set_trial_system_attr(first, "note", 2)  # set again: the last value is written
     assert "note" not in store.optuna_storage.get_trial(first).system_attrs  # in memory so far
     PackLedger(store, claims).flush()
     for claim in claims:
-        stored = store.optuna_storage.get_trial(claim.trial._trial_id)
+        stored = store.optuna_storage.get_trial(claim.trial_id)
         assert stored.params == claim.trial.params
         assert not any(k.startswith("tpe:") for k in stored.system_attrs)  # lrtune's TPE: none
     assert store.optuna_storage.get_trial(first).system_attrs["note"] == 2
@@ -146,27 +147,24 @@ def test_bulk_insert_writes_what_optuna_reads(store: Store) -> None:
     missing values, infinities and JSON as Optuna's own writes would."""
     import json
 
-    from optuna.storages._rdb import models
-
-    from lrtune.pack_storage import bulk_insert
-    from lrtune.store import OPTUNA_TABLES
+    from lrtune.store.trials import bulk_insert
 
     store.create_study(StudySpec(name="b", task="linreg", epochs=3, n_trials=2), "me")
     claim = store.claim()
     assert claim is not None
-    trial_id = claim.trial._trial_id
+    trial_id = claim.trial_id
     values = {0: 0.25, 1: float("inf"), 2: float("-inf")}
     rows = []
     for step, value in values.items():
-        stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+        stored, kind = internals.stored_intermediate(value)
         rows.append({"trial_id": trial_id, "step": step, "intermediate_value": stored,
                      "intermediate_value_type": kind})
     attr = {"text": "tab\there, quote ' and \\ backslash", "list": [1, None, 2.5]}
     with store.engine.begin() as conn:
-        bulk_insert(conn, OPTUNA_TABLES["intermediate"], rows)
-        bulk_insert(conn, OPTUNA_TABLES["user_attrs"],
+        bulk_insert(conn, internals.INTERMEDIATE, rows)
+        bulk_insert(conn, internals.USER_ATTRS,
                     [{"trial_id": trial_id, "key": "odd", "value_json": json.dumps(attr)}])
-        bulk_insert(conn, OPTUNA_TABLES["user_attrs"], [])
+        bulk_insert(conn, internals.USER_ATTRS, [])
     trial = store.optuna_storage.get_trial(trial_id)
     assert trial.intermediate_values == values
     assert trial.user_attrs["odd"] == attr

@@ -94,7 +94,7 @@ def test_lost_trials_are_failed_and_requeued_once(db_url: str) -> None:
     time.sleep(3.5)  # no heartbeat past the 2 s grace
     retry = store.claim()
     assert retry is not None and retry.trial.number == 1
-    lost = store.optuna_storage.get_trial(claim.trial._trial_id)
+    lost = store.optuna_storage.get_trial(claim.trial_id)
     assert lost.state == TrialState.FAIL and lost.user_attrs["reason"].startswith("lost")
     assert retry.trial.params == {"x": claim.trial.params["x"]}
     assert retry.trial.user_attrs["retry_of"] == 0
@@ -109,13 +109,14 @@ def test_lost_trials_are_failed_and_requeued_once(db_url: str) -> None:
 def test_a_packs_heartbeat_keeps_every_trial_alive(db_url: str) -> None:
     """One write beats the whole pack (first beat inserts, later ones update), on the
     database's clock: past the grace, the beaten trials are not lost, the silent one is."""
-    from lrtune.store import HEARTBEATS, ID_BATCH
+    from lrtune.optuna_internals import HEARTBEATS
+    from lrtune.store.trials import ID_BATCH
 
     store = Store(Settings(database_url=db_url, heartbeat_interval=1, heartbeat_grace=3))
     record = store.create_study(StudySpec(name="hb", task="linreg", epochs=2,
                                           n_trials=ID_BATCH + 3, pack=ID_BATCH + 3), "me")
     claims = store.claim_pack(ID_BATCH + 3)
-    beaten = [c.trial._trial_id for c in claims[1:]]  # more than one IN list
+    beaten = [c.trial_id for c in claims[1:]]  # more than one IN list
     store.record_heartbeats(beaten)
     with store.engine.connect() as conn:
         first = {tid: beat for tid, beat in conn.execute(
@@ -128,10 +129,9 @@ def test_a_packs_heartbeat_keeps_every_trial_alive(db_url: str) -> None:
         rows = conn.execute(sa.select(HEARTBEATS.c.trial_id, HEARTBEATS.c.heartbeat)).all()
     assert len(rows) == len(beaten) and all(beat > first[tid] for tid, beat in rows)
     study_id = store.optuna_study_id(record)
-    assert store.optuna_storage._get_stale_trial_ids(study_id) == []
-    assert store.reap(record, store.optuna_study(record)) == 1
+    assert store.reap(record) == 1
     states = {t._trial_id: t.state for t in store.optuna_storage.get_all_trials(study_id)}
-    assert states[claims[0].trial._trial_id] == TrialState.FAIL
+    assert states[claims[0].trial_id] == TrialState.FAIL
     assert all(states[tid] == TrialState.RUNNING for tid in beaten)
 
 
@@ -211,7 +211,7 @@ def test_upgrading_a_database_keeps_its_studies(db_url: str) -> None:
     record = store.create_study(spec("old", n=1), "me")
     cfg = Config()
     cfg.set_main_option("script_location",
-                        str(Path(lrtune.store.__file__).parent / "migrations"))
+                        str(Path(lrtune.store.__file__).parents[1] / "migrations"))
     with store.engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0002")

@@ -4,6 +4,7 @@ from typing import Any
 import optuna
 import pytest
 
+from lrtune import optuna_internals as internals
 from lrtune.space import SearchSpace
 from lrtune.spec import SamplerSpec, SpaceSpec
 from lrtune.study import make_sampler
@@ -39,7 +40,7 @@ def record_draws(sampler: LazyGroupTPESampler) -> list[dict[str, Any]]:
 
 
 def shared(study: optuna.Study, trial: optuna.Trial) -> dict[str, Any]:
-    attrs = study._storage.get_trial(trial._trial_id).system_attrs
+    attrs = internals.storage_of(study).get_trial(internals.trial_id(trial)).system_attrs
     chunks = sorted((k for k in attrs if k.startswith("tpe:relative_params:")),
                     key=lambda k: int(k.rsplit(":", 1)[1]))
     return json.loads("".join(attrs[k] for k in chunks)) if chunks else {}
@@ -85,7 +86,7 @@ def test_the_liar_sees_what_a_running_trial_drew() -> None:
     assert isinstance(sampler, LazyGroupTPESampler)
     first = study.ask()
     SPACE.sample(first)  # stays RUNNING while the next trial samples
-    running = study._storage.get_trial(first._trial_id)
+    running = internals.storage_of(study).get_trial(internals.trial_id(first))
     assert sampler._get_params(running, study) == first.params  # what the liar reads
     draws = record_draws(sampler)
     second = study.ask()
@@ -122,7 +123,7 @@ def test_the_kept_groups_are_optunas_as_trials_finish() -> None:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             study.tell(trial, float(i % 7))
-        frozen = study._storage.get_trial(trial._trial_id)
+        frozen = internals.storage_of(study).get_trial(internals.trial_id(trial))
         kept = sampler.infer_relative_search_space(study, frozen)
         optunas = _GroupDecomposedSearchSpace(include_pruned=True).calculate(study)
         assert sorted(map(sorted, sampler._search_space_group.search_spaces)) == \

@@ -17,64 +17,23 @@ from __future__ import annotations
 import copy
 import json
 import threading
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from datetime import datetime
+from typing import Any
 
 import optuna
 import sqlalchemy as sa
 from optuna.distributions import BaseDistribution, distribution_to_json
-from optuna.storages._rdb import models
-from optuna.study.study import _ThreadLocalStudyAttribute
 from optuna.trial import FrozenTrial, TrialState
 
-if TYPE_CHECKING:
-    import psycopg
-
-TRIALS = models.TrialModel.__table__
-PARAMS = models.TrialParamModel.__table__
-SYSTEM_ATTRS = models.TrialSystemAttributeModel.__table__
-STUDIES = models.StudyModel.__table__
-
-
-def bulk_insert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """PostgreSQL through psycopg 3: one COPY in the connection's transaction (an
-    executemany, even pipelined, makes the server run one INSERT per row); elsewhere one
-    executemany (a compiled multi-VALUES statement of thousands of parameters costs more to
-    build than it saves)."""
-    if not rows:
-        return
-    if (conn.dialect.name, conn.dialect.driver) != ("postgresql", "psycopg"):
-        conn.execute(table.insert(), rows)
-        return
-    columns = list(rows[0])
-    convert = [table.c[name].type.bind_processor(conn.dialect) for name in columns]
-    quote = conn.dialect.identifier_preparer.quote
-    statement = f"COPY {quote(table.name)} ({', '.join(map(quote, columns))}) FROM STDIN"
-    raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
-    with raw.cursor() as cursor, cursor.copy(statement) as copy:
-        for row in rows:
-            copy.write_row([row[name] if to is None else to(row[name])
-                            for name, to in zip(columns, convert, strict=True)])
-
-
-def insert_trials(conn: sa.Connection, study_id: int, k: int) -> list[tuple[int, int]]:
-    """Insert ``k`` RUNNING trials; their (trial_id, number) pairs, numbers in order."""
-    conn.execute(sa.select(STUDIES.c.study_id).where(STUDIES.c.study_id == study_id)
-                 .with_for_update())  # Optuna numbers trials under this lock too
-    base = conn.execute(sa.select(sa.func.count()).select_from(TRIALS)
-                        .where(TRIALS.c.study_id == study_id)).scalar_one()
-    start = datetime.now(UTC).replace(tzinfo=None)  # Optuna stores naive UTC
-    rows = [{"number": base + i, "study_id": study_id, "state": TrialState.RUNNING,
-             "datetime_start": start} for i in range(k)]
-    result = conn.execute(TRIALS.insert().returning(TRIALS.c.trial_id, TRIALS.c.number,
-                                                    sort_by_parameter_order=True), rows)
-    return [(int(tid), int(number)) for tid, number in result]
+from lrtune import optuna_internals as internals
+from lrtune.store.trials import bulk_insert
 
 
 class PackStorage:
     """The study's storage, with the pack's trials and their parameters held in memory."""
 
-    def __init__(self, inner: Any, study_id: int, created: list[tuple[int, int]]) -> None:
+    def __init__(self, inner: optuna.storages.BaseStorage, study_id: int,
+                 created: list[tuple[int, int]]) -> None:
         self.inner = inner
         start = datetime.now()
         self.local: dict[int, FrozenTrial] = {
@@ -99,11 +58,10 @@ class PackStorage:
     def get_all_trials(self, study_id: int, deepcopy: bool = True,
                        states: Any = None) -> list[FrozenTrial]:
         if study_id != self.study_id:
-            return self.inner.get_all_trials(  # type: ignore[no-any-return]
-                study_id, deepcopy=deepcopy, states=states)
+            return self.inner.get_all_trials(study_id, deepcopy=deepcopy, states=states)
         with self._lock:
             if self._study_view is None:
-                self._study_view = [self.local.get(t._trial_id, t) for t in
+                self._study_view = [self.local.get(internals.trial_id(t), t) for t in
                                     self.inner.get_all_trials(study_id, deepcopy=False)]
             trials = [t for t in self._study_view if states is None or t.state in states]
         return copy.deepcopy(trials) if deepcopy else trials
@@ -142,13 +100,5 @@ class PackStorage:
             pending, self.pending = self.pending, []
             notes, self.pending_notes = list(self.pending_notes.values()), {}
             self._study_view = None
-        bulk_insert(conn, PARAMS, pending)
-        bulk_insert(conn, SYSTEM_ATTRS, notes)
-
-
-def pack_study(study: optuna.Study, storage: PackStorage) -> optuna.Study:
-    """``study`` (same sampler, pruner, ids) reading and writing through ``storage``."""
-    view = copy.copy(study)
-    view._storage = storage  # type: ignore[assignment]
-    view._thread_local = _ThreadLocalStudyAttribute()  # its own trial cache
-    return view
+        bulk_insert(conn, internals.PARAMS, pending)
+        bulk_insert(conn, internals.SYSTEM_ATTRS, notes)

@@ -1,0 +1,201 @@
+"""The one database interface of service and workers: lrtune's tables and Optuna's storage.
+
+A thin facade over modules of one job each: ``db`` (engine, migrations, ``transaction()``),
+``studies``, ``tokens``, ``claims``, ``trials`` (trial records, and the one way a trial ends),
+``reaping``. Routes and workers call the facade; none of them writes SQL of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import Engine
+
+from lrtune import optuna_internals as internals
+from lrtune import study as names
+from lrtune.dashboard import BestNotes
+from lrtune.errors import Conflict, DatabaseUnavailable, NotFound
+from lrtune.lr_range import LrBounds
+from lrtune.settings import Settings
+from lrtune.spec import StudySpec
+from lrtune.store import trials
+from lrtune.store.claims import Claim, ClaimLock, Claims
+from lrtune.store.db import Database, GuardedStorage, optuna_storage, sqlalchemy_url
+from lrtune.store.pack_storage import PackStorage
+from lrtune.store.reaping import Reaper
+from lrtune.store.studies import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    RUNNING,
+    STATUSES,
+    Studies,
+    StudyRecord,
+)
+from lrtune.store.tokens import Tokens
+from lrtune.store.trials import Ending
+
+__all__ = ["CANCELLED", "DONE", "FAILED", "RUNNING", "STATUSES", "Claim", "Conflict",
+           "DatabaseUnavailable", "Ending", "NotFound", "Store", "StudyRecord",
+           "sqlalchemy_url"]
+
+
+class Store:
+    """lrtune studies and tokens plus Optuna studies, on one database URL."""
+
+    def __init__(self, settings: Settings, migrate: bool = True) -> None:
+        self.settings = settings
+        self.db = Database(settings.database_url)
+        if migrate:
+            self.db.migrate()
+        self.optuna_storage: GuardedStorage = optuna_storage(
+            settings.database_url, settings.heartbeat_interval, settings.heartbeat_grace)
+        self.studies = Studies(self.db, self.optuna_storage)
+        self.tokens = Tokens(self.db, settings.api_tokens)
+        self.lock = ClaimLock(self.db)
+        self.reaper = Reaper(self.db, self.optuna_storage, settings.heartbeat_grace,
+                             settings.max_retries)
+        self.claims = Claims(self.db, self.studies, self.reaper, self.lock, settings)
+        self.notes = BestNotes(self.optuna_storage,
+                               lambda study_id: self.lock.hold(study_id, wait=True))
+
+    @property
+    def engine(self) -> Engine:
+        return self.db.engine
+
+    def transaction(self) -> AbstractContextManager[sa.Connection]:
+        return self.db.transaction()
+
+    def migrate(self) -> None:
+        self.db.migrate()
+
+    def ping(self) -> None:
+        self.db.ping()
+
+    # -- studies ----------------------------------------------------------------------------
+    def create_study(self, spec: StudySpec, owner: str) -> StudyRecord:
+        return self.studies.create(spec, owner)
+
+    def get_study(self, study_id: int) -> StudyRecord:
+        return self.studies.get(study_id)
+
+    def list_studies(self, status: str | None = None, limit: int = 50, offset: int = 0
+                     ) -> tuple[list[StudyRecord], int]:
+        return self.studies.page(status, limit, offset)
+
+    def set_status(self, study_id: int, status: str, reason: str | None = None,
+                   only_from: str | None = RUNNING) -> bool:
+        return self.studies.set_status(study_id, status, reason, only_from)
+
+    def cancel(self, study_id: int) -> StudyRecord:
+        return self.studies.cancel(study_id)
+
+    def delete(self, study_id: int) -> None:
+        self.studies.delete(study_id)
+
+    def save_lr_bounds(self, study_id: int, bounds: LrBounds) -> StudyRecord:
+        return self.studies.save_lr_bounds(study_id, bounds)
+
+    def optuna_study(self, record: StudyRecord) -> optuna.Study:
+        return self.studies.optuna_study(record)
+
+    def optuna_study_id(self, record: StudyRecord) -> int:
+        return self.studies.optuna_id(record)
+
+    def trial_counts(self, record: StudyRecord) -> dict[str, int]:
+        """Trials per state, one grouped query."""
+        with self.db.transaction() as conn:
+            return trials.counts(conn, self.optuna_study_id(record))
+
+    def requeued(self, record: StudyRecord) -> int:
+        with self.db.transaction() as conn:
+            return trials.requeued(conn, self.optuna_study_id(record))
+
+    def mark_done_if_complete(self, record: StudyRecord) -> dict[str, int]:
+        counts = self.trial_counts(record)
+        if record.status == RUNNING and counts["COMPLETE"] + counts["PRUNED"] >= record.n_trials:
+            self.studies.set_status(record.id, DONE)
+        return counts
+
+    # -- claims and trial records ------------------------------------------------------------
+    def claim(self, only: set[int] | None = None) -> Claim | None:
+        """Claim one trial of a running study with budget left, or return None."""
+        claims = self.claims.claim_pack(1, only)
+        return claims[0] if claims else None
+
+    def claim_pack(self, want: int | None = None, only: set[int] | None = None,
+                   sizer: Callable[[StudyRecord], int] | None = None) -> list[Claim]:
+        return self.claims.claim_pack(want, only, sizer)
+
+    def hand_back(self, claims: list[Claim], reason: str) -> None:
+        self.claims.hand_back(claims, reason)
+
+    def record_heartbeats(self, trial_ids: list[int]) -> None:
+        """The heartbeat of every trial of a pack in one transaction."""
+        with self.db.transaction() as conn:
+            trials.record_heartbeats(conn, trial_ids)
+
+    def reap(self, record: StudyRecord) -> int:
+        return self.reaper.reap(record.name, self.optuna_study_id(record))
+
+    def fail_and_requeue(self, trial_id: int, reason: str, count_retry: bool) -> bool:
+        return self.reaper.fail_and_requeue(trial_id, reason, count_retry)
+
+    def finished_trials(self, record: StudyRecord, known: set[int]) -> list[FrozenTrial]:
+        """The study's COMPLETE and PRUNED trials whose numbers are not in ``known``."""
+        table = internals.TRIALS
+        with self.db.transaction() as conn:
+            ids = [trial_id for trial_id, number in conn.execute(
+                sa.select(table.c.trial_id, table.c.number).where(
+                    table.c.study_id == self.optuna_study_id(record),
+                    table.c.state.in_([TrialState.COMPLETE, TrialState.PRUNED])))
+                   if number not in known]
+        return [self.optuna_storage.get_trial(trial_id) for trial_id in ids]
+
+    def write_trials(self, record: StudyRecord, *, params: Sequence[PackStorage] = (),
+                     intermediate: Sequence[dict[str, Any]] = (),
+                     user_attrs: Sequence[dict[str, Any]] = (),
+                     endings: Sequence[Ending] = (), last_slot: bool = False) -> list[Ending]:
+        """A batch of claimed trials' rows in one transaction (sampled params first, then
+        reported values, attributes and endings); the endings applied. A new best rewrites
+        the study's note; with ``last_slot``, a complete budget makes the study ``done``."""
+        optuna_id = self.optuna_study_id(record)
+        with self.db.transaction() as conn:
+            for buffered in params:
+                buffered.write_params(conn)
+            trials.bulk_insert(conn, internals.INTERMEDIATE, list(intermediate))
+            trials.bulk_insert(conn, internals.USER_ATTRS, list(user_attrs))
+            applied = trials.end_trials(conn, optuna_id, endings, record.name)
+        completed = [e.value for e in applied
+                     if e.state == TrialState.COMPLETE and e.value is not None]
+        if completed:
+            minimize = names.direction(record.spec) == "minimize"
+            self.notes.update(record.id, optuna_id, record.name, minimize,
+                              min(completed) if minimize else max(completed))
+        if endings and last_slot:  # with slots still unclaimed this cannot be the last trial
+            self.mark_done_if_complete(record)
+        return applied
+
+    def finish(self, claim: Claim, state: TrialState, value: float | None) -> bool:
+        """End one claimed trial (see ``trials.end_trials``); False when it had already
+        ended (reaped as lost meanwhile)."""
+        ending = Ending(claim.trial_id, claim.trial.number, state, value)
+        return bool(self.write_trials(claim.record, endings=[ending],
+                                      last_slot=claim.last_slot))
+
+    def note_best(self, record: StudyRecord, value: float | None = None) -> None:
+        minimize = names.direction(record.spec) == "minimize"
+        self.notes.update(record.id, self.optuna_study_id(record), record.name, minimize,
+                          value)
+
+    # -- tokens -----------------------------------------------------------------------------
+    def create_token(self, name: str) -> str:
+        return self.tokens.create(name)
+
+    def token_owner(self, token: str) -> str | None:
+        return self.tokens.owner(token)

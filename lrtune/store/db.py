@@ -1,0 +1,144 @@
+"""The database: an engine per URL, Alembic migrations of lrtune's tables, the one
+``transaction()`` every store module writes and reads through, and Optuna's storage on the same
+URL. A database that is away surfaces as ``DatabaseUnavailable`` from either."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import optuna
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from lrtune.errors import DatabaseUnavailable
+
+# Errors that mean "the database is not there right now", not "this statement is wrong".
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError,
+    optuna.exceptions.StorageInternalError)
+_MIGRATE_LOCK = threading.Lock()  # Alembic's command API keeps module globals
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; lrtune writes UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3 here (SQLAlchemy's default would be psycopg2)."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
+
+
+def unavailable(error: Exception) -> DatabaseUnavailable:
+    first = str(error).strip().splitlines()
+    return DatabaseUnavailable(f"database unavailable: {first[0] if first else type(error)}")
+
+
+def engine_for(url: str) -> Engine:
+    url = sqlalchemy_url(url)
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _wal(dbapi_conn: Any, _: Any) -> None:
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute("PRAGMA busy_timeout=60000")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+class Database:
+    """One engine; ``transaction()`` commits or rolls back and turns a lost database into
+    ``DatabaseUnavailable``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = sqlalchemy_url(url)
+        self.engine = engine_for(self.url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except UNAVAILABLE as error:
+            raise unavailable(error) from error
+
+    def migrate(self) -> None:
+        """Bring lrtune's tables to the latest revision (retrying a concurrent first run)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parents[1] / "migrations"))
+        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        for attempt in range(5):
+            try:
+                with _MIGRATE_LOCK, self.transaction() as conn:
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
+                return
+            except (sa.exc.SQLAlchemyError, DatabaseUnavailable):
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+
+    def ping(self) -> None:
+        with self.transaction() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+
+def _guarded(method: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except UNAVAILABLE as error:
+            raise unavailable(error) from error
+
+    return call
+
+
+class GuardedStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose public calls raise ``DatabaseUnavailable`` instead of
+    Optuna's ``StorageInternalError`` or a driver's error when the database is away."""
+
+
+for _name, _member in list(vars(optuna.storages.RDBStorage).items()):
+    if not _name.startswith("_") and inspect.isfunction(_member):
+        setattr(GuardedStorage, _name, _guarded(_member))
+
+
+def optuna_storage(url: str, heartbeat_interval: int, grace_period: int) -> GuardedStorage:
+    url = sqlalchemy_url(url)
+    engine_kwargs: dict[str, Any] = (
+        {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else
+        {"pool_pre_ping": True})
+    with warnings.catch_warnings():  # heartbeats are "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return GuardedStorage(url, engine_kwargs=engine_kwargs,
+                                  heartbeat_interval=heartbeat_interval,
+                                  grace_period=grace_period)
+        except UNAVAILABLE as error:
+            raise unavailable(error) from error

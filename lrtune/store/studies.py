@@ -1,0 +1,209 @@
+"""Studies: lrtune's row (spec, status, owner) and Optuna's study, created and deleted
+together in one transaction."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.study import StudyDirection
+
+from lrtune import optuna_internals as internals
+from lrtune import study as names
+from lrtune.errors import Conflict, NotFound
+from lrtune.lr_range import LrBounds, resolved
+from lrtune.spec import StudySpec
+from lrtune.store.db import Database, aware, now
+from lrtune.tables import studies
+
+RUNNING, CANCELLED, DONE, FAILED = "running", "cancelled", "done", "failed"
+STATUSES = (RUNNING, CANCELLED, DONE, FAILED)
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    id: int
+    name: str
+    task: str
+    spec: StudySpec
+    status: str
+    owner: str
+    n_trials: int
+    reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    lr_range: dict[str, Any] | None = None  # the LR range test's result, for lr "auto"
+
+    @classmethod
+    def from_row(cls, row: sa.Row[Any]) -> StudyRecord:
+        m = row._mapping
+        created, updated = aware(m["created_at"]), aware(m["updated_at"])
+        assert created is not None and updated is not None
+        return cls(m["id"], m["name"], m["task"], StudySpec.model_validate(m["spec"]),
+                   m["status"], m["owner"], m["n_trials"], m["reason"], created, updated,
+                   aware(m["finished_at"]), m["lr_range"])
+
+    @property
+    def lr_bounds(self) -> LrBounds | None:
+        return LrBounds.from_dict(self.lr_range) if self.lr_range else None
+
+    @property
+    def search_spec(self) -> StudySpec:
+        """The spec trials sample from: ``space.lr: "auto"`` replaced by its range test."""
+        return resolved(self.spec, self.lr_bounds)
+
+
+class Studies:
+    def __init__(self, db: Database, storage: optuna.storages.BaseStorage) -> None:
+        self.db, self.storage = db, storage
+        self._optuna: dict[int, optuna.Study] = {}
+        self._optuna_ids: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def create(self, spec: StudySpec, owner: str) -> StudyRecord:
+        """lrtune's row and Optuna's study (direction, spec and objective name as
+        attributes) in one transaction: a failure leaves neither."""
+        stamp = now()
+        try:
+            with self.db.transaction() as conn:
+                if conn.execute(sa.select(studies.c.id).where(studies.c.name == spec.name)
+                                ).first():
+                    raise Conflict(f"a study named {spec.name!r} exists")
+                if conn.execute(sa.select(internals.STUDIES.c.study_id).where(
+                        internals.STUDIES.c.study_name == spec.name)).first():
+                    raise Conflict(f"an Optuna study named {spec.name!r} exists")
+                self._insert_optuna_study(conn, spec)
+                sid = conn.execute(studies.insert().values(
+                    name=spec.name, task=spec.task, spec=spec.model_dump(mode="json"),
+                    status=RUNNING, owner=owner, n_trials=spec.n_trials, created_at=stamp,
+                    updated_at=stamp).returning(studies.c.id)).scalar_one()
+        except sa.exc.IntegrityError:  # created at the same moment by another request
+            raise Conflict(f"a study named {spec.name!r} exists") from None
+        return self.get(int(sid))
+
+    @staticmethod
+    def _insert_optuna_study(conn: sa.Connection, spec: StudySpec) -> int:
+        """The rows ``optuna.create_study`` and ``Study.set_user_attr`` /
+        ``set_metric_names`` would write, in the caller's transaction."""
+        optuna_id = int(conn.execute(internals.STUDIES.insert().values(
+            study_name=spec.name).returning(internals.STUDIES.c.study_id)).scalar_one())
+        direction = (StudyDirection.MINIMIZE if names.direction(spec) == "minimize"
+                     else StudyDirection.MAXIMIZE)
+        conn.execute(internals.STUDY_DIRECTIONS.insert().values(
+            study_id=optuna_id, objective=0, direction=direction))
+        conn.execute(internals.STUDY_USER_ATTRS.insert().values(
+            study_id=optuna_id, key=names.STUDY_ATTR_SPEC,
+            value_json=json.dumps(spec.model_dump(mode="json"))))
+        conn.execute(internals.STUDY_SYSTEM_ATTRS.insert().values(
+            study_id=optuna_id, key=internals.METRIC_NAMES_ATTR,
+            value_json=json.dumps([spec.objective])))
+        return optuna_id
+
+    def get(self, study_id: int) -> StudyRecord:
+        with self.db.transaction() as conn:
+            row = conn.execute(sa.select(studies).where(studies.c.id == study_id)).first()
+        if row is None:
+            raise NotFound(f"no study {study_id}")
+        return StudyRecord.from_row(row)
+
+    def page(self, status: str | None = None, limit: int = 50, offset: int = 0
+             ) -> tuple[list[StudyRecord], int]:
+        query = sa.select(studies)
+        count = sa.select(sa.func.count()).select_from(studies)
+        if status is not None:
+            query = query.where(studies.c.status == status)
+            count = count.where(studies.c.status == status)
+        with self.db.transaction() as conn:
+            total = conn.execute(count).scalar_one()
+            rows = conn.execute(query.order_by(studies.c.id).limit(limit).offset(offset)).all()
+        return [StudyRecord.from_row(r) for r in rows], int(total)
+
+    def running_ids(self) -> list[int]:
+        with self.db.transaction() as conn:
+            return [int(r[0]) for r in conn.execute(sa.select(studies.c.id).where(
+                studies.c.status == RUNNING).order_by(studies.c.id))]
+
+    def set_status(self, study_id: int, status: str, reason: str | None = None,
+                   only_from: str | None = RUNNING, conn: sa.Connection | None = None) -> bool:
+        """Change a study's status; ``conn`` is the claim's connection when it holds the row."""
+        stamp = now()
+        query = studies.update().where(studies.c.id == study_id)
+        if only_from is not None:
+            query = query.where(studies.c.status == only_from)
+        values: dict[str, Any] = {"status": status, "updated_at": stamp, "reason": reason}
+        if status != RUNNING:
+            values["finished_at"] = stamp
+        if conn is not None:
+            return bool(conn.execute(query.values(**values)).rowcount)
+        with self.db.transaction() as own:
+            return bool(own.execute(query.values(**values)).rowcount)
+
+    def cancel(self, study_id: int) -> StudyRecord:
+        self.get(study_id)
+        self.set_status(study_id, CANCELLED, "cancelled by its owner")
+        return self.get(study_id)
+
+    def delete(self, study_id: int) -> None:
+        """lrtune's row and Optuna's study with all its trials, in one transaction."""
+        record = self.get(study_id)
+        trials = internals.TRIALS
+        with self.db.transaction() as conn:
+            conn.execute(studies.delete().where(studies.c.id == study_id))
+            optuna_id = conn.execute(sa.select(internals.STUDIES.c.study_id).where(
+                internals.STUDIES.c.study_name == record.name)).scalar()
+            if optuna_id is not None:
+                of_study = sa.select(trials.c.trial_id).where(trials.c.study_id == optuna_id)
+                for table in internals.TRIAL_TABLES:
+                    conn.execute(table.delete().where(table.c.trial_id.in_(of_study)))
+                conn.execute(trials.delete().where(trials.c.study_id == optuna_id))
+                for table in internals.STUDY_TABLES:
+                    conn.execute(table.delete().where(table.c.study_id == optuna_id))
+                conn.execute(internals.STUDIES.delete().where(
+                    internals.STUDIES.c.study_id == optuna_id))
+        self.forget(study_id)
+
+    def forget(self, study_id: int) -> None:
+        with self._lock:
+            self._optuna.pop(study_id, None)
+            self._optuna_ids.pop(study_id, None)
+
+    def save_lr_bounds(self, study_id: int, bounds: LrBounds) -> StudyRecord:
+        """Keep the first range test saved for a study (workers may race); return the record."""
+        with self.db.transaction() as conn:
+            conn.execute(studies.update().where(studies.c.id == study_id,
+                                                studies.c.lr_range.is_(None))
+                         .values(lr_range=bounds.to_dict(), updated_at=now()))
+        record = self.get(study_id)
+        if record.lr_bounds is not None:  # shown in the dashboard beside the spec
+            self.storage.set_study_user_attr(
+                self.optuna_id(record), names.STUDY_ATTR_LR_RANGE, record.lr_bounds.summary())
+        return record
+
+    def optuna_id(self, record: StudyRecord) -> int:
+        """The Optuna study id of a record; NotFound when its Optuna study is gone."""
+        cached = self._optuna_ids.get(record.id)
+        if cached is None:
+            try:
+                cached = self.storage.get_study_id_from_name(record.name)
+            except KeyError:
+                raise NotFound(f"study {record.id} has no Optuna study named "
+                               f"{record.name!r}") from None
+            self._optuna_ids[record.id] = cached
+        return cached
+
+    def optuna_study(self, record: StudyRecord) -> optuna.Study:
+        """The study's Optuna ``Study`` with its sampler and pruner, kept per study id."""
+        cached = self._optuna.get(record.id)
+        if cached is None:
+            spec = record.spec
+            cached = optuna.load_study(study_name=record.name, storage=self.storage,
+                                       sampler=names.make_sampler(spec.sampler),
+                                       pruner=names.make_pruner(spec.pruner, spec.epochs))
+            self._optuna[record.id] = cached
+        return cached
