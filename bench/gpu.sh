@@ -74,7 +74,7 @@ import optuna
 from lrtune.settings import Settings
 from lrtune.store import sqlalchemy_url
 
-storage = sqlalchemy_url(Settings().database_url)
+storage = sqlalchemy_url(Settings().connection_url())
 for summary in optuna.get_all_study_summaries(storage):
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     states = Counter(t.state.name for t in study.trials)

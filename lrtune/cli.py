@@ -213,12 +213,48 @@ def _logging() -> None:
 
 
 @token_app.command("create")
-def token_create(name: Annotated[str, typer.Option(help="who the token is for")] = "default"
-                 ) -> None:
+def token_create(name: Annotated[str, typer.Option(
+        help="the principal the token acts for: studies belong to it; a token made with an "
+        "existing principal's name joins it (rotate: create, then revoke the old one)")
+        ] = "default") -> None:
     """Create an API token and print it once (only its hash is stored)."""
     from lrtune.store import Store
 
     typer.echo(Store(_settings()).create_token(name))
+
+
+@token_app.command("list")
+def token_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List tokens by id: principal, where they come from, created, revoked."""
+    from lrtune.store import Store
+
+    rows = Store(_settings()).list_tokens()
+    if as_json:
+        typer.echo(json.dumps([{"id": r.id, "principal": r.principal, "source": r.source,
+                                "created_at": r.created_at.isoformat(),
+                                "revoked_at": r.revoked_at.isoformat() if r.revoked_at
+                                else None} for r in rows], indent=2))
+        return
+    table = Table("id", "principal", "source", "created", "revoked")
+    for r in rows:
+        source = "LRTUNE_API_TOKENS" if r.source == "env" else "token table"
+        table.add_row(str(r.id), r.principal, source, f"{r.created_at:%Y-%m-%d %H:%M}",
+                      f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "-")
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[int, typer.Argument(help="id from `lrtune token list`")]
+                 ) -> None:
+    """Revoke a token (and its dashboard logins); its principal keeps its studies."""
+    from lrtune.errors import LrtuneError
+    from lrtune.store import Store
+
+    try:
+        Store(_settings()).revoke_token(token_id)
+    except LrtuneError as e:
+        fail(str(e), 1)
+    typer.echo(f"token {token_id} revoked")
 
 
 @app.command()
@@ -228,7 +264,7 @@ def migrate() -> None:
 
     settings = _settings()
     Store(settings)
-    typer.echo(f"database ready: {settings.database_url}")
+    typer.echo(f"database ready: {settings.printable_url()}")
 
 
 @app.command()
@@ -237,21 +273,23 @@ def serve(
     port: Annotated[int, typer.Option()] = 8000,
     workers: Annotated[int, typer.Option(min=0, help="local worker processes to start")] = 0,
 ) -> None:
-    """Run the API (docs at /docs, dashboard at /dashboard/) and N local workers."""
+    """Run the API (docs at /docs, dashboard at /dashboard/) and N local workers, each
+    restarted if it exits."""
     import signal
-    import subprocess
 
     import uvicorn
 
     from service.app import create_app
+    from service.workers import WorkerPool
 
     _logging()
     settings = _settings()
     app_ = create_app(settings)
-    procs = [subprocess.Popen([sys.executable, "-m", "lrtune", "worker"])
-             for _ in range(workers)]
+    pool = WorkerPool(workers)
+    app_.state.workers = pool
+    pool.start()
     err.print(f"lrtune API on http://{host}:{port}/docs, dashboard on "
-              f"http://{host}:{port}/dashboard/, database {settings.database_url}, "
+              f"http://{host}:{port}/dashboard/, database {settings.printable_url()}, "
               f"{workers} local worker(s)")
 
     def leave(*_: Any) -> None:  # uvicorn re-raises the signal after its graceful shutdown
@@ -262,13 +300,7 @@ def serve(
     try:
         uvicorn.run(app_, host=host, port=port, log_level="warning")
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=settings.heartbeat_grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        pool.stop(settings.heartbeat_grace)
 
 
 @app.command()
@@ -299,7 +331,7 @@ def dashboard(host: Annotated[str, typer.Option()] = "127.0.0.1",
     from lrtune.store import sqlalchemy_url
 
     settings = _settings()
-    storage = optuna.storages.RDBStorage(sqlalchemy_url(settings.database_url))
+    storage = optuna.storages.RDBStorage(sqlalchemy_url(settings.connection_url()))
     optuna_dashboard.run_server(storage, host=host, port=port,
                                 artifact_store=CurveArtifactStore(storage, settings.artifact_dir))
 
@@ -308,7 +340,7 @@ def _client() -> Any:
     from lrtune.client import Client
 
     settings = _settings()
-    return Client(settings.url, settings.token)
+    return Client(settings.url, settings.token.get_secret_value())
 
 
 def _api(call: Any) -> Any:

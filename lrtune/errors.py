@@ -32,6 +32,14 @@ class Conflict(LrtuneError, ValueError):
         self.field = field
 
 
+class OverQuota(LrtuneError):
+    """A principal's limit (running studies, queued trials) would be exceeded."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class DatabaseUnavailable(LrtuneError):
     """The database could not be reached or lost the connection mid-transaction: nothing
     was written, retry shortly. Service and worker both catch this one class."""

@@ -8,6 +8,8 @@ from typing import Any
 from lrtune.errors import SpecError
 from lrtune.schedules.params import Param, ParamSet
 
+MIN_LR, MAX_LR = 1e-10, 1e3  # base LRs a spec may name (beyond them floats lose the schedule)
+
 
 @dataclass(frozen=True)
 class OptimizerKind:
@@ -52,7 +54,7 @@ OPTIMIZERS: dict[str, OptimizerKind] = {o.name: o for o in [
 ]}
 
 WEIGHT_DECAY = Param("weight_decay", "float", 0.0, "", "L2 / decoupled weight decay",
-                     low=1e-6, high=1e-2, log=True, min=0.0)
+                     low=1e-6, high=1e-2, log=True, min=0.0, max=10.0)
 
 
 def optimizer(name: str, field_name: str = "optimizer") -> OptimizerKind:
@@ -76,7 +78,7 @@ class OptimizerChoice:
     def build(cls, name: str, lr: float, weight_decay: float = 0.0,
               params: dict[str, Any] | None = None) -> OptimizerChoice:
         kind = optimizer(name)
-        lr = Param("lr", "float", 0.01, "", "", min=0.0, open_min=True).validate(lr, "lr")
+        lr = Param("lr", "float", 0.01, "", "", min=MIN_LR, max=MAX_LR).validate(lr, "lr")
         weight_decay = WEIGHT_DECAY.validate(weight_decay, "weight_decay")
         return cls(name, lr, weight_decay, kind.params.resolve(params or {}, name))
 

@@ -6,20 +6,36 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+PLACEHOLDER_PASSWORDS = ("change-me",)  # .env.example's: refused, never a real password
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LRTUNE_", env_file=".env", extra="ignore")
 
-    database_url: str = "sqlite:///lrtune.db"
+    database_url: SecretStr = Field(
+        SecretStr("sqlite:///lrtune.db"), description="SQLite file or postgresql+psycopg://…")
+    database_password: SecretStr | None = Field(
+        None, description="the database password, put into database_url by lrtune (any "
+        "character, no URL escaping needed)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     torch_threads: int = Field(0, ge=0, description="0 leaves torch's default")
 
     # service
-    api_tokens: str = Field("", description="comma-separated bearer tokens accepted for writes")
+    api_tokens: SecretStr = Field(
+        SecretStr(""), description="comma-separated bearer tokens accepted besides the token "
+        "table")
     closed_reads: bool = False
+    max_running_studies: int = Field(20, ge=1, description="running studies per principal")
+    max_queued_trials: int = Field(100_000, ge=1, description="trials budgeted in one "
+                                   "principal's running studies")
+    session_hours: float = Field(12.0, gt=0, le=24 * 90, description="dashboard login lifetime")
+    cookie_secure: bool | None = Field(
+        None, description="mark the login cookie Secure; unset: when the request came over "
+        "HTTPS")
     max_trials: int = Field(10_000, ge=1)
     max_epochs: int = Field(1_000, ge=1)
     max_pack: int = Field(1_024, ge=1)
@@ -43,6 +59,29 @@ class Settings(BaseSettings):
     fused_block: int = Field(0, ge=0, description="trials of a fused pack stepped at once; "
                              "0: on a CPU as many as fit its cache, on a GPU the whole pack")
 
+    @model_validator(mode="after")
+    def _workable(self) -> Settings:
+        if self.heartbeat_grace <= self.heartbeat_interval:
+            raise ValueError(f"heartbeat_grace ({self.heartbeat_grace} s) must exceed "
+                             f"heartbeat_interval ({self.heartbeat_interval} s)")
+        password = self.database_password.get_secret_value() if self.database_password else \
+            make_url(self.database_url.get_secret_value()).password
+        if password in PLACEHOLDER_PASSWORDS:
+            raise ValueError(f"the database password is the example's placeholder "
+                             f"{password!r}: set a password of your own")
+        return self
+
+    def connection_url(self) -> str:
+        """The database URL with ``database_password`` put in (secret: never print it)."""
+        url = make_url(self.database_url.get_secret_value())
+        if self.database_password is not None:
+            url = url.set(password=self.database_password.get_secret_value())
+        return url.render_as_string(hide_password=False)
+
+    def printable_url(self) -> str:
+        """The database URL with its password hidden."""
+        return make_url(self.connection_url()).render_as_string(hide_password=True)
+
     @property
     def compile_after(self) -> float | None:
         """Remaining seconds of a pack's eager work from which to compile (None: never)."""
@@ -50,7 +89,7 @@ class Settings(BaseSettings):
 
     # clients
     url: str = "http://127.0.0.1:8000"
-    token: str = ""
+    token: SecretStr = SecretStr("")
 
 
 @lru_cache

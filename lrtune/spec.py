@@ -17,7 +17,7 @@ from pydantic import (
 )
 
 from lrtune.errors import SpecError
-from lrtune.optimizers import OPTIMIZERS
+from lrtune.optimizers import MAX_LR, MIN_LR, OPTIMIZERS
 from lrtune.schedules import CLIP, FAMILIES
 
 
@@ -45,6 +45,11 @@ def _task_enum(schema: dict[str, Any]) -> None:
     schema["enum"] = task_names()
 
 
+SEED_MAX = 2**32 - 1  # numpy's and Optuna's samplers take seeds below 2**32
+BOUND = 1e12  # no parameter of the catalogue needs a bound beyond it
+Bounded = Annotated[float, Field(ge=-BOUND, le=BOUND)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -52,8 +57,8 @@ class Strict(BaseModel):
 class Range(Strict):
     """A search range; ``log`` defaults to the parameter's own scale."""
 
-    low: float
-    high: float
+    low: Bounded
+    high: Bounded
     log: bool | None = None
 
     @model_validator(mode="after")
@@ -66,26 +71,29 @@ class Range(Strict):
 
 
 class LrRange(Range):
-    low: float = Field(1e-4, gt=0)
-    high: float = Field(1.0, gt=0)
+    low: float = Field(1e-4, ge=MIN_LR, le=MAX_LR)
+    high: float = Field(1.0, ge=MIN_LR, le=MAX_LR)
     log: bool | None = True
 
 
 class SpaceSpec(Strict):
     """What to search: families, optimizers, base LR, modifiers, overrides and fixed values."""
 
-    families: list[FamilyName] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
+    families: list[FamilyName] = Field(default_factory=lambda: list(FAMILIES), min_length=1,
+                                       max_length=len(FAMILIES))
     optimizers: list[OptimizerName] = Field(
-        default_factory=lambda: ["sgd", "momentum", "adam", "adamw", "rmsprop"], min_length=1)
+        default_factory=lambda: ["sgd", "momentum", "adam", "adamw", "rmsprop"], min_length=1,
+        max_length=len(OPTIMIZERS))
     lr: LrRange | Literal["auto"] = Field(
         default_factory=LrRange,
         description='base LR range, or "auto" to take it from an LR range test before the study')
-    weight_decay: Range | float = 0.0
+    weight_decay: Annotated[float, Field(ge=0, le=10)] | Range = 0.0
     warmup: bool | Literal["search"] = False
-    clip: dict[str, float] | None = None
-    batch_size: list[int] | None = None
-    ranges: dict[str, Range] = Field(default_factory=dict)
-    fixed: dict[str, Any] = Field(default_factory=dict)
+    clip: dict[str, Bounded] | None = Field(None, max_length=2)
+    batch_size: list[Annotated[int, Field(ge=1, le=65536)]] | None = Field(
+        None, min_length=1, max_length=16)
+    ranges: dict[str, Range] = Field(default_factory=dict, max_length=64)
+    fixed: dict[str, Any] = Field(default_factory=dict, max_length=64)
 
     @field_validator("families", "optimizers")
     @classmethod
@@ -115,17 +123,10 @@ class SpaceSpec(Strict):
                 raise ValueError("min_lr must not exceed max_lr")
         return v
 
-    @field_validator("batch_size")
-    @classmethod
-    def _batches(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (not v or any(b < 1 or b > 65536 for b in v)):
-            raise ValueError("batch sizes must be between 1 and 65536")
-        return v
-
 
 class SamplerSpec(Strict):
     name: Literal["tpe", "random", "cmaes", "qmc"] = "tpe"
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
 
 
 class PrunerSpec(Strict):
@@ -138,18 +139,11 @@ class StudySpec(Strict):
 
     name: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")
     task: str = Field(..., min_length=1, max_length=100, json_schema_extra=_task_enum)
-    epochs: int = Field(10, ge=1)
-    n_trials: int = Field(20, ge=1)
-    objective: str = "val_loss"
+    epochs: int = Field(10, ge=1, le=1_000_000)
+    n_trials: int = Field(20, ge=1, le=10_000_000)
+    objective: str = Field("val_loss", min_length=1, max_length=100)
     space: SpaceSpec = Field(default_factory=SpaceSpec)
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
-    pack: int | Literal["auto"] = 1
-    seed: int = Field(0, ge=0)
-
-    @field_validator("pack")
-    @classmethod
-    def _pack(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("must be >= 1 or 'auto'")
-        return v
+    pack: Annotated[int, Field(ge=1, le=1_000_000)] | Literal["auto"] = 1
+    seed: int = Field(0, ge=0, le=SEED_MAX)

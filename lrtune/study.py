@@ -23,6 +23,13 @@ STUDY_ATTR_SPEC = "lrtune_spec"
 STUDY_ATTR_LR_RANGE = "lrtune_lr_range"  # {"low", "high", "by_optimizer"} of the range test
 
 
+def derived_seed(seed: int, number: int) -> int:
+    """The seed of trial ``number`` in a study seeded with ``seed``: distinct per trial, and
+    below 2**32 as samplers and numpy need (unchanged from ``seed * 1_000_003 + number`` for
+    seeds up to 4294)."""
+    return (seed * 1_000_003 + number) % 2**32
+
+
 def make_sampler(spec: SamplerSpec, previous: optuna.samplers.BaseSampler | None = None
                  ) -> optuna.samplers.BaseSampler:
     """The spec's sampler; ``previous``: the study's sampler it replaces (a reseed), whose

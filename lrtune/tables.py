@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, DateTime, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
 
 metadata = MetaData()
 
@@ -13,15 +24,25 @@ studies = Table(
     Column("task", String(100), nullable=False),
     Column("spec", JSON, nullable=False),
     Column("status", String(20), nullable=False),
-    Column("owner", String(64), nullable=False),
+    Column("owner", String(64), nullable=False),  # the principal's public_id
     Column("n_trials", Integer, nullable=False),
     Column("reason", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("lr_range", JSON, nullable=True),  # the LR range test's result for lr "auto"
+    Column("optuna_study_id", Integer, nullable=True),  # Optuna's ``studies.study_id``
     Index("ix_lrtune_studies_status", "status"),
     sqlite_autoincrement=True,  # ids never reused: workers cache studies by id
+)
+
+# Who owns studies: a named principal with an opaque public id; its tokens come and go.
+principals = Table(
+    "lrtune_principals", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("public_id", String(40), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
 tokens = Table(
@@ -31,4 +52,16 @@ tokens = Table(
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("principal_id", Integer, ForeignKey("lrtune_principals.id"), nullable=True),
+    Column("source", String(10), nullable=False, server_default="table"),  # table | env
+)
+
+# Dashboard logins: a browser's cookie names a session of one token (hashed here).
+sessions = Table(
+    "lrtune_sessions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_hash", String(64), nullable=False, unique=True),
+    Column("token_id", Integer, ForeignKey("lrtune_tokens.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )

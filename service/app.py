@@ -8,9 +8,7 @@ with them.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from a2wsgi import WSGIMiddleware
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,9 +16,10 @@ from lrtune.dashboard import CurveArtifactStore
 from lrtune.settings import Settings, get_settings
 from lrtune.store import Store
 from service import errors
+from service.dashboard import DashboardGate
 from service.deps import read_dependencies
 from service.errors import error_response
-from service.routes import catalogue, health, studies
+from service.routes import catalogue, health, session, studies
 from service.telemetry import Telemetry
 
 
@@ -78,24 +77,6 @@ class _Held(list[Message]):
         self.append(message)
 
 
-class TokenGate:
-    """Closes the mounted dashboard behind the API's bearer tokens when reads are closed."""
-
-    def __init__(self, app: ASGIApp, store: Store) -> None:
-        self.app, self.store = app, store
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            auth = dict(scope.get("headers") or []).get(b"authorization", b"").decode()
-            token = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
-            if not token or self.store.token_owner(token) is None:
-                response = error_response(401, "unauthorized", "missing or invalid bearer token",
-                                          "Authorization", {"WWW-Authenticate": "Bearer"})
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 class DashboardPaths:
     """Sends optuna-dashboard's own paths to it, everything else to lrtune's routes, so lrtune
     answers 404/405 for its paths in its own error shape."""
@@ -128,6 +109,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(studies.router, dependencies=reads)
     app.include_router(catalogue.router, dependencies=reads)
     app.include_router(health.router)
+    app.include_router(health.metrics_router, dependencies=reads)
+    app.include_router(session.router)
     app.add_middleware(DashboardPaths, dashboard=dashboard_app(store, settings.closed_reads))
     app.middleware("http")(app.state.telemetry.middleware)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
@@ -135,10 +118,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     return app
 
 
-def dashboard_app(store: Store, closed: bool) -> Any:
+def dashboard_app(store: Store, closed: bool) -> DashboardGate:
+    """optuna-dashboard on the store's database, behind lrtune's gate."""
     import optuna_dashboard
 
     artifacts = CurveArtifactStore(store.optuna_storage, store.settings.artifact_dir)
-    dashboard: Any = WSGIMiddleware(optuna_dashboard.wsgi(
-        store.optuna_storage, artifact_store=artifacts))
-    return TokenGate(dashboard, store) if closed else dashboard
+    return DashboardGate(optuna_dashboard.wsgi(store.optuna_storage, artifact_store=artifacts),
+                         store, closed)

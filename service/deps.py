@@ -5,47 +5,65 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from lrtune.settings import Settings
-from lrtune.store import Store, StudyRecord
+from lrtune.store import Principal, Store, StudyRecord
 from service.errors import ApiError
 
+SESSION_COOKIE = "lrtune_session"
 bearer = HTTPBearer(auto_error=False, description="token from `lrtune token create`")
+session_cookie = APIKeyCookie(name=SESSION_COOKIE, auto_error=False,
+                              description="dashboard login (POST /login); reads only")
 
 
 def get_store(request: Request) -> Store:
-    return request.app.state.store  # type: ignore[no-any-return]
+    store: Store = request.app.state.store
+    return store
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+Session = Annotated[str | None, Depends(session_cookie)]
 
 
-def require_owner(store: StoreDep, credentials: Credentials) -> str:
+def require_principal(store: StoreDep, credentials: Credentials) -> Principal:
+    """The caller of a write: a bearer token only (a cookie would invite cross-site writes)."""
     if credentials is None or not credentials.credentials:
         raise ApiError(401, "unauthorized", "missing bearer token", "Authorization")
-    owner = store.token_owner(credentials.credentials)
-    if owner is None:
+    principal = store.principal(credentials.credentials)
+    if principal is None:
         raise ApiError(401, "unauthorized", "invalid or revoked token", "Authorization")
-    return owner
+    return principal
 
 
-Owner = Annotated[str, Depends(require_owner)]
+Caller = Annotated[Principal, Depends(require_principal)]
+
+
+def require_reader(store: StoreDep, credentials: Credentials, session: Session) -> Principal:
+    """The caller of a read under closed reads: a bearer token or a dashboard login."""
+    if credentials is not None and credentials.credentials:
+        return require_principal(store, credentials)
+    principal = store.session_principal(session) if session else None
+    if principal is None:
+        raise ApiError(401, "unauthorized", "missing bearer token or login", "Authorization")
+    return principal
 
 
 def read_dependencies(settings: Settings) -> list[Any]:
     """Reads are open unless ``closed_reads``; only then does the schema declare the token."""
-    return [Depends(require_owner)] if settings.closed_reads else []
+    return [Depends(require_reader)] if settings.closed_reads else []
 
 
-def owned_study(store: Store, study_id: int, owner: str) -> StudyRecord:
+def owned_study(store: Store, study_id: int, caller: Principal) -> StudyRecord:
     record = store.get_study(study_id)
-    if record.owner != owner:
-        raise ApiError(403, "forbidden", f"study {study_id} belongs to another token", "id")
+    if record.owner != caller.public_id:
+        raise ApiError(403, "forbidden", f"study {study_id} belongs to another principal",
+                       "id")
     return record

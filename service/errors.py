@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lrtune.errors import Conflict, DatabaseUnavailable, NotFound, SpecError
+from lrtune.errors import Conflict, DatabaseUnavailable, NotFound, OverQuota, SpecError
 
 log = logging.getLogger("lrtune.service")
 
@@ -46,7 +46,8 @@ def _field(loc: Sequence[object]) -> str:
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
     # pydantic adds the union member tried (e.g. "int", "function-after[...]"): drop it
-    return ".".join(p for p in parts if "[" not in p and p not in ("int", "float", "str")) or "body"
+    return ".".join(p for p in parts if "[" not in p and not p.startswith("constrained-")
+                    and p not in ("int", "float", "str")) or "body"
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -78,6 +79,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Conflict)
     async def _conflict(_: Request, e: Conflict) -> JSONResponse:
         return error_response(409, "conflict", str(e), e.field)
+
+    @app.exception_handler(OverQuota)
+    async def _quota(_: Request, e: OverQuota) -> JSONResponse:
+        return error_response(429, "over_quota", str(e), e.field)
 
     @app.exception_handler(DatabaseUnavailable)
     async def _database(_: Request, e: DatabaseUnavailable) -> JSONResponse:

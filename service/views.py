@@ -8,17 +8,19 @@ from typing import Any
 import optuna
 
 from lrtune import study as names
+from lrtune.errors import NotFound
 from lrtune.space import SearchSpace, TrialConfig
-from lrtune.store import Store, StudyRecord
+from lrtune.store import DONE, FAILED, RUNNING, Store, StudyRecord
 from service.errors import ApiError
 from service.schemas import BestOut, LrRangeOut, Progress, StudyOut, TrialDetail, TrialOut
 
 
-def progress(store: Store, record: StudyRecord) -> Progress:
-    c = store.mark_done_if_complete(record)
-    return Progress(n_done=c["COMPLETE"] + c["PRUNED"], n_trials=record.n_trials,
-                    complete=c["COMPLETE"], pruned=c["PRUNED"], running=c["RUNNING"],
-                    waiting=c["WAITING"], failed=c["FAIL"])
+def progress(counts: dict[str, int], n_trials: int) -> Progress:
+    c = counts
+    return Progress(n_done=c.get("COMPLETE", 0) + c.get("PRUNED", 0), n_trials=n_trials,
+                    complete=c.get("COMPLETE", 0), pruned=c.get("PRUNED", 0),
+                    running=c.get("RUNNING", 0), waiting=c.get("WAITING", 0),
+                    failed=c.get("FAIL", 0))
 
 
 def decode(record: StudyRecord, params: dict[str, Any]) -> TrialConfig:
@@ -30,6 +32,12 @@ def best_trial(store: Store, record: StudyRecord) -> optuna.trial.FrozenTrial | 
         return store.optuna_storage.get_best_trial(store.optuna_study_id(record))
     except ValueError:
         return None
+    except KeyError:
+        raise missing(record) from None
+
+
+def missing(record: StudyRecord) -> NotFound:
+    return NotFound(f"study {record.id} ({record.name}) has no Optuna study any more")
 
 
 def best_out(record: StudyRecord, trial: optuna.trial.FrozenTrial) -> BestOut:
@@ -41,18 +49,26 @@ def best_out(record: StudyRecord, trial: optuna.trial.FrozenTrial) -> BestOut:
 
 
 def study_out(store: Store, record: StudyRecord) -> StudyOut:
-    counts = progress(store, record)
-    if record.status == "running" and counts.n_done >= counts.n_trials:
-        record = store.get_study(record.id)  # just marked done
-    best = best_trial(store, record)
+    """A study as the API shows it; reading never writes. A running study whose budget is
+    complete shows ``done`` (the worker that ends its last trial stores it); one whose Optuna
+    study was removed behind lrtune's back shows ``failed`` with the reason."""
+    status, reason = record.status, record.reason
+    try:
+        counts = progress(store.trial_counts(record), record.n_trials)
+        best = best_trial(store, record)
+        dashboard = f"/dashboard/studies/{store.optuna_study_id(record)}"
+    except NotFound as missing:
+        counts, best, dashboard = progress({}, record.n_trials), None, "/dashboard/"
+        status, reason = FAILED, str(missing)
+    if status == RUNNING and counts.n_done >= counts.n_trials:
+        status = DONE
     return StudyOut(
-        id=record.id, name=record.name, task=record.task, status=record.status,
-        owner=record.owner, reason=record.reason, progress=counts,
+        id=record.id, name=record.name, task=record.task, status=status,
+        owner=record.owner, reason=reason, progress=counts,
         best=best_out(record, best) if best is not None else None,
         spec=record.spec.model_dump(mode="json"), created_at=record.created_at,
         updated_at=record.updated_at, finished_at=record.finished_at,
-        dashboard=f"/dashboard/studies/{store.optuna_study_id(record)}",
-        lr_range=lr_range_out(record))
+        dashboard=dashboard, lr_range=lr_range_out(record))
 
 
 def lr_range_out(record: StudyRecord) -> LrRangeOut | None:
@@ -85,7 +101,11 @@ def trial_detail(record: StudyRecord, trial: optuna.trial.FrozenTrial) -> TrialD
 
 
 def trials_of(store: Store, record: StudyRecord) -> list[optuna.trial.FrozenTrial]:
-    return store.optuna_storage.get_all_trials(store.optuna_study_id(record), deepcopy=False)
+    try:
+        return store.optuna_storage.get_all_trials(store.optuna_study_id(record),
+                                                   deepcopy=False)
+    except KeyError:
+        raise missing(record) from None
 
 
 def find_trial(store: Store, record: StudyRecord, number: int) -> optuna.trial.FrozenTrial:

@@ -65,6 +65,9 @@ class Worker:
                 log.warning("database unavailable (%s); retrying in %.1fs",
                             str(error).splitlines()[0], idle)
                 claims = []
+            except Exception:  # noqa: BLE001 - nothing but shutdown ends the loop
+                log.exception("claiming failed; retrying in %.1fs", idle)
+                claims = []
             if not claims:
                 if self.exit_when_idle:
                     break
@@ -81,14 +84,23 @@ class Worker:
                             str(error).splitlines()[0])
                 self._sleep(idle)
                 continue
+            except Exception:  # noqa: BLE001 - e.g. the study deleted under its trials
+                log.exception("study %s trials %s abandoned after an unexpected error (they "
+                              "are reaped as lost and re-run if the study still exists)",
+                              claims[0].record.name, [c.trial.number for c in claims])
+                self._sleep(idle)
+                continue
             done += len(claims)
         log.info("worker %s stopping after %d trials", self.name, done)
         return done
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
-        while not self.stopping and time.monotonic() < end:
-            time.sleep(min(0.1, end - time.monotonic()))
+        while not self.stopping:
+            left = end - time.monotonic()  # read once: it must be positive when slept
+            if left <= 0:
+                return
+            time.sleep(min(0.1, left))
 
     def pack_size(self, record: StudyRecord) -> int:
         """Trials to claim at once for this study: its ``pack``, or ``auto`` sized here."""

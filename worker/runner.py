@@ -16,6 +16,8 @@ from lrtune.spec import StudySpec
 from worker.tasks import Task, get_task
 from worker.train import TrainResult, steps_per_epoch, train_trial
 
+LOST_MEANWHILE = "lost: finished under the worker (reaped, or its study deleted)"
+
 
 class Stopping(Exception):  # noqa: N818 - a signal, not an error
     """Raised between epochs when the worker must stop; the trial is handed back."""
@@ -66,19 +68,25 @@ def prepare(trial: optuna.Trial, spec: StudySpec, task: Task,
 
 
 def trial_seed(spec: StudySpec, trial: optuna.Trial) -> int:
-    return spec.seed * 1_000_003 + trial.number
+    return names.derived_seed(spec.seed, trial.number)
 
 
 def failed(trial: optuna.Trial, error: Exception, set_attr: SetAttr | None = None
            ) -> TrialOutcome:
-    """A task's own error: FAIL with the reason stored (out-of-memory named as such)."""
+    """A task's own error: FAIL with the reason stored (out-of-memory named as such).
+    A trial finished under the worker (reaped as lost, its study deleted) is not written."""
+    if isinstance(error, optuna.exceptions.UpdateFinishedTrialError):
+        return TrialOutcome(optuna.trial.TrialState.FAIL, None, LOST_MEANWHILE, None)
     kind = "failed"
     if isinstance(error, torch.OutOfMemoryError):
         kind = "out of memory"
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     reason = f"{kind}: {type(error).__name__}: {error}"[:1000]
-    (set_attr or trial.set_user_attr)(names.ATTR_REASON, reason)
+    try:
+        (set_attr or trial.set_user_attr)(names.ATTR_REASON, reason)
+    except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
+        return TrialOutcome(optuna.trial.TrialState.FAIL, None, LOST_MEANWHILE, None)
     return TrialOutcome(optuna.trial.TrialState.FAIL, None, reason, None)
 
 

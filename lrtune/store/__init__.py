@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -34,15 +35,16 @@ from lrtune.store.studies import (
     FAILED,
     RUNNING,
     STATUSES,
+    Quota,
     Studies,
     StudyRecord,
 )
-from lrtune.store.tokens import Tokens
+from lrtune.store.tokens import Principal, TokenRow, Tokens
 from lrtune.store.trials import Ending
 
 __all__ = ["CANCELLED", "DONE", "FAILED", "RUNNING", "STATUSES", "Claim", "Conflict",
-           "DatabaseUnavailable", "Ending", "NotFound", "Store", "StudyRecord",
-           "sqlalchemy_url"]
+           "DatabaseUnavailable", "Ending", "NotFound", "Principal", "Quota", "Store",
+           "StudyRecord", "TokenRow", "sqlalchemy_url"]
 
 
 class Store:
@@ -50,13 +52,15 @@ class Store:
 
     def __init__(self, settings: Settings, migrate: bool = True) -> None:
         self.settings = settings
-        self.db = Database(settings.database_url)
+        self.db = Database(settings.connection_url())
         if migrate:
             self.db.migrate()
         self.optuna_storage: GuardedStorage = optuna_storage(
-            settings.database_url, settings.heartbeat_interval, settings.heartbeat_grace)
+            settings.connection_url(), settings.heartbeat_interval, settings.heartbeat_grace)
         self.studies = Studies(self.db, self.optuna_storage)
-        self.tokens = Tokens(self.db, settings.api_tokens)
+        if migrate:
+            self.studies.fill_optuna_ids()
+        self.tokens = Tokens(self.db, settings.api_tokens.get_secret_value())
         self.lock = ClaimLock(self.db)
         self.reaper = Reaper(self.db, self.optuna_storage, settings.heartbeat_grace,
                              settings.max_retries)
@@ -78,8 +82,13 @@ class Store:
         self.db.ping()
 
     # -- studies ----------------------------------------------------------------------------
-    def create_study(self, spec: StudySpec, owner: str) -> StudyRecord:
-        return self.studies.create(spec, owner)
+    def create_study(self, spec: StudySpec, owner: str, quota: Quota | None = None
+                     ) -> StudyRecord:
+        return self.studies.create(spec, owner, quota)
+
+    def quota(self) -> Quota:
+        """What one principal may hold at once, from the settings."""
+        return Quota(self.settings.max_running_studies, self.settings.max_queued_trials)
 
     def get_study(self, study_id: int) -> StudyRecord:
         return self.studies.get(study_id)
@@ -199,3 +208,21 @@ class Store:
 
     def token_owner(self, token: str) -> str | None:
         return self.tokens.owner(token)
+
+    def principal(self, token: str) -> Principal | None:
+        return self.tokens.principal(token)
+
+    def list_tokens(self) -> list[TokenRow]:
+        return self.tokens.list()
+
+    def revoke_token(self, token_id: int) -> None:
+        self.tokens.revoke(token_id)
+
+    def open_session(self, principal: Principal) -> tuple[str, datetime]:
+        return self.tokens.open_session(principal, self.settings.session_hours)
+
+    def session_principal(self, value: str) -> Principal | None:
+        return self.tokens.session_principal(value)
+
+    def close_session(self, value: str) -> None:
+        self.tokens.close_session(value)

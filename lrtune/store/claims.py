@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import threading
 import time
 import warnings
@@ -21,7 +22,7 @@ import sqlalchemy as sa
 
 from lrtune import optuna_internals as internals
 from lrtune import study as names
-from lrtune.errors import NotFound
+from lrtune.errors import DatabaseUnavailable, NotFound
 from lrtune.settings import Settings
 from lrtune.store import trials
 from lrtune.store.db import Database
@@ -31,6 +32,8 @@ from lrtune.store.studies import DONE, FAILED, RUNNING, Studies, StudyRecord
 from lrtune.tables import studies
 
 Held = tuple[StudyRecord, sa.Connection | None]
+BROKEN_PAUSE = 60  # seconds a claimer leaves a study alone after claiming from it failed
+log = logging.getLogger("lrtune.store")
 
 
 @dataclass
@@ -85,6 +88,7 @@ class Claims:
         self.settings = settings
         self._records: dict[int, StudyRecord] = {}
         self._reaped: dict[int, float] = {}
+        self._broken: dict[int, float] = {}  # study id -> when claiming it last failed
         self._cursor = 0
 
     def claim_pack(self, want: int | None = None, only: set[int] | None = None,
@@ -92,23 +96,40 @@ class Claims:
         """Claim up to ``want`` trials of one running study under one lock; never past the
         budget. ``want=None`` takes the study's ``pack`` (``sizer`` sizes ``"auto"``).
         Empty when there is no work."""
-        candidates = [i for i in self.studies.running_ids() if only is None or i in only]
+        stamp = time.monotonic()
+        candidates = [i for i in self.studies.running_ids() if (only is None or i in only)
+                      and stamp - self._broken.get(i, -BROKEN_PAUSE) >= BROKEN_PAUSE]
         if not candidates:
             return []
         self._cursor = (self._cursor + 1) % len(candidates)
         busy = []
         for study_id in candidates[self._cursor:] + candidates[:self._cursor]:
-            size = want or self._pack_size(study_id, sizer)  # sized before taking the lock
-            claims = self._claim_in(study_id, size)
+            claims = self._try(study_id, want, sizer)
             if claims:
                 return claims
             if claims is None:
-                busy.append((study_id, size))
-        for study_id, size in busy:  # every study with work was being claimed: wait for one
-            claims = self._claim_in(study_id, size, wait=True)
+                busy.append(study_id)
+        for study_id in busy:  # every study with work was being claimed: wait for one
+            claims = self._try(study_id, want, sizer, wait=True)
             if claims:
                 return claims
         return []
+
+    def _try(self, study_id: int, want: int | None,
+             sizer: Callable[[StudyRecord], int] | None, wait: bool = False
+             ) -> list[Claim] | None:
+        """``_claim_in``, with one study's own error kept to that study: logged, and the
+        study left alone for a while by this claimer (other studies go on)."""
+        try:
+            size = want or self._pack_size(study_id, sizer)  # sized before taking the lock
+            return self._claim_in(study_id, size, wait)
+        except DatabaseUnavailable:
+            raise
+        except Exception:  # noqa: BLE001 - one study's failure is not every study's
+            log.exception("study %d: claiming failed; skipped for %d s", study_id,
+                          BROKEN_PAUSE)
+            self._broken[study_id] = time.monotonic()
+            return []
 
     def _pack_size(self, study_id: int, sizer: Callable[[StudyRecord], int] | None) -> int:
         """The study's ``pack``; ``"auto"`` is sized by ``sizer`` (a study's spec never
@@ -130,7 +151,12 @@ class Claims:
             if held[0].status != RUNNING:
                 return []
             record, conn = held
-            study = self.studies.optuna_study(record)
+            try:
+                study = self.studies.optuna_study(record)
+            except NotFound as missing:  # removed behind lrtune's back: nothing to claim
+                self.studies.set_status(record.id, FAILED, str(missing), conn=conn)
+                log.warning("study %s failed: %s", record.name, missing)
+                return []
             optuna_id = internals.study_id(study)
             if time.monotonic() - self._reaped.get(record.id, -1e9) > \
                     self.settings.heartbeat_interval:
@@ -182,7 +208,8 @@ class Claims:
         exactly (the samplers keep no other state between trials: it is in the storage)."""
         seed = record.spec.sampler.seed
         if seed is not None:
-            spec = record.spec.sampler.model_copy(update={"seed": seed * 1_000_003 + next_number})
+            spec = record.spec.sampler.model_copy(
+                update={"seed": names.derived_seed(seed, next_number)})
             study.sampler = names.make_sampler(spec, previous=study.sampler)
 
     def _new_pack(self, record: StudyRecord, study: optuna.Study, k: int) -> list[Claim]:

@@ -15,14 +15,22 @@ from optuna.study import StudyDirection
 
 from lrtune import optuna_internals as internals
 from lrtune import study as names
-from lrtune.errors import Conflict, NotFound
+from lrtune.errors import Conflict, NotFound, OverQuota
 from lrtune.lr_range import LrBounds, resolved
 from lrtune.spec import StudySpec
 from lrtune.store.db import Database, aware, now
-from lrtune.tables import studies
+from lrtune.tables import principals, studies
 
 RUNNING, CANCELLED, DONE, FAILED = "running", "cancelled", "done", "failed"
 STATUSES = (RUNNING, CANCELLED, DONE, FAILED)
+
+
+@dataclass(frozen=True)
+class Quota:
+    """What one principal may hold at once."""
+
+    running_studies: int
+    queued_trials: int  # the budgets (n_trials) of its running studies, summed
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class StudyRecord:
     updated_at: datetime
     finished_at: datetime | None
     lr_range: dict[str, Any] | None = None  # the LR range test's result, for lr "auto"
+    optuna_study_id: int | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> StudyRecord:
@@ -47,7 +56,7 @@ class StudyRecord:
         assert created is not None and updated is not None
         return cls(m["id"], m["name"], m["task"], StudySpec.model_validate(m["spec"]),
                    m["status"], m["owner"], m["n_trials"], m["reason"], created, updated,
-                   aware(m["finished_at"]), m["lr_range"])
+                   aware(m["finished_at"]), m["lr_range"], m["optuna_study_id"])
 
     @property
     def lr_bounds(self) -> LrBounds | None:
@@ -66,26 +75,45 @@ class Studies:
         self._optuna_ids: dict[int, int] = {}
         self._lock = threading.Lock()
 
-    def create(self, spec: StudySpec, owner: str) -> StudyRecord:
+    def create(self, spec: StudySpec, owner: str, quota: Quota | None = None) -> StudyRecord:
         """lrtune's row and Optuna's study (direction, spec and objective name as
-        attributes) in one transaction: a failure leaves neither."""
+        attributes) in one transaction: a failure leaves neither. With ``quota``, the
+        owner's running studies must stay within it (OverQuota)."""
         stamp = now()
         try:
             with self.db.transaction() as conn:
+                if quota is not None:
+                    self._check_quota(conn, owner, spec, quota)
                 if conn.execute(sa.select(studies.c.id).where(studies.c.name == spec.name)
                                 ).first():
                     raise Conflict(f"a study named {spec.name!r} exists")
                 if conn.execute(sa.select(internals.STUDIES.c.study_id).where(
                         internals.STUDIES.c.study_name == spec.name)).first():
                     raise Conflict(f"an Optuna study named {spec.name!r} exists")
-                self._insert_optuna_study(conn, spec)
+                optuna_id = self._insert_optuna_study(conn, spec)
                 sid = conn.execute(studies.insert().values(
                     name=spec.name, task=spec.task, spec=spec.model_dump(mode="json"),
                     status=RUNNING, owner=owner, n_trials=spec.n_trials, created_at=stamp,
-                    updated_at=stamp).returning(studies.c.id)).scalar_one()
+                    updated_at=stamp, optuna_study_id=optuna_id).returning(studies.c.id)
+                ).scalar_one()
         except sa.exc.IntegrityError:  # created at the same moment by another request
             raise Conflict(f"a study named {spec.name!r} exists") from None
         return self.get(int(sid))
+
+    @staticmethod
+    def _check_quota(conn: sa.Connection, owner: str, spec: StudySpec, quota: Quota) -> None:
+        conn.execute(sa.select(principals.c.id).where(principals.c.public_id == owner)
+                     .with_for_update())  # one create per principal at a time (PostgreSQL)
+        running, budget = conn.execute(
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(studies.c.n_trials), 0))
+            .where(studies.c.owner == owner, studies.c.status == RUNNING)).one()
+        if running >= quota.running_studies:
+            raise OverQuota(f"{running} running studies: the limit per principal is "
+                            f"{quota.running_studies}; cancel or wait for one", "name")
+        if budget + spec.n_trials > quota.queued_trials:
+            raise OverQuota(f"n_trials: {budget} trials are budgeted in your running studies; "
+                            f"{spec.n_trials} more would pass the limit of "
+                            f"{quota.queued_trials}", "n_trials")
 
     @staticmethod
     def _insert_optuna_study(conn: sa.Connection, spec: StudySpec) -> int:
@@ -185,8 +213,18 @@ class Studies:
                 self.optuna_id(record), names.STUDY_ATTR_LR_RANGE, record.lr_bounds.summary())
         return record
 
+    def fill_optuna_ids(self) -> None:
+        """Rows from before the ``optuna_study_id`` column learn their Optuna study's id."""
+        optuna_studies = internals.STUDIES
+        with self.db.transaction() as conn:
+            conn.execute(studies.update().where(studies.c.optuna_study_id.is_(None)).values(
+                optuna_study_id=sa.select(optuna_studies.c.study_id).where(
+                    optuna_studies.c.study_name == studies.c.name).scalar_subquery()))
+
     def optuna_id(self, record: StudyRecord) -> int:
-        """The Optuna study id of a record; NotFound when its Optuna study is gone."""
+        """The Optuna study id of a record; NotFound when it has none."""
+        if record.optuna_study_id is not None:
+            return record.optuna_study_id
         cached = self._optuna_ids.get(record.id)
         if cached is None:
             try:
@@ -198,11 +236,17 @@ class Studies:
         return cached
 
     def optuna_study(self, record: StudyRecord) -> optuna.Study:
-        """The study's Optuna ``Study`` with its sampler and pruner, kept per study id."""
+        """The study's Optuna ``Study`` with its sampler and pruner, kept per study id;
+        NotFound when its Optuna study is gone."""
         cached = self._optuna.get(record.id)
         if cached is None:
             spec = record.spec
-            cached = optuna.load_study(study_name=record.name, storage=self.storage,
+            try:
+                name = self.storage.get_study_name_from_id(self.optuna_id(record))
+            except KeyError:
+                raise NotFound(f"study {record.id} ({record.name}) has no Optuna study "
+                               "any more") from None
+            cached = optuna.load_study(study_name=name, storage=self.storage,
                                        sampler=names.make_sampler(spec.sampler),
                                        pruner=names.make_pruner(spec.pruner, spec.epochs))
             self._optuna[record.id] = cached

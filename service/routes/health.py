@@ -10,6 +10,7 @@ from service.errors import ApiError, responses
 from service.schemas import Health
 
 router = APIRouter(tags=["health"])
+metrics_router = APIRouter(tags=["health"])  # follows closed reads
 
 
 @router.get("/healthz", response_model=Health)
@@ -18,15 +19,20 @@ def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Health, responses=responses(503))
-def readyz(store: StoreDep) -> Health:
+def readyz(request: Request, store: StoreDep) -> Health:
+    """Ready: the database answers and every local worker (``serve --workers``) is alive."""
     try:
         store.ping()
-    except Exception as error:  # any driver error means "not ready"
-        raise ApiError(503, "unavailable", f"database unreachable: {error}") from None
+    except Exception:  # any driver error means "not ready"; its text stays in the logs
+        raise ApiError(503, "unavailable", "not ready") from None
+    workers = getattr(request.app.state, "workers", None)
+    if workers is not None and not workers.healthy():
+        raise ApiError(503, "unavailable", "not ready")
     return Health(status="ready")
 
 
-@router.get("/metrics", responses={200: {"content": {"text/plain": {}}}})
+@metrics_router.get("/metrics", responses={200: {"content": {"text/plain": {}}},
+                                           **responses(401)})
 def metrics(request: Request) -> Response:
     registry = request.app.state.telemetry.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

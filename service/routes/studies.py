@@ -13,7 +13,7 @@ from lrtune.space import SearchSpace
 from lrtune.spec import StudySpec
 from lrtune.store import STATUSES
 from lrtune.study import ATTR_STEPS_PER_EPOCH, direction
-from service.deps import Owner, SettingsDep, StoreDep, owned_study
+from service.deps import Caller, SettingsDep, StoreDep, owned_study
 from service.errors import ApiError, responses
 from service.schemas import BestOut, StudyList, StudyOut, TrialDetail, TrialList
 from service.views import (
@@ -35,9 +35,9 @@ TrialNumber = Annotated[int, Path(ge=0, le=2**31 - 1, description="trial number"
 
 
 @router.post("", status_code=201, response_model=StudyOut,
-             responses=responses(400, 401, 409, 413, 422))
+             responses=responses(400, 401, 409, 413, 422, 429))
 def create_study(spec: StudySpec, store: StoreDep, settings: SettingsDep,
-                 owner: Owner) -> StudyOut:
+                 caller: Caller) -> StudyOut:
     """Create a study from a spec; workers start pulling its trials at once."""
     parse_spec(spec.model_dump())
     SearchSpace(spec.space, direction(spec))
@@ -49,7 +49,7 @@ def create_study(spec: StudySpec, store: StoreDep, settings: SettingsDep,
     if isinstance(spec.pack, int) and spec.pack > settings.max_pack:
         raise ApiError(422, "over_limit", f"pack: {spec.pack} is over the limit "
                        f"{settings.max_pack}", "pack")
-    return study_out(store, store.create_study(spec, owner))
+    return study_out(store, store.create_study(spec, caller.public_id, store.quota()))
 
 
 @router.get("", response_model=StudyList, responses=responses(401, 422))
@@ -68,15 +68,15 @@ def get_study(study_id: StudyId, store: StoreDep) -> StudyOut:
 
 @router.post("/{study_id}/cancel", response_model=StudyOut,
              responses=responses(401, 403, 404, 422))
-def cancel_study(study_id: StudyId, store: StoreDep, owner: Owner) -> StudyOut:
+def cancel_study(study_id: StudyId, store: StoreDep, caller: Caller) -> StudyOut:
     """Stop handing out trials of this study (running ones finish)."""
-    owned_study(store, study_id, owner)
+    owned_study(store, study_id, caller)
     return study_out(store, store.cancel(study_id))
 
 
 @router.delete("/{study_id}", status_code=204, responses=responses(401, 403, 404, 422))
-def delete_study(study_id: StudyId, store: StoreDep, owner: Owner) -> Response:
-    owned_study(store, study_id, owner)
+def delete_study(study_id: StudyId, store: StoreDep, caller: Caller) -> Response:
+    owned_study(store, study_id, caller)
     store.delete(study_id)
     return Response(status_code=204)
 

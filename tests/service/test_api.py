@@ -192,8 +192,18 @@ def test_closed_reads_cover_the_dashboard(store: Store) -> None:
     settings = store.settings.model_copy(update={"closed_reads": True})
     with TestClient(create_app(settings, store)) as c:
         assert c.get("/studies").status_code == 401
-        assert c.get("/dashboard/").status_code == 401
+        page = c.get("/dashboard/", follow_redirects=False)  # a browser: to the login form
+        assert page.status_code == 303 and page.headers["location"].startswith("/login?next=")
         assert c.get("/api/studies").status_code == 401
         assert c.get("/studies", headers=A).status_code == 200
         assert c.get("/dashboard/", headers=A).status_code == 200
         assert c.get("/healthz").status_code == 200
+        login = c.post("/login", data={"token": TOKEN}, follow_redirects=False)
+        assert login.status_code == 303 and login.headers["location"] == "/dashboard/"
+        cookie = login.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and TOKEN not in cookie
+        assert c.get("/api/studies").status_code == 200  # the browser's cookie, no header
+        assert c.get("/studies").status_code == 200
+        assert c.post("/studies", json=SPEC).status_code == 401  # cookies never write
+        c.post("/logout")
+        assert c.get("/api/studies").status_code == 401
