@@ -139,7 +139,8 @@ def update_best_note(storage: optuna.storages.BaseStorage, study_id: int) -> boo
     spe = int(best.user_attrs.get(names.ATTR_STEPS_PER_EPOCH, 1))
     name = storage.get_study_name_from_id(study_id)
     code = export(config, "pytorch", spec.epochs, spe,
-                  f"study {name} trial #{best.number}, {spec.objective} {best.value:.6g}")
+                  f"study {name} trial #{best.number}, {spec.objective} {best.value:.6g}",
+                  objective=spec.objective, direction=names.direction(spec))
     study = optuna.load_study(study_name=name, storage=storage)
     save_note(study, best_note(name, raw, best, code))
     storage.set_study_system_attr(study_id, NOTE_TRIAL, best.number)

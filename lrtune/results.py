@@ -49,7 +49,8 @@ def print_best(study: optuna.Study, spec: StudySpec, console: Console) -> None:
     console.print(f"  optimizer: {config.optimizer.to_dict()}")
     spe = int(best.user_attrs.get(names.ATTR_STEPS_PER_EPOCH, 1))
     code = export(config, "pytorch", spec.epochs, spe,
-                  f"{spec.task} {spec.objective} {best.value:.6g}")
+                  f"{spec.task} {spec.objective} {best.value:.6g}",
+                  objective=spec.objective, direction=names.direction(spec))
     console.print("\n# PyTorch")
     console.file.write(code)
     console.file.flush()

@@ -119,7 +119,8 @@ def get_best_code(study_id: StudyId, store: StoreDep,
         raise ApiError(409, "no_result", f"study {study_id} has no complete trial yet", "id")
     spe = int(best.user_attrs.get(ATTR_STEPS_PER_EPOCH, 1))
     note = f"study {record.name} trial #{best.number}, {record.spec.objective} {best.value:.6g}"
-    code = export(decode(record, best.params), framework, record.spec.epochs, spe, note)
+    code = export(decode(record, best.params), framework, record.spec.epochs, spe, note,
+                  objective=record.spec.objective, direction=direction(record.spec))
     return Response(code, media_type="text/x-python")
 
 

@@ -88,13 +88,9 @@ def test_exported_pytorch_code_reproduces_the_schedule(schedule: Schedule) -> No
         warnings.simplefilter("ignore")
         exec(compile(code, "<export>", "exec"), ns)
         sched, opt = ns["scheduler"], ns["optimizer"]
-        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            got = drive(opt, lambda: None, sched.step, T, spe)
-        elif "VAL_METRICS" in ns:
-            got = drive(opt, sched.step, lambda m: (ns["VAL_METRICS"].append(m), sched.step()),
-                        T, spe)
-        else:
-            got = drive(opt, sched.step, lambda m: sched.step(), T, spe)
+        # the loop the export documents: step() every batch, end_epoch(metric) for plateau
+        end_epoch = getattr(sched, "end_epoch", lambda m: None)
+        got = drive(opt, sched.step, lambda m: (sched.step(), end_epoch(m)), T, spe)
     assert close(got, want)
 
 
