@@ -13,7 +13,8 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health)
-def healthz() -> Health:
+async def healthz() -> Health:
+    """Liveness: answered on the event loop, never behind the thread pool or the database."""
     return Health(status="ok")
 
 
