@@ -238,12 +238,10 @@ def serve(
     workers: Annotated[int, typer.Option(min=0, help="local worker processes to start")] = 0,
 ) -> None:
     """Run the API (docs at /docs, dashboard at /dashboard/) and N local workers."""
-    import signal
     import subprocess
 
-    import uvicorn
-
     from service.app import create_app
+    from service.server import serve as serve_http
 
     _logging()
     settings = _settings()
@@ -254,14 +252,7 @@ def serve(
               f"http://{host}:{port}/dashboard/, database {settings.database_url}, "
               f"{workers} local worker(s)")
 
-    def leave(*_: Any) -> None:  # uvicorn re-raises the signal after its graceful shutdown
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, leave)
-    signal.signal(signal.SIGINT, leave)
-    try:
-        uvicorn.run(app_, host=host, port=port, log_level="warning")
-    finally:
+    def stop_workers() -> None:
         for proc in procs:
             proc.terminate()
         for proc in procs:
@@ -269,6 +260,8 @@ def serve(
                 proc.wait(timeout=settings.heartbeat_grace)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+    serve_http(app_, host, port, settings, on_stop=stop_workers)
 
 
 @app.command()
@@ -292,16 +285,13 @@ def worker(
 def dashboard(host: Annotated[str, typer.Option()] = "127.0.0.1",
               port: Annotated[int, typer.Option()] = 8080) -> None:
     """Run optuna-dashboard alone on the same database."""
-    import optuna
-    import optuna_dashboard
+    from service.app import standalone_dashboard
+    from service.server import serve as serve_http
 
-    from lrtune.dashboard import CurveArtifactStore
-    from lrtune.store import optuna_url
-
+    _logging()
     settings = _settings()
-    storage = optuna.storages.RDBStorage(optuna_url(settings.database_url))
-    optuna_dashboard.run_server(storage, host=host, port=port,
-                                artifact_store=CurveArtifactStore(storage, settings.artifact_dir))
+    err.print(f"optuna-dashboard on http://{host}:{port}/dashboard/")
+    serve_http(standalone_dashboard(settings), host, port, settings)
 
 
 def _client() -> Any:

@@ -234,7 +234,8 @@ def dashboard_app(storage: optuna.storages.BaseStorage, settings: Settings) -> A
 
     artifacts = CurveArtifactStore(storage, settings.artifact_dir)
     wsgi: Any = optuna_dashboard.wsgi(storage, artifact_store=artifacts)
-    return WholeBody(WSGIMiddleware(wsgi), settings.max_body_bytes)
+    bridge: Any = WSGIMiddleware(wsgi)  # a2wsgi types its scopes narrower than Starlette's
+    return WholeBody(bridge, settings.max_body_bytes)
 
 
 def standalone_dashboard(settings: Settings) -> ASGIApp:
