@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ def milestone_count(t: int, T: int, lr0: float, first: float, interval: float,
 @pytest.mark.parametrize("T_0", [1e-6, 0.01, 0.05, 0.25, 0.5, 1.0])
 @pytest.mark.parametrize("T_mult", [1, 2, 3])
 def test_cosine_restarts_equals_the_restart_loop(T: int, T_0: float, T_mult: int) -> None:
-    params = {"T_0": T_0, "T_mult": T_mult, "eta_min_ratio": 0.01}
+    params: dict[str, Any] = {"T_0": T_0, "T_mult": T_mult, "eta_min_ratio": 0.01}
     got = Schedule.build("cosine_restarts", params).curve(T, 1, 0.1)
     assert got == [restart_loop(t, T, 0.1, **params) for t in range(T)]
 
@@ -44,7 +45,7 @@ def test_cosine_restarts_equals_the_restart_loop(T: int, T_0: float, T_mult: int
                          [(0.3, 0.3), (0.1, 0.1), (0.7, 0.01), (1e-6, 0.01), (0.5, 1.0),
                           (0.15, 0.35)])
 def test_multistep_equals_counting_milestones(T: int, first: float, interval: float) -> None:
-    params = {"first": first, "interval": interval, "gamma": 0.5}
+    params: dict[str, Any] = {"first": first, "interval": interval, "gamma": 0.5}
     got = Schedule.build("multistep", params).curve(T, 1, 0.1)
     assert got == [milestone_count(t, T, 0.1, **params) for t in range(T)]
 
