@@ -275,11 +275,9 @@ def serve(
 ) -> None:
     """Run the API (docs at /docs, dashboard at /dashboard/) and N local workers, each
     restarted if it exits."""
-    import signal
-
-    import uvicorn
 
     from service.app import create_app
+    from service.server import serve as serve_http
     from service.workers import WorkerPool
 
     _logging()
@@ -292,15 +290,8 @@ def serve(
               f"http://{host}:{port}/dashboard/, database {settings.printable_url()}, "
               f"{workers} local worker(s)")
 
-    def leave(*_: Any) -> None:  # uvicorn re-raises the signal after its graceful shutdown
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, leave)
-    signal.signal(signal.SIGINT, leave)
-    try:
-        uvicorn.run(app_, host=host, port=port, log_level="warning")
-    finally:
-        pool.stop(settings.heartbeat_grace)
+    serve_http(app_, host, port, settings,
+               on_stop=lambda: pool.stop(settings.heartbeat_grace))
 
 
 @app.command()
@@ -324,16 +315,13 @@ def worker(
 def dashboard(host: Annotated[str, typer.Option()] = "127.0.0.1",
               port: Annotated[int, typer.Option()] = 8080) -> None:
     """Run optuna-dashboard alone on the same database."""
-    import optuna
-    import optuna_dashboard
+    from service.app import standalone_dashboard
+    from service.server import serve as serve_http
 
-    from lrtune.dashboard import CurveArtifactStore
-    from lrtune.store import sqlalchemy_url
-
+    _logging()
     settings = _settings()
-    storage = optuna.storages.RDBStorage(sqlalchemy_url(settings.connection_url()))
-    optuna_dashboard.run_server(storage, host=host, port=port,
-                                artifact_store=CurveArtifactStore(storage, settings.artifact_dir))
+    err.print(f"optuna-dashboard on http://{host}:{port}/dashboard/")
+    serve_http(standalone_dashboard(settings), host, port, settings)
 
 
 def _client() -> Any:

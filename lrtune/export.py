@@ -73,8 +73,9 @@ def formula_source(config: TrialConfig) -> str:
     fam = FAMILIES[s.family]
     helpers: list[Callable[..., Any]] = [formulas.fraction_steps]
     if s.family == "multistep":
-        helpers.append(formulas.multistep_milestones)
-    parts = ["import math", "import random", "from functools import partial", ""]
+        helpers += [formulas.multistep_milestones, formulas.multistep_steps]
+    parts = ["import bisect", "import functools", "import math", "import random",
+             "from functools import partial", ""]
     parts += [inspect.getsource(f) for f in [*helpers, fam.fn]]
     lines = [f"    fn = partial({fam.fn.__name__}, {_kwargs(s.params)})"]
     if s.warmup is not None:

@@ -41,7 +41,16 @@ class Settings(BaseSettings):
     max_pack: int = Field(1_024, ge=1)
     artifact_dir: Path | None = Field(
         None, description="folder for files uploaded in the dashboard (curve images need none)")
-    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="bytes of one request body, "
+                                "chunked included (413 above)")
+    max_curve_steps: int = Field(100_000, ge=1, description="steps (epochs x steps_per_epoch) "
+                                 "of one curve preview (422 above)")
+    header_timeout: float = Field(10.0, gt=0, description="seconds a client has to send a "
+                                  "request's head, from connecting or from the last response")
+    keep_alive_timeout: float = Field(5.0, gt=0, description="seconds an idle keep-alive "
+                                      "connection stays open")
+    shutdown_timeout: float = Field(10.0, gt=0, description="seconds requests in flight get "
+                                    "to finish after SIGTERM before the process ends anyway")
 
     # workers
     heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats")

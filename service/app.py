@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lrtune.dashboard import CurveArtifactStore
@@ -24,20 +25,61 @@ from service.telemetry import Telemetry
 
 
 class BodyLimit:
-    """Rejects request bodies over ``limit`` bytes with 413 before they are read."""
+    """Refuses request bodies over ``limit`` bytes with 413, counted on the byte stream.
+
+    A Content-Length over the limit is refused before any body byte is read. A chunked (or any
+    other) body is counted as it arrives: once past the limit the 413 goes out at once with
+    ``Connection: close``, so the server stops reading the rest, the app is told the client
+    left (``http.disconnect``) and whatever it answers is dropped.
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.limit):
-                response = error_response(413, "too_large",
-                                          f"request body over {self.limit} bytes", "body")
-                await response(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await too_large(self.limit)(scope, receive, send)
+            return
+        received = 0
+        started = refused = False
+
+        async def counted() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    refused = True
+                    if not started:
+                        await too_large(self.limit)(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if refused:  # the 413 has gone out instead (or the connection is to close)
                 return
-        await self.app(scope, receive, send)
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not refused:
+                raise
+            # the app failed on the body it was refused; its request is answered already
+
+
+def too_large(limit: int) -> JSONResponse:
+    """The 413 answer; it closes the connection so that the rest of the body is not read."""
+    return error_response(413, "too_large", f"request body over {limit} bytes", "body",
+                          {"Connection": "close"})
 
 
 class RetryReads:
@@ -111,17 +153,35 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(health.router)
     app.include_router(health.metrics_router, dependencies=reads)
     app.include_router(session.router)
-    app.add_middleware(DashboardPaths, dashboard=dashboard_app(store, settings.closed_reads))
+    app.add_middleware(DashboardPaths, dashboard=dashboard_app(store, settings))
     app.middleware("http")(app.state.telemetry.middleware)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RetryReads)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # outermost: sees every byte
     return app
 
 
-def dashboard_app(store: Store, closed: bool) -> DashboardGate:
-    """optuna-dashboard on the store's database, behind lrtune's gate."""
+def dashboard_app(store: Store, settings: Settings) -> DashboardGate:
+    """optuna-dashboard on the store's database with lrtune's curve artifacts, behind lrtune's
+    gate (service/dashboard.py): the one place it is built, for the mounted and the
+    standalone dashboard alike. The gate refuses every write and hands reads on without a
+    body, so bottle never parses a body's framing."""
     import optuna_dashboard
 
-    artifacts = CurveArtifactStore(store.optuna_storage, store.settings.artifact_dir)
+    artifacts = CurveArtifactStore(store.optuna_storage, settings.artifact_dir)
     return DashboardGate(optuna_dashboard.wsgi(store.optuna_storage, artifact_store=artifacts),
-                         store, closed)
+                         store, settings.closed_reads)
+
+
+def standalone_dashboard(settings: Settings, store: Store | None = None) -> FastAPI:
+    """What ``lrtune dashboard`` serves: the gated dashboard with the login page and the
+    health probes, its bodies limited as the API's."""
+    store = store or Store(settings)
+    app = FastAPI(title="lrtune dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings
+    app.state.store = store
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(session.router)
+    app.add_middleware(DashboardPaths, dashboard=dashboard_app(store, settings))
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

@@ -4,10 +4,14 @@ Every function has the signature ``f(t, T, spe, lr0, metrics, **params) -> float
 ``t`` is the 0-based optimizer step, ``T`` the total number of steps, ``spe`` the steps per
 epoch, ``lr0`` the base LR, ``metrics`` the validation metric of each finished epoch (only
 ``plateau`` reads it). These functions are the reference that the PyTorch schedulers, the
-fused trainer and the exported code must reproduce. They use only ``math`` and ``random`` so
-that the exporter can paste their source into user code as it is.
+fused trainer and the exported code must reproduce. They use only the standard library
+(``bisect``, ``functools``, ``math``, ``random``) so that the exporter can paste their source
+into user code as it is. Each costs O(1) or O(log) per step, so a whole curve is O(steps);
+only ``plateau`` replays the finished epochs' metrics, O(epochs) per step.
 """
 
+import bisect
+import functools
 import math
 import random
 
@@ -26,8 +30,7 @@ def step(t, T, spe, lr0, metrics, step_size, gamma):
 
 
 def multistep(t, T, spe, lr0, metrics, first, interval, gamma):
-    milestones = multistep_milestones(T, first, interval)
-    passed = sum(1 for m in milestones if t >= m)
+    passed = bisect.bisect_right(multistep_steps(T, first, interval), t)
     return lr0 * gamma**passed
 
 
@@ -39,6 +42,12 @@ def multistep_milestones(T, first, interval):
         fractions.append(f)
         f += interval
     return sorted({fraction_steps(f, T) for f in fractions})
+
+
+@functools.lru_cache(maxsize=256)
+def multistep_steps(T, first, interval):
+    """``multistep_milestones`` as a tuple, built once per run instead of once per step."""
+    return tuple(multistep_milestones(T, first, interval))
 
 
 def exponential(t, T, spe, lr0, metrics, gamma):
@@ -60,9 +69,12 @@ def cosine(t, T, spe, lr0, metrics, eta_min_ratio):
 
 def cosine_restarts(t, T, spe, lr0, metrics, T_0, T_mult, eta_min_ratio):
     period = fraction_steps(T_0, T)
-    while t >= period:
-        t -= period
-        period *= T_mult
+    if T_mult == 1:
+        t = t % period
+    else:
+        while t >= period:  # periods grow geometrically: O(log t) restarts to skip
+            t -= period
+            period *= T_mult
     eta_min = eta_min_ratio * lr0
     return eta_min + (lr0 - eta_min) * (1.0 + math.cos(math.pi * t / period)) / 2.0
 

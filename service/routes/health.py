@@ -14,7 +14,8 @@ metrics_router = APIRouter(tags=["health"])  # follows closed reads
 
 
 @router.get("/healthz", response_model=Health)
-def healthz() -> Health:
+async def healthz() -> Health:
+    """Liveness: answered on the event loop, never behind the thread pool or the database."""
     return Health(status="ok")
 
 
