@@ -25,6 +25,7 @@ tune: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check lrtune service worker tests bench
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 test: $(STAMP) lint

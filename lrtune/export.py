@@ -11,6 +11,7 @@ as ``lr_at``, which Keras code always uses.
 
 from __future__ import annotations
 
+import ast
 import inspect
 from collections.abc import Callable
 from typing import Any, Literal
@@ -67,6 +68,37 @@ def _better(direction: Direction) -> str:
     return "lower is better" if direction == "minimize" else "higher is better"
 
 
+def plain_source(fn: Callable[..., Any]) -> str:
+    """``fn``'s source without its type annotations (they name lrtune's types), comments
+    and layout kept, to paste into user code."""
+    source = inspect.getsource(fn)
+    lines = source.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+
+    def at(lineno: int, col: int) -> int:
+        return offsets[lineno - 1] + len(lines[lineno - 1].encode()[:col].decode())
+
+    node = ast.parse(source).body[0]
+    assert isinstance(node, ast.FunctionDef)
+    cuts = []
+    for arg in [*node.args.args, *node.args.kwonlyargs]:
+        if arg.annotation is not None:
+            ann = arg.annotation
+            assert ann.end_lineno is not None and ann.end_col_offset is not None
+            cuts.append((at(arg.lineno, arg.col_offset) + len(arg.arg),
+                         at(ann.end_lineno, ann.end_col_offset)))
+    if node.returns is not None:
+        ret = node.returns
+        assert ret.end_lineno is not None and ret.end_col_offset is not None
+        end = at(ret.end_lineno, ret.end_col_offset)
+        cuts.append((source.rindex("->", 0, at(ret.lineno, ret.col_offset)), end))
+    for start, end in sorted(cuts, reverse=True):
+        source = source[:start].rstrip(" ") + source[end:]
+    return source
+
+
 def formula_source(config: TrialConfig) -> str:
     """Self-contained source defining ``lr_at(t, metrics=())`` for this schedule."""
     s = config.schedule
@@ -76,14 +108,14 @@ def formula_source(config: TrialConfig) -> str:
         helpers += [formulas.multistep_milestones, formulas.multistep_steps]
     parts = ["import bisect", "import functools", "import math", "import random",
              "from functools import partial", ""]
-    parts += [inspect.getsource(f) for f in [*helpers, fam.fn]]
+    parts += [plain_source(f) for f in [*helpers, fam.fn]]
     lines = [f"    fn = partial({fam.fn.__name__}, {_kwargs(s.params)})"]
     if s.warmup is not None:
         wrap = formulas.warmup_scaled if fam.metric_driven else formulas.warmup_sequential
-        parts.append(inspect.getsource(wrap))
+        parts.append(plain_source(wrap))
         lines.append(f"    fn = partial({wrap.__name__}, fn, {_kwargs(s.warmup)})")
     if s.clip is not None:
-        parts.append(inspect.getsource(formulas.clip))
+        parts.append(plain_source(formulas.clip))
         lines.append(f"    fn = partial(clip, fn, {_kwargs(s.clip)})")
     if not fam.metric_driven:
         # the formulas are defined over the horizon: past it some climb, go negative or complex

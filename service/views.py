@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 
 from lrtune import study as names
-from lrtune.errors import NotFound
+from lrtune.errors import NotFound, SpecError
 from lrtune.space import SearchSpace, TrialConfig
 from lrtune.store import DONE, FAILED, RUNNING, Store, StudyRecord
 from service.errors import ApiError
@@ -41,8 +41,13 @@ def missing(record: StudyRecord) -> NotFound:
 
 
 def best_out(record: StudyRecord, trial: optuna.trial.FrozenTrial) -> BestOut:
-    config = decode(record, trial.params)
+    """The best trial; its schedule and optimizer None when its parameters do not decode
+    (written to the database by other means than lrtune's workers)."""
     assert trial.value is not None
+    try:
+        config = decode(record, trial.params)
+    except SpecError:
+        return BestOut(number=trial.number, value=trial.value, params=trial.params)
     return BestOut(number=trial.number, value=trial.value, params=trial.params,
                    schedule=config.schedule.to_dict(), optimizer=config.optimizer.to_dict(),
                    batch_size=config.batch_size)

@@ -68,3 +68,34 @@ def test_core_and_service_import_without_torch() -> None:
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_secrets_are_never_printed(tmp_path: Path) -> None:
+    """The database password, whether in the URL or in LRTUNE_DATABASE_PASSWORD, appears
+    in no output of migrate, serve or token create."""
+    import os
+    from contextlib import contextmanager
+
+    import httpx
+
+    from tests.conftest import _pg_database, free_port, spawn, stop, wait_ready
+
+    secret = "hunter2:/@%-secret"  # trust auth accepts any password here
+    with contextmanager(_pg_database)() as url:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("LRTUNE_")}
+        env = {**base, "LRTUNE_DATABASE_URL": url, "LRTUNE_DATABASE_PASSWORD": secret}
+        migrate = subprocess.run([*LRTUNE, "migrate"], env=env, capture_output=True,
+                                 text=True, timeout=120, check=True)
+        assert secret not in migrate.stdout + migrate.stderr and "***" in migrate.stdout
+        token = subprocess.run([*LRTUNE, "token", "create"], env=env, capture_output=True,
+                               text=True, timeout=120, check=True)
+        assert secret not in token.stdout + token.stderr
+        port = free_port()
+        server = spawn(["serve", "--port", str(port)], env, tmp_path / "serve.log")
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", server)
+            assert httpx.get(f"http://127.0.0.1:{port}/studies", timeout=30).status_code == 200
+        finally:
+            stop(server)
+        log = (tmp_path / "serve.log").read_text()
+        assert secret not in log and "***" in log

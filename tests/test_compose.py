@@ -7,6 +7,7 @@ test runs each compose service's own command as a local process against local Po
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -20,14 +21,23 @@ import pytest
 from tests.conftest import ROOT, _pg_database, free_port, spawn, stop, wait_ready
 
 BIN = Path(sys.executable).parent
+PASSWORD = "a $ecret: with/@%& every' kind\" of character"
+
+
+def compose(*args: str, env: dict[str, str] | None = None, check: bool = True
+            ) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("POSTGRES_", "LRTUNE_"))}
+    return subprocess.run([str(BIN / "docker-compose"), "--project-directory", str(ROOT),
+                           "-f", str(ROOT / "docker-compose.yml"), *args],
+                          capture_output=True, text=True, check=check, timeout=60,
+                          env={**base, **(env or {})})
 
 
 def compose_config(*args: str) -> dict:
-    out = subprocess.run([str(BIN / "docker-compose"), "--project-directory", str(ROOT),
-                          "-f", str(ROOT / "docker-compose.yml"), *args, "config",
-                          "--format", "json"], capture_output=True, text=True, check=True,
-                         timeout=60)
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
+    """The resolved configuration, ``$$`` (Compose's escape in its output) read as ``$``."""
+    out = compose(*args, "config", "--format", "json", env={"POSTGRES_PASSWORD": PASSWORD})
+    return json.loads(out.stdout.replace("$$", "$"))  # type: ignore[no-any-return]
 
 
 def test_hadolint_is_clean() -> None:
@@ -48,12 +58,29 @@ def test_dockerfile_targets() -> None:
     assert "torch" not in service
 
 
-@pytest.mark.parametrize("env_file", [None, ".env.example"])
-def test_compose_file_parses(env_file: str | None) -> None:
-    args = ["--env-file", str(ROOT / env_file)] if env_file else []
-    subprocess.run([str(BIN / "docker-compose"), "--project-directory", str(ROOT), "-f",
-                    str(ROOT / "docker-compose.yml"), *args, "config", "--quiet"], check=True,
-                   timeout=60)
+def test_compose_file_parses() -> None:
+    compose("--env-file", str(ROOT / ".env.example"), "config", "--quiet")
+    compose("config", "--quiet", env={"POSTGRES_PASSWORD": PASSWORD})
+
+
+def test_compose_refuses_to_start_without_a_password() -> None:
+    refused = compose("config", "--format", "json", check=False)
+    # this build of Compose exits 0 here, but gives no configuration, only the error
+    assert refused.stdout == "" and "set POSTGRES_PASSWORD in .env" in refused.stderr
+
+
+def test_lrtune_refuses_the_example_password() -> None:
+    example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text()
+                   .splitlines() if line and not line.startswith("#"))
+    cfg = json.loads(compose("--env-file", str(ROOT / ".env.example"), "config", "--format",
+                             "json").stdout)
+    env = {**{k: str(v) for k, v in cfg["services"]["migrate"]["environment"].items()},
+           "PATH": "/usr/bin:/bin"}
+    assert env["LRTUNE_DATABASE_PASSWORD"] == example["POSTGRES_PASSWORD"]
+    proc = subprocess.run([sys.executable, "-m", "lrtune", "migrate"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "placeholder" in proc.stderr
+    assert example["POSTGRES_PASSWORD"] not in proc.stdout
 
 
 def test_compose_structure() -> None:
@@ -73,8 +100,13 @@ def test_compose_structure() -> None:
         assert deps["migrate"]["condition"] == "service_completed_successfully"
         assert services[name]["environment"]["LRTUNE_DATABASE_URL"].startswith(
             "postgresql+psycopg://")
-    assert services["api"]["ports"][0]["target"] == 8000
-    assert services["dashboard"]["ports"][0]["target"] == 8080
+    for name, port in (("api", 8000), ("dashboard", 8080)):
+        published = services[name]["ports"][0]
+        assert published["target"] == port and published["host_ip"] == "127.0.0.1"
+    environment = services["api"]["environment"]
+    assert environment["LRTUNE_DATABASE_PASSWORD"] == PASSWORD  # apart from the URL
+    assert PASSWORD not in environment["LRTUNE_DATABASE_URL"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == PASSWORD
     assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
     for name in ("migrate", "api", "dashboard"):
         assert services[name]["image"].startswith("lrtune-service:")

@@ -71,10 +71,10 @@ class Schedule:
         """LR for 0-based optimizer ``step`` of a ``total_steps`` run."""
         return self.function()(step, total_steps, steps_per_epoch, base_lr, metrics)
 
-    def function(self) -> Any:
+    def function(self) -> formulas.Formula:
         """The composed pure function ``f(t, T, spe, lr0, metrics)``."""
         fam = FAMILIES[self.family]
-        fn: Any = partial(fam.fn, **self.params)
+        fn: formulas.Formula = partial(fam.fn, **self.params)
         if self.warmup is not None:
             wrap = formulas.warmup_scaled if fam.metric_driven else formulas.warmup_sequential
             fn = partial(wrap, fn, **self.warmup)

@@ -86,10 +86,6 @@ class Store:
                      ) -> StudyRecord:
         return self.studies.create(spec, owner, quota)
 
-    def quota(self) -> Quota:
-        """What one principal may hold at once, from the settings."""
-        return Quota(self.settings.max_running_studies, self.settings.max_queued_trials)
-
     def get_study(self, study_id: int) -> StudyRecord:
         return self.studies.get(study_id)
 

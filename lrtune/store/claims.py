@@ -153,11 +153,14 @@ class Claims:
             record, conn = held
             try:
                 study = self.studies.optuna_study(record)
+                optuna_id = internals.study_id(study)
+                with self._reading(conn) as reading:
+                    self.studies.check_optuna_study(reading, record, optuna_id)
             except NotFound as missing:  # removed behind lrtune's back: nothing to claim
+                self.studies.forget(record.id)
                 self.studies.set_status(record.id, FAILED, str(missing), conn=conn)
                 log.warning("study %s failed: %s", record.name, missing)
                 return []
-            optuna_id = internals.study_id(study)
             if time.monotonic() - self._reaped.get(record.id, -1e9) > \
                     self.settings.heartbeat_interval:
                 self.reaper.reap(record.name, optuna_id)

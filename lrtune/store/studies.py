@@ -72,7 +72,6 @@ class Studies:
     def __init__(self, db: Database, storage: optuna.storages.BaseStorage) -> None:
         self.db, self.storage = db, storage
         self._optuna: dict[int, optuna.Study] = {}
-        self._optuna_ids: dict[int, int] = {}
         self._lock = threading.Lock()
 
     def create(self, spec: StudySpec, owner: str, quota: Quota | None = None) -> StudyRecord:
@@ -199,7 +198,6 @@ class Studies:
     def forget(self, study_id: int) -> None:
         with self._lock:
             self._optuna.pop(study_id, None)
-            self._optuna_ids.pop(study_id, None)
 
     def save_lr_bounds(self, study_id: int, bounds: LrBounds) -> StudyRecord:
         """Keep the first range test saved for a study (workers may race); return the record."""
@@ -222,18 +220,23 @@ class Studies:
                     optuna_studies.c.study_name == studies.c.name).scalar_subquery()))
 
     def optuna_id(self, record: StudyRecord) -> int:
-        """The Optuna study id of a record; NotFound when it has none."""
-        if record.optuna_study_id is not None:
-            return record.optuna_study_id
-        cached = self._optuna_ids.get(record.id)
-        if cached is None:
-            try:
-                cached = self.storage.get_study_id_from_name(record.name)
-            except KeyError:
-                raise NotFound(f"study {record.id} has no Optuna study named "
-                               f"{record.name!r}") from None
-            self._optuna_ids[record.id] = cached
-        return cached
+        """The id of the record's Optuna study, looked up by its name (an id alone may have
+        been given to another study since: SQLite reuses the ids of deleted studies);
+        NotFound when there is none."""
+        try:
+            return self.storage.get_study_id_from_name(record.name)
+        except KeyError:
+            raise NotFound(f"study {record.id} ({record.name}) has no Optuna study any "
+                           "more") from None
+
+    @staticmethod
+    def check_optuna_study(conn: sa.Connection, record: StudyRecord, optuna_id: int) -> None:
+        """NotFound unless the record's Optuna study still has this id (a cached one may
+        have been deleted by other means than lrtune, and its id given to another)."""
+        name = conn.execute(sa.select(internals.STUDIES.c.study_name).where(
+            internals.STUDIES.c.study_id == optuna_id)).scalar()
+        if name != record.name:
+            raise NotFound(f"study {record.id} ({record.name}) has no Optuna study any more")
 
     def optuna_study(self, record: StudyRecord) -> optuna.Study:
         """The study's Optuna ``Study`` with its sampler and pruner, kept per study id;

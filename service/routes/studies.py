@@ -11,7 +11,7 @@ from lrtune.plots import range_test_png, study_png, trial_png
 from lrtune.results import parse_spec
 from lrtune.space import SearchSpace
 from lrtune.spec import StudySpec
-from lrtune.store import STATUSES
+from lrtune.store import STATUSES, Quota
 from lrtune.study import ATTR_STEPS_PER_EPOCH, direction
 from service.deps import Caller, SettingsDep, StoreDep, owned_study
 from service.errors import ApiError, responses
@@ -49,7 +49,8 @@ def create_study(spec: StudySpec, store: StoreDep, settings: SettingsDep,
     if isinstance(spec.pack, int) and spec.pack > settings.max_pack:
         raise ApiError(422, "over_limit", f"pack: {spec.pack} is over the limit "
                        f"{settings.max_pack}", "pack")
-    return study_out(store, store.create_study(spec, caller.public_id, store.quota()))
+    quota = Quota(settings.max_running_studies, settings.max_queued_trials)
+    return study_out(store, store.create_study(spec, caller.public_id, quota))
 
 
 @router.get("", response_model=StudyList, responses=responses(401, 422))

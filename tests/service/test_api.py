@@ -1,5 +1,6 @@
 from collections.abc import Iterator
 
+import optuna
 import pytest
 from fastapi.testclient import TestClient
 from optuna.trial import TrialState
@@ -207,3 +208,34 @@ def test_closed_reads_cover_the_dashboard(store: Store) -> None:
         assert c.post("/studies", json=SPEC).status_code == 401  # cookies never write
         c.post("/logout")
         assert c.get("/api/studies").status_code == 401
+
+
+def test_principal_limits_are_429_naming_the_field(store: Store) -> None:
+    settings = store.settings.model_copy(update={"max_running_studies": 2,
+                                                 "max_queued_trials": 10})
+    with TestClient(create_app(settings, store)) as c:
+        for i in range(2):
+            assert c.post("/studies", json={**SPEC, "name": f"q{i}"}, headers=A
+                          ).status_code == 201
+        r = c.post("/studies", json={**SPEC, "name": "q2"}, headers=A)
+        assert r.status_code == 429 and r.json()["error"]["field"] == "name"
+        assert c.post("/studies", json={**SPEC, "name": "other"}, headers=B).status_code == 201
+        r = c.post("/studies", json={**SPEC, "name": "big", "n_trials": 7}, headers=B)
+        assert r.status_code == 429 and r.json()["error"]["field"] == "n_trials"
+        first = c.get("/studies", params={"limit": 1}).json()["items"][0]["id"]
+        c.post(f"/studies/{first}/cancel", headers=A)  # a slot frees up
+        assert c.post("/studies", json={**SPEC, "name": "q3"}, headers=A).status_code == 201
+
+
+def test_a_trial_written_behind_lrtunes_back_breaks_no_read(client: TestClient,
+                                                           store: Store) -> None:
+    """A finished trial whose parameters do not decode (written with plain Optuna) is shown
+    as it is; the list, the study and its best answer 200."""
+    study = create(client)
+    optuna_study = store.optuna_study(store.get_study(study["id"]))
+    optuna_study.add_trial(optuna.trial.create_trial(
+        params={"x": 0.5}, distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
+        value=0.1))
+    assert client.get("/studies").status_code == 200
+    best = client.get(f"/studies/{study['id']}/best").json()
+    assert best["params"] == {"x": 0.5} and best["schedule"] is None

@@ -1,5 +1,5 @@
-"""Request limits in process: body bytes counted on the stream, chunked bodies handed to the
-dashboard never parsing a body, the curve step cap, and /healthz off the thread pool."""
+"""Request limits in process: body bytes counted on the stream, the dashboard refusing writes
+and dropping the bodies of reads, the curve step cap, and /healthz off the thread pool."""
 
 from __future__ import annotations
 
