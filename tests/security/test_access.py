@@ -328,3 +328,31 @@ def test_the_running_trial_is_untouched(served: Served) -> None:
     assert "reason" not in trial.user_attrs
     finished = store.optuna_storage.get_trial(served.finished_trial)
     assert finished.value == 0.5
+
+
+@pytest.mark.parametrize("closed", [False, True], ids=["open", "closed"])
+def test_the_standalone_dashboard_is_gated_alike(db_url: str, tmp_path: Path,
+                                                 closed: bool) -> None:
+    """``lrtune dashboard`` (compose's port 8080): read-only, closed reads by login."""
+    env = lrtune_env(db_url, LRTUNE_CLOSED_READS=str(closed).lower())
+    cli(env, "migrate")
+    token = cli(env, "token", "create", "--name", "alice")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = spawn(["dashboard", "--port", str(port)], env, tmp_path / "dashboard.log")
+    try:
+        wait_ready(url, proc)
+        anonymous = httpx.Client(base_url=url, timeout=30)
+        assert anonymous.post("/api/studies", json=BODIES["/api/studies"]).status_code == 403
+        assert anonymous.get("/api/studies").status_code == (401 if closed else 200)
+        page = anonymous.get("/dashboard/", follow_redirects=False)
+        assert page.status_code == (303 if closed else 200)
+        browser = httpx.Client(base_url=url, timeout=30)
+        assert browser.post("/login", data={"token": token}).status_code == 303
+        assert browser.get("/api/studies").status_code == 200
+        assert browser.post("/api/studies", json=BODIES["/api/studies"]).status_code == 403
+        anonymous.close()
+        browser.close()
+        assert proc.poll() is None
+    finally:
+        stop(proc)
