@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     max_pack: int = Field(1_024, ge=1)
     artifact_dir: Path | None = Field(
         None, description="folder for files uploaded in the dashboard (curve images need none)")
+    max_inflight: int = Field(16, ge=1, description="requests served at once (the rest wait)")
+    max_queued: int = Field(32, ge=0, description="requests waiting for a turn; beyond, 503")
+    queue_wait: float = Field(0.5, gt=0, description="seconds a request waits for a turn "
+                              "before 503")
+    db_pool_size: int = Field(8, ge=1, description="database connections kept per process")
+    db_max_overflow: int = Field(8, ge=0, description="connections beyond db_pool_size")
+    db_pool_timeout: float = Field(10.0, gt=0, description="seconds to wait for a connection "
+                                   "before 503")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="bytes of one request body, "
                                 "chunked included (413 above)")
     max_curve_steps: int = Field(100_000, ge=1, description="steps (epochs x steps_per_epoch) "

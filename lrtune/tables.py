@@ -6,6 +6,7 @@ from sqlalchemy import (
     JSON,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -31,7 +32,6 @@ studies = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("lr_range", JSON, nullable=True),  # the LR range test's result for lr "auto"
-    Column("optuna_study_id", Integer, nullable=True),  # Optuna's ``studies.study_id``
     Index("ix_lrtune_studies_status", "status"),
     sqlite_autoincrement=True,  # ids never reused: workers cache studies by id
 )
@@ -64,4 +64,20 @@ sessions = Table(
     Column("token_id", Integer, ForeignKey("lrtune_tokens.id"), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+# Kept by triggers on Optuna's tables (lrtune/store/stats.py), keyed by Optuna's study id.
+trial_counts = Table(
+    "lrtune_trial_counts", metadata,
+    Column("optuna_study_id", Integer, primary_key=True),
+    Column("state", String(16), primary_key=True),
+    Column("n", Integer, nullable=False),
+)
+
+study_best = Table(
+    "lrtune_study_best", metadata,
+    Column("optuna_study_id", Integer, primary_key=True),
+    Column("trial_id", Integer, nullable=True),
+    Column("value", Float, nullable=True),
+    Column("value_type", String(16), nullable=True),
 )

@@ -17,6 +17,7 @@ from lrtune.dashboard import CurveArtifactStore
 from lrtune.settings import Settings, get_settings
 from lrtune.store import Store
 from service import errors
+from service.admission import Admission
 from service.dashboard import DashboardGate
 from service.deps import read_dependencies
 from service.errors import error_response
@@ -156,6 +157,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.add_middleware(DashboardPaths, dashboard=dashboard_app(store, settings))
     app.middleware("http")(app.state.telemetry.middleware)
     app.add_middleware(RetryReads)
+    app.add_middleware(Admission, inflight=settings.max_inflight, queued=settings.max_queued,
+                       wait=settings.queue_wait)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # outermost: sees every byte
     return app
 

@@ -131,9 +131,9 @@ class DashboardGate:
             return
         method, path = scope["method"], scope["path"]
         refused = self.decision(method, path)
-        if refused is not READ:
+        if refused is not READ:  # closing: its body, if any, is never read
             await error_response(403, "read_only", f"the dashboard is read-only: {refused}",
-                                 "method")(scope, receive, send)
+                                 "method", {"Connection": "close"})(scope, receive, send)
             return
         if self.closed and not path.startswith(PUBLIC) and \
                 await run_in_threadpool(caller, self.store, scope) is None:

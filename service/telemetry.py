@@ -10,7 +10,7 @@ from prometheus_client.core import GaugeMetricFamily
 from starlette.requests import Request
 from starlette.responses import Response
 
-from lrtune.store import STATUSES, Store
+from lrtune.store import Store
 
 
 class Telemetry:
@@ -28,8 +28,7 @@ class Telemetry:
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         gauge = GaugeMetricFamily("lrtune_studies", "Studies by status", labels=["status"])
-        for status in STATUSES:
-            _, total = self.store.list_studies(status, limit=1)
+        for status, total in self.store.studies_by_status().items():
             gauge.add_metric([status], total)
         yield gauge
 

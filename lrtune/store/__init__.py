@@ -24,10 +24,11 @@ from lrtune.errors import Conflict, DatabaseUnavailable, NotFound
 from lrtune.lr_range import LrBounds
 from lrtune.settings import Settings
 from lrtune.spec import StudySpec
-from lrtune.store import trials
+from lrtune.store import reads, stats, trials
 from lrtune.store.claims import Claim, ClaimLock, Claims
-from lrtune.store.db import Database, GuardedStorage, optuna_storage, sqlalchemy_url
+from lrtune.store.db import Database, GuardedStorage, Pool, optuna_storage, sqlalchemy_url
 from lrtune.store.pack_storage import PackStorage
+from lrtune.store.reads import Summary, TrialRow
 from lrtune.store.reaping import Reaper
 from lrtune.store.studies import (
     CANCELLED,
@@ -36,6 +37,7 @@ from lrtune.store.studies import (
     RUNNING,
     STATUSES,
     Quota,
+    Status,
     Studies,
     StudyRecord,
 )
@@ -43,7 +45,7 @@ from lrtune.store.tokens import Principal, TokenRow, Tokens
 from lrtune.store.trials import Ending
 
 __all__ = ["CANCELLED", "DONE", "FAILED", "RUNNING", "STATUSES", "Claim", "Conflict",
-           "DatabaseUnavailable", "Ending", "NotFound", "Principal", "Quota", "Store",
+           "DatabaseUnavailable", "Ending", "NotFound", "Principal", "Quota", "Status", "Store",
            "StudyRecord", "TokenRow", "sqlalchemy_url"]
 
 
@@ -52,14 +54,16 @@ class Store:
 
     def __init__(self, settings: Settings, migrate: bool = True) -> None:
         self.settings = settings
-        self.db = Database(settings.connection_url())
+        pool = Pool(settings.db_pool_size, settings.db_max_overflow, settings.db_pool_timeout)
+        self.db = Database(settings.connection_url(), pool)
         if migrate:
             self.db.migrate()
         self.optuna_storage: GuardedStorage = optuna_storage(
-            settings.connection_url(), settings.heartbeat_interval, settings.heartbeat_grace)
+            settings.connection_url(), settings.heartbeat_interval, settings.heartbeat_grace,
+            pool)
         self.studies = Studies(self.db, self.optuna_storage)
         if migrate:
-            self.studies.fill_optuna_ids()
+            stats.install(self.db)
         self.tokens = Tokens(self.db, settings.api_tokens.get_secret_value())
         self.lock = ClaimLock(self.db)
         self.reaper = Reaper(self.db, self.optuna_storage, settings.heartbeat_grace,
@@ -93,6 +97,9 @@ class Store:
                      ) -> tuple[list[StudyRecord], int]:
         return self.studies.page(status, limit, offset)
 
+    def studies_by_status(self) -> dict[str, int]:
+        return self.studies.by_status()
+
     def set_status(self, study_id: int, status: str, reason: str | None = None,
                    only_from: str | None = RUNNING) -> bool:
         return self.studies.set_status(study_id, status, reason, only_from)
@@ -111,6 +118,44 @@ class Store:
 
     def optuna_study_id(self, record: StudyRecord) -> int:
         return self.studies.optuna_id(record)
+
+    # -- the read path (lrtune/store/reads.py): a few queries whatever the trial count --------
+    def summaries(self, records: Sequence[StudyRecord]) -> dict[int, Summary]:
+        """Counts per state and best trial of each record, by record id."""
+        with self.db.transaction() as conn:
+            found = reads.summaries(conn, [r.name for r in records])
+        return {r.id: found[r.name] for r in records}
+
+    def trial_page(self, record: StudyRecord, limit: int, offset: int
+                   ) -> tuple[list[TrialRow], int]:
+        """The study's trials ``offset`` to ``offset + limit`` by number, and how many it
+        has; NotFound when its Optuna study is gone."""
+        with self.db.transaction() as conn:
+            optuna_id = reads.optuna_ids(conn, [record.name]).get(record.name)
+            if optuna_id is None:
+                raise NotFound(f"study {record.id} ({record.name}) has no Optuna study any "
+                               "more")
+            rows = reads.trial_page(conn, optuna_id, limit, offset)
+            total = sum(stats.counts(conn, [optuna_id])[optuna_id].values())
+        return rows, total
+
+    def trial(self, record: StudyRecord, number: int) -> FrozenTrial:
+        """One trial of the study, whole (curves and attributes); NotFound naming
+        ``number`` when the study has no such trial."""
+        storage = self.optuna_storage
+        try:
+            return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(
+                self.optuna_study_id(record), number))
+        except KeyError:
+            raise NotFound(f"study {record.id} has no trial {number}", "number") from None
+
+    def all_trials(self, record: StudyRecord) -> list[FrozenTrial]:
+        try:
+            return self.optuna_storage.get_all_trials(self.optuna_study_id(record),
+                                                      deepcopy=False)
+        except KeyError:
+            raise NotFound(f"study {record.id} ({record.name}) has no Optuna study any "
+                           "more") from None
 
     def trial_counts(self, record: StudyRecord) -> dict[str, int]:
         """Trials per state, one grouped query."""

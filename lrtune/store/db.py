@@ -11,6 +11,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -53,7 +54,21 @@ def unavailable(error: Exception) -> DatabaseUnavailable:
     return DatabaseUnavailable(f"database unavailable: {first[0] if first else type(error)}")
 
 
-def engine_for(url: str) -> Engine:
+@dataclass(frozen=True)
+class Pool:
+    """Database connections of one engine (PostgreSQL; SQLite keeps its own): ``size`` kept,
+    ``overflow`` more when busy, ``timeout`` seconds to wait for one (then unavailable)."""
+
+    size: int = 5
+    overflow: int = 10
+    timeout: float = 30.0
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"pool_pre_ping": True, "pool_size": self.size, "max_overflow": self.overflow,
+                "pool_timeout": self.timeout}
+
+
+def engine_for(url: str, pool: Pool | None = None) -> Engine:
     url = sqlalchemy_url(url)
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 60})
@@ -64,16 +79,16 @@ def engine_for(url: str) -> Engine:
             dbapi_conn.execute("PRAGMA busy_timeout=60000")
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return sa.create_engine(url, **(pool or Pool()).kwargs())
 
 
 class Database:
     """One engine; ``transaction()`` commits or rolls back and turns a lost database into
     ``DatabaseUnavailable``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool: Pool | None = None) -> None:
         self.url = sqlalchemy_url(url)
-        self.engine = engine_for(self.url)
+        self.engine = engine_for(self.url, pool)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
 
     @contextlib.contextmanager
@@ -129,11 +144,12 @@ for _name, _member in list(vars(optuna.storages.RDBStorage).items()):
         setattr(GuardedStorage, _name, _guarded(_member))
 
 
-def optuna_storage(url: str, heartbeat_interval: int, grace_period: int) -> GuardedStorage:
+def optuna_storage(url: str, heartbeat_interval: int, grace_period: int,
+                   pool: Pool | None = None) -> GuardedStorage:
     url = sqlalchemy_url(url)
     engine_kwargs: dict[str, Any] = (
         {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else
-        {"pool_pre_ping": True})
+        (pool or Pool()).kwargs())
     with warnings.catch_warnings():  # heartbeats are "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:

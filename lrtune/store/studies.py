@@ -7,7 +7,7 @@ import json
 import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 import optuna
 import sqlalchemy as sa
@@ -21,8 +21,9 @@ from lrtune.spec import StudySpec
 from lrtune.store.db import Database, aware, now
 from lrtune.tables import principals, studies
 
+Status = Literal["running", "cancelled", "done", "failed"]
 RUNNING, CANCELLED, DONE, FAILED = "running", "cancelled", "done", "failed"
-STATUSES = (RUNNING, CANCELLED, DONE, FAILED)
+STATUSES: tuple[Status, ...] = get_args(Status)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,6 @@ class StudyRecord:
     updated_at: datetime
     finished_at: datetime | None
     lr_range: dict[str, Any] | None = None  # the LR range test's result, for lr "auto"
-    optuna_study_id: int | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> StudyRecord:
@@ -56,7 +56,7 @@ class StudyRecord:
         assert created is not None and updated is not None
         return cls(m["id"], m["name"], m["task"], StudySpec.model_validate(m["spec"]),
                    m["status"], m["owner"], m["n_trials"], m["reason"], created, updated,
-                   aware(m["finished_at"]), m["lr_range"], m["optuna_study_id"])
+                   aware(m["finished_at"]), m["lr_range"])
 
     @property
     def lr_bounds(self) -> LrBounds | None:
@@ -89,12 +89,11 @@ class Studies:
                 if conn.execute(sa.select(internals.STUDIES.c.study_id).where(
                         internals.STUDIES.c.study_name == spec.name)).first():
                     raise Conflict(f"an Optuna study named {spec.name!r} exists")
-                optuna_id = self._insert_optuna_study(conn, spec)
+                self._insert_optuna_study(conn, spec)
                 sid = conn.execute(studies.insert().values(
                     name=spec.name, task=spec.task, spec=spec.model_dump(mode="json"),
                     status=RUNNING, owner=owner, n_trials=spec.n_trials, created_at=stamp,
-                    updated_at=stamp, optuna_study_id=optuna_id).returning(studies.c.id)
-                ).scalar_one()
+                    updated_at=stamp).returning(studies.c.id)).scalar_one()
         except sa.exc.IntegrityError:  # created at the same moment by another request
             raise Conflict(f"a study named {spec.name!r} exists") from None
         return self.get(int(sid))
@@ -150,6 +149,13 @@ class Studies:
             total = conn.execute(count).scalar_one()
             rows = conn.execute(query.order_by(studies.c.id).limit(limit).offset(offset)).all()
         return [StudyRecord.from_row(r) for r in rows], int(total)
+
+    def by_status(self) -> dict[str, int]:
+        """How many studies have each status, one grouped query."""
+        with self.db.transaction() as conn:
+            found = {status: n for status, n in conn.execute(
+                sa.select(studies.c.status, sa.func.count()).group_by(studies.c.status))}
+        return {status: int(found.get(status, 0)) for status in STATUSES}
 
     def running_ids(self) -> list[int]:
         with self.db.transaction() as conn:
@@ -210,14 +216,6 @@ class Studies:
             self.storage.set_study_user_attr(
                 self.optuna_id(record), names.STUDY_ATTR_LR_RANGE, record.lr_bounds.summary())
         return record
-
-    def fill_optuna_ids(self) -> None:
-        """Rows from before the ``optuna_study_id`` column learn their Optuna study's id."""
-        optuna_studies = internals.STUDIES
-        with self.db.transaction() as conn:
-            conn.execute(studies.update().where(studies.c.optuna_study_id.is_(None)).values(
-                optuna_study_id=sa.select(optuna_studies.c.study_id).where(
-                    optuna_studies.c.study_name == studies.c.name).scalar_subquery()))
 
     def optuna_id(self, record: StudyRecord) -> int:
         """The id of the record's Optuna study, looked up by its name (an id alone may have

@@ -11,21 +11,14 @@ from lrtune.plots import range_test_png, study_png, trial_png
 from lrtune.results import parse_spec
 from lrtune.space import SearchSpace
 from lrtune.spec import StudySpec
-from lrtune.store import STATUSES, Quota
+from lrtune.store import Quota, Status, Store, StudyRecord
+from lrtune.store.reads import BestTrial
 from lrtune.study import ATTR_STEPS_PER_EPOCH, direction
 from service.deps import Caller, SettingsDep, StoreDep, owned_study
 from service.errors import ApiError, responses
+from service.plot_cache import PlotCache
 from service.schemas import BestOut, StudyList, StudyOut, TrialDetail, TrialList
-from service.views import (
-    best_out,
-    best_trial,
-    decode,
-    find_trial,
-    study_out,
-    trial_detail,
-    trial_out,
-    trials_of,
-)
+from service.views import best_out, decode, study_out, trial_detail, trial_out
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 Limit = Query(50, ge=1, le=1000)
@@ -50,21 +43,27 @@ def create_study(spec: StudySpec, store: StoreDep, settings: SettingsDep,
         raise ApiError(422, "over_limit", f"pack: {spec.pack} is over the limit "
                        f"{settings.max_pack}", "pack")
     quota = Quota(settings.max_running_studies, settings.max_queued_trials)
-    return study_out(store, store.create_study(spec, caller.public_id, quota))
+    return shown(store, store.create_study(spec, caller.public_id, quota))
+
+
+def shown(store: Store, record: StudyRecord) -> StudyOut:
+    return study_out(record, store.summaries([record])[record.id])
 
 
 @router.get("", response_model=StudyList, responses=responses(401, 422))
-def list_studies(store: StoreDep, status: Literal[STATUSES] | None = None,  # type: ignore[valid-type]
-                 limit: int = Limit, offset: int = Offset) -> StudyList:
+def list_studies(store: StoreDep, status: Status | None = None, limit: int = Limit,
+                 offset: int = Offset) -> StudyList:
+    """A page of studies: a few queries, however many trials they hold."""
     records, total = store.list_studies(status, limit, offset)
-    return StudyList(items=[study_out(store, r) for r in records], total=total, limit=limit,
-                     offset=offset)
+    summaries = store.summaries(records)
+    return StudyList(items=[study_out(r, summaries[r.id]) for r in records], total=total,
+                     limit=limit, offset=offset)
 
 
 @router.get("/{study_id}", response_model=StudyOut,
             responses=responses(401, 404, 422))
 def get_study(study_id: StudyId, store: StoreDep) -> StudyOut:
-    return study_out(store, store.get_study(study_id))
+    return shown(store, store.get_study(study_id))
 
 
 @router.post("/{study_id}/cancel", response_model=StudyOut,
@@ -72,7 +71,7 @@ def get_study(study_id: StudyId, store: StoreDep) -> StudyOut:
 def cancel_study(study_id: StudyId, store: StoreDep, caller: Caller) -> StudyOut:
     """Stop handing out trials of this study (running ones finish)."""
     owned_study(store, study_id, caller)
-    return study_out(store, store.cancel(study_id))
+    return shown(store, store.cancel(study_id))
 
 
 @router.delete("/{study_id}", status_code=204, responses=responses(401, 403, 404, 422))
@@ -86,9 +85,9 @@ def delete_study(study_id: StudyId, store: StoreDep, caller: Caller) -> Response
             responses=responses(401, 404, 422))
 def list_trials(study_id: StudyId, store: StoreDep, limit: int = Limit,
                 offset: int = Offset) -> TrialList:
-    trials = trials_of(store, store.get_study(study_id))
-    page = trials[offset:offset + limit]
-    return TrialList(items=[trial_out(t) for t in page], total=len(trials), limit=limit,
+    """A page of the study's trials by number: the page's rows only."""
+    rows, total = store.trial_page(store.get_study(study_id), limit, offset)
+    return TrialList(items=[trial_out(r) for r in rows], total=total, limit=limit,
                      offset=offset)
 
 
@@ -96,17 +95,21 @@ def list_trials(study_id: StudyId, store: StoreDep, limit: int = Limit,
             responses=responses(401, 404, 422))
 def get_trial(study_id: StudyId, number: TrialNumber, store: StoreDep) -> TrialDetail:
     record = store.get_study(study_id)
-    return trial_detail(record, find_trial(store, record, number))
+    return trial_detail(record, store.trial(record, number))
+
+
+def best_of(store: Store, record: StudyRecord) -> BestTrial:
+    best = store.summaries([record])[record.id].best
+    if best is None:
+        raise ApiError(409, "no_result", f"study {record.id} has no complete trial yet", "id")
+    return best
 
 
 @router.get("/{study_id}/best", response_model=BestOut,
             responses=responses(401, 404, 409, 422))
 def get_best(study_id: StudyId, store: StoreDep) -> BestOut:
     record = store.get_study(study_id)
-    best = best_trial(store, record)
-    if best is None:
-        raise ApiError(409, "no_result", f"study {study_id} has no complete trial yet", "id")
-    return best_out(record, best)
+    return best_out(record, best_of(store, record))
 
 
 @router.get("/{study_id}/best/code",
@@ -115,10 +118,9 @@ def get_best_code(study_id: StudyId, store: StoreDep,
                   framework: Literal["pytorch", "keras"] = "pytorch") -> Response:
     """The best trial's schedule and optimizer as ready-to-paste code."""
     record = store.get_study(study_id)
-    best = best_trial(store, record)
-    if best is None:
-        raise ApiError(409, "no_result", f"study {study_id} has no complete trial yet", "id")
-    spe = int(best.user_attrs.get(ATTR_STEPS_PER_EPOCH, 1))
+    best = best_of(store, record)
+    trial = store.trial(record, best.number)
+    spe = int(trial.user_attrs.get(ATTR_STEPS_PER_EPOCH, 1))
     note = f"study {record.name} trial #{best.number}, {record.spec.objective} {best.value:.6g}"
     code = export(decode(record, best.params), framework, record.spec.epochs, spe, note,
                   objective=record.spec.objective, direction=direction(record.spec))
@@ -126,13 +128,17 @@ def get_best_code(study_id: StudyId, store: StoreDep,
 
 
 PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}}}
+plots = PlotCache()
 
 
 @router.get("/{study_id}/trials/{number}/plot", responses={**PNG, **responses(401, 404, 422)})
 def plot_trial(study_id: StudyId, number: TrialNumber, store: StoreDep) -> Response:
-    """LR and metric per epoch of one trial, as PNG."""
+    """LR and metric per epoch of one trial, as PNG (a finished trial's drawn once)."""
     record = store.get_study(study_id)
-    png = trial_png(find_trial(store, record, number), record.spec.objective, record.name)
+    trial = store.trial(record, number)
+    version = trial.state.name if trial.state.is_finished() else None
+    png = plots.get((record.id, f"trial {number}"), version,
+                    lambda: trial_png(trial, record.spec.objective, record.name))
     return Response(png, media_type="image/png")
 
 
@@ -140,7 +146,8 @@ def plot_trial(study_id: StudyId, number: TrialNumber, store: StoreDep) -> Respo
 def plot_study(study_id: StudyId, store: StoreDep,
                kind: Literal["lr", "loss", "families", "lr_range"] = "loss") -> Response:
     """LR or metric curves of the finished trials by family, final metric by family, or the
-    LR range test (``lr_range``, 409 until one ran)."""
+    LR range test (``lr_range``, 409 until one ran). Drawn once per study version (its
+    finished trials), however many clients ask at once."""
     record = store.get_study(study_id)
     if kind == "lr_range":
         bounds = record.lr_bounds
@@ -148,6 +155,9 @@ def plot_study(study_id: StudyId, store: StoreDep,
             raise ApiError(409, "no_range_test", "this study has no LR range test result "
                            "(its space.lr is not \"auto\", or no worker has run it yet)", "kind")
         return Response(range_test_png(bounds, record.name), media_type="image/png")
-    png = study_png(kind, trials_of(store, record), record.spec.objective,
-                    direction(record.spec) == "minimize", record.name)
+    counts = store.summaries([record])[record.id].counts
+    version = tuple(sorted((s, n) for s, n in counts.items() if s not in ("RUNNING", "WAITING")))
+    png = plots.get((record.id, kind), version, lambda: study_png(
+        kind, store.all_trials(record), record.spec.objective,
+        direction(record.spec) == "minimize", record.name))
     return Response(png, media_type="image/png")

@@ -1,4 +1,4 @@
-"""Principals own studies; tokens belong to a principal; dashboard sessions; Optuna study ids
+"""Principals own studies; tokens belong to a principal; dashboard sessions
 
 Before, a study's owner was the first 16 hex digits of its token's SHA-256: readable by anyone
 and tied to one token. Each existing token gets a principal of its own (named after the
@@ -45,17 +45,13 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
     )
-    with op.batch_alter_table("lrtune_studies") as batch:
-        batch.add_column(sa.Column("optuna_study_id", sa.Integer, nullable=True))
-
     bind = op.get_bind()
     principals = sa.table("lrtune_principals", sa.column("id", sa.Integer),
                           sa.column("name", sa.String), sa.column("public_id", sa.String),
                           sa.column("created_at", sa.DateTime(timezone=True)))
     tokens = sa.table("lrtune_tokens", sa.column("id", sa.Integer), sa.column("name", sa.String),
                       sa.column("token_hash", sa.String), sa.column("principal_id", sa.Integer))
-    studies = sa.table("lrtune_studies", sa.column("owner", sa.String),
-                       sa.column("name", sa.String), sa.column("optuna_study_id", sa.Integer))
+    studies = sa.table("lrtune_studies", sa.column("owner", sa.String))
     stamp = datetime.now(UTC)
     for token_id, name, token_hash in bind.execute(
             sa.select(tokens.c.id, tokens.c.name, tokens.c.token_hash).order_by(tokens.c.id)):
@@ -67,17 +63,9 @@ def upgrade() -> None:
                      .values(principal_id=principal_id))
         bind.execute(studies.update().where(studies.c.owner == token_hash[:16])
                      .values(owner=public_id))
-    if "studies" in sa.inspect(bind).get_table_names():  # Optuna's, when it exists already
-        optuna = sa.table("studies", sa.column("study_id", sa.Integer),
-                          sa.column("study_name", sa.String))
-        bind.execute(studies.update().values(optuna_study_id=sa.select(optuna.c.study_id)
-                                             .where(optuna.c.study_name == studies.c.name)
-                                             .scalar_subquery()))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("lrtune_studies") as batch:
-        batch.drop_column("optuna_study_id")
     op.drop_table("lrtune_sessions")
     with op.batch_alter_table("lrtune_tokens") as batch:
         batch.drop_constraint("fk_lrtune_tokens_principal", type_="foreignkey")
