@@ -8,12 +8,18 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from lrtune.settings import Settings
+from lrtune.store import Store
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +49,49 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'lrtune.db'}"
     else:
         yield from _pg_database()
+
+
+MakeStore = Callable[..., Store]
+
+
+@pytest.fixture
+def make_store(db_url: str) -> Iterator[MakeStore]:
+    """``make_store(**settings)``: a store on the test's database (SQLite and PostgreSQL),
+    with short heartbeats (1 s, 2 s grace) unless told otherwise, closed after the test."""
+    made: list[Store] = []
+
+    def make(**overrides: object) -> Store:
+        settings = {"heartbeat_interval": 1, "heartbeat_grace": 2, **overrides}
+        made.append(Store(Settings(database_url=db_url, **settings)))  # type: ignore[arg-type]
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.db.engine.dispose()
+        store.optuna_storage.engine.dispose()
+
+
+@pytest.fixture
+def store(make_store: MakeStore) -> Store:
+    """The one store fixture (see ``make_store``)."""
+    return make_store()
+
+
+def age_trials(store: Store, seconds: float) -> None:
+    """Make every RUNNING trial look started, and last heartbeat, ``seconds`` ago (by the
+    database's clock, as the reaper reads it): no sleeping through a grace period."""
+    from lrtune import optuna_internals as internals
+
+    with store.transaction() as conn:
+        now = conn.execute(sa.select(sa.func.now())).scalar_one()
+        if isinstance(now, str):
+            now = datetime.fromisoformat(now)
+        then = now.replace(tzinfo=None) - timedelta(seconds=seconds)
+        trials, beats = internals.TRIALS, internals.HEARTBEATS
+        running = sa.select(trials.c.trial_id).where(trials.c.state == TrialState.RUNNING)
+        conn.execute(trials.update().where(trials.c.trial_id.in_(running))
+                     .values(datetime_start=then))
+        conn.execute(beats.update().where(beats.c.trial_id.in_(running)).values(heartbeat=then))
 
 
 def free_port() -> int:

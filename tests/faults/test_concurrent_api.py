@@ -10,15 +10,14 @@ from pathlib import Path
 
 import httpx
 
-from lrtune.settings import Settings
-from lrtune.store import Store
-from tests.conftest import free_port, lrtune_env, spawn, stop, wait_ready
+from tests.conftest import MakeStore, free_port, lrtune_env, spawn, stop, wait_ready
 from tests.faults.common import assert_exact_budget, wait_status
 
 REQUESTS = 300
 
 
-def test_concurrent_requests_while_trials_run(db_url: str, tmp_path: Path) -> None:
+def test_concurrent_requests_while_trials_run(db_url: str, make_store: MakeStore,
+        tmp_path: Path) -> None:
     env = lrtune_env(db_url)
     token = subprocess.run([sys.executable, "-m", "lrtune", "token", "create"], env=env,
                            capture_output=True, text=True, check=True, timeout=60).stdout.strip()
@@ -57,7 +56,7 @@ def test_concurrent_requests_while_trials_run(db_url: str, tmp_path: Path) -> No
         assert len(codes) == REQUESTS
         assert not [c for c in codes if c >= 500], codes
         assert codes.count(201) == REQUESTS // 10 and codes.count(422) == REQUESTS // 10
-        store = Store(Settings(database_url=db_url))
+        store = make_store(heartbeat_interval=10, heartbeat_grace=60)
         for record in store.list_studies(limit=1000)[0]:
             assert wait_status(store, record, 300) == "done"
             assert_exact_budget(store, record)

@@ -7,18 +7,17 @@ import signal
 import time
 from pathlib import Path
 
-from lrtune.settings import Settings
 from lrtune.spec import StudySpec
-from lrtune.store import Store
-from tests.conftest import lrtune_env, spawn, stop
+from tests.conftest import MakeStore, lrtune_env, spawn, stop
 from tests.faults.common import assert_exact_budget, trials
 
 N_TRIALS = 40
 TIME_LIMIT = 420
 
 
-def test_sigkilled_workers_lose_no_trial(db_url: str, tmp_path: Path) -> None:
-    store = Store(Settings(database_url=db_url, heartbeat_interval=1, heartbeat_grace=4))
+def test_sigkilled_workers_lose_no_trial(db_url: str, make_store: MakeStore,
+        tmp_path: Path) -> None:
+    store = make_store(heartbeat_interval=1, heartbeat_grace=4)
     record = store.create_study(StudySpec(
         name="kills", task="digits-mlp", epochs=25, n_trials=N_TRIALS, pruner={"name": "none"},
         space={"families": ["cosine", "step", "onecycle"], "optimizers": ["momentum", "adam"],

@@ -8,14 +8,12 @@ from pathlib import Path
 
 import optuna
 
-from lrtune.settings import Settings
 from lrtune.spec import StudySpec
-from lrtune.store import Store
-from tests.conftest import lrtune_env, spawn, stop
+from tests.conftest import MakeStore, lrtune_env, spawn, stop
 
 
-def test_sigterm_hands_the_trial_back(db_url: str, tmp_path: Path) -> None:
-    store = Store(Settings(database_url=db_url))
+def test_sigterm_hands_the_trial_back(db_url: str, make_store: MakeStore, tmp_path: Path) -> None:
+    store = make_store(heartbeat_interval=10, heartbeat_grace=60)
     record = store.create_study(StudySpec(
         name="slow", task="digits-mlp", epochs=40, n_trials=2, pruner={"name": "none"},
         space={"families": ["cosine"], "optimizers": ["momentum"],

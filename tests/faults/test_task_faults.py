@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lrtune.settings import Settings
 from lrtune.spec import StudySpec
-from lrtune.store import Store
-from tests.conftest import lrtune_env, spawn, stop
+from tests.conftest import MakeStore, lrtune_env, spawn, stop
 from tests.faults.common import PLUGINS, assert_exact_budget, trials, wait_status
 
 
-def test_task_faults_end_trials_not_the_worker(db_url: str, tmp_path: Path) -> None:
-    store = Store(Settings(database_url=db_url, max_failures=2))
+def test_task_faults_end_trials_not_the_worker(db_url: str, make_store: MakeStore,
+        tmp_path: Path) -> None:
+    store = make_store(max_failures=2)
     specs = {name: store.create_study(StudySpec(name=name, task=name, epochs=3, n_trials=3,
                                                 pruner={"name": "none"}), "me")
              for name in ("fault-raise", "fault-nan", "fault-oom")}

@@ -1,17 +1,10 @@
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from lrtune import optuna_internals as internals
 from lrtune.ledger import PackLedger
-from lrtune.settings import Settings
 from lrtune.spec import StudySpec
 from lrtune.store import Store
-
-
-@pytest.fixture
-def store(db_url: str) -> Store:
-    return Store(Settings(database_url=db_url))
 
 
 def history(store: Store, n: int) -> None:

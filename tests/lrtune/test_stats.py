@@ -12,14 +12,9 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from lrtune.ledger import PackLedger
-from lrtune.settings import Settings
 from lrtune.spec import StudySpec
 from lrtune.store import Store, stats
-
-
-@pytest.fixture
-def store(db_url: str) -> Store:
-    return Store(Settings(database_url=db_url, heartbeat_interval=1, heartbeat_grace=2))
+from tests.conftest import MakeStore
 
 
 def scanned(store: Store, name: str) -> tuple[dict[str, int], int | None]:
@@ -93,7 +88,7 @@ def test_a_deleted_study_leaves_nothing_behind(store: Store) -> None:
             assert conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one() == 0
 
 
-def test_installing_counts_what_is_there(store: Store, db_url: str) -> None:
+def test_installing_counts_what_is_there(store: Store, make_store: MakeStore) -> None:
     """A database with trials from before the triggers is counted when they are installed."""
     store.create_study(StudySpec(name="old", task="linreg", n_trials=3), "me")
     for value in (2.0, 1.0):
@@ -112,5 +107,5 @@ def test_installing_counts_what_is_there(store: Store, db_url: str) -> None:
                                    ("studies", "study_delete")):
                 conn.execute(sa.text(f"DROP TRIGGER lrtune_{stats.VERSION}_{trigger} "
                                      f"ON {table}"))
-    fresh = Store(Settings(database_url=db_url))  # installs them again, counting the trials
+    fresh = make_store()  # installs them again, counting the trials
     assert kept(fresh, "old") == ({"COMPLETE": 2}, 1)

@@ -1,37 +1,31 @@
 import threading
-import time
 
 import optuna
 import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from lrtune.settings import Settings
 from lrtune.spec import StudySpec
-from lrtune.store import CANCELLED, DONE, RUNNING, Conflict, NotFound, Store
-
-
-def make_store(db_url: str, **overrides) -> Store:
-    return Store(Settings(database_url=db_url, heartbeat_interval=1, heartbeat_grace=2,
-                          **overrides))
+from lrtune.store import CANCELLED, DONE, RUNNING, Conflict, NotFound
+from tests.conftest import MakeStore, age_trials
 
 
 def spec(name: str = "s", n: int = 4) -> StudySpec:
     return StudySpec(name=name, task="linreg", epochs=2, n_trials=n)
 
 
-def test_migrations_use_their_own_version_table(db_url: str) -> None:
+def test_migrations_use_their_own_version_table(make_store: MakeStore) -> None:
     import sqlalchemy as sa
 
-    store = make_store(db_url)
-    make_store(db_url)  # idempotent
+    store = make_store()
+    make_store()  # idempotent
     tables = set(sa.inspect(store.engine).get_table_names())
     assert {"lrtune_studies", "lrtune_tokens", "lrtune_alembic_version", "trials",
             "alembic_version"} <= tables
 
 
-def test_create_list_cancel_delete(db_url: str) -> None:
-    store = make_store(db_url)
+def test_create_list_cancel_delete(make_store: MakeStore) -> None:
+    store = make_store()
     a = store.create_study(spec("a"), "owner1")
     store.create_study(spec("b"), "owner2")
     with pytest.raises(Conflict):
@@ -46,14 +40,14 @@ def test_create_list_cancel_delete(db_url: str) -> None:
         store.get_study(a.id)
 
 
-def test_claims_never_exceed_the_budget(db_url: str) -> None:
-    store = make_store(db_url)
+def test_claims_never_exceed_the_budget(make_store: MakeStore) -> None:
+    store = make_store()
     record = store.create_study(spec(n=5), "me")
     claims = []
     lock = threading.Lock()
 
     def grab() -> None:
-        local = make_store(db_url)
+        local = make_store()
         while (claim := local.claim()) is not None:
             with lock:
                 claims.append(claim)
@@ -71,8 +65,8 @@ def test_claims_never_exceed_the_budget(db_url: str) -> None:
     assert store.claim() is None
 
 
-def test_failed_trials_free_their_slot(db_url: str) -> None:
-    store = make_store(db_url)
+def test_failed_trials_free_their_slot(make_store: MakeStore) -> None:
+    store = make_store()
     record = store.create_study(spec(n=2), "me")
     first = store.claim()
     assert first is not None
@@ -85,20 +79,22 @@ def test_failed_trials_free_their_slot(db_url: str) -> None:
     assert store.trial_counts(record)["COMPLETE"] == 2
 
 
-def test_lost_trials_are_failed_and_requeued_once(db_url: str) -> None:
-    store = make_store(db_url, max_retries=1)
+def test_lost_trials_are_failed_and_requeued_once(make_store: MakeStore) -> None:
+    store = make_store(max_retries=1)
     record = store.create_study(spec(n=1), "me")
     claim = store.claim()
     assert claim is not None
     claim.trial.suggest_float("x", 0, 1)
-    time.sleep(3.5)  # no heartbeat past the 2 s grace
+    age_trials(store, 10)  # no heartbeat for 10 s, past the 2 s grace
+    assert store.reap(record) == 1  # as a claimer does, once per heartbeat interval
     retry = store.claim()
     assert retry is not None and retry.trial.number == 1
     lost = store.optuna_storage.get_trial(claim.trial_id)
     assert lost.state == TrialState.FAIL and lost.user_attrs["reason"].startswith("lost")
     assert retry.trial.params == {"x": claim.trial.params["x"]}
     assert retry.trial.user_attrs["retry_of"] == 0
-    time.sleep(3.5)  # lost again: over the retry limit, the failure stays final
+    age_trials(store, 10)  # lost again: over the retry limit, the failure stays final
+    assert store.reap(record) == 1
     fresh = store.claim()
     assert fresh is not None and fresh.trial.number == 2 and "x" not in fresh.trial.params
     store.finish(fresh, TrialState.COMPLETE, 1.0)
@@ -106,13 +102,14 @@ def test_lost_trials_are_failed_and_requeued_once(db_url: str) -> None:
     assert counts == {**counts, "COMPLETE": 1, "FAIL": 2, "WAITING": 0, "RUNNING": 0}
 
 
-def test_a_packs_heartbeat_keeps_every_trial_alive(db_url: str) -> None:
+def test_a_packs_heartbeat_keeps_every_trial_alive(make_store: MakeStore) -> None:
     """One write beats the whole pack (first beat inserts, later ones update), on the
     database's clock: past the grace, the beaten trials are not lost, the silent one is."""
+    from lrtune import optuna_internals as internals
     from lrtune.optuna_internals import HEARTBEATS
     from lrtune.store.trials import ID_BATCH
 
-    store = Store(Settings(database_url=db_url, heartbeat_interval=1, heartbeat_grace=3))
+    store = make_store()
     record = store.create_study(StudySpec(name="hb", task="linreg", epochs=2,
                                           n_trials=ID_BATCH + 3, pack=ID_BATCH + 3), "me")
     claims = store.claim_pack(ID_BATCH + 3)
@@ -122,21 +119,22 @@ def test_a_packs_heartbeat_keeps_every_trial_alive(db_url: str) -> None:
         first = {tid: beat for tid, beat in conn.execute(
             sa.select(HEARTBEATS.c.trial_id, HEARTBEATS.c.heartbeat))}
     assert set(first) == set(beaten)
-    for _ in range(4):  # 4.4 s: past the grace for the trial never beaten
-        time.sleep(1.1)
-        store.record_heartbeats(beaten)
+    age_trials(store, 10)  # past the grace for every trial, beaten or not
+    with store.engine.connect() as conn:
+        aged = dict(conn.execute(sa.select(HEARTBEATS.c.trial_id, HEARTBEATS.c.heartbeat)).all())
+    store.record_heartbeats(beaten)  # the pack's heartbeat comes: all but one alive again
     with store.engine.connect() as conn:
         rows = conn.execute(sa.select(HEARTBEATS.c.trial_id, HEARTBEATS.c.heartbeat)).all()
-    assert len(rows) == len(beaten) and all(beat > first[tid] for tid, beat in rows)
+    assert len(rows) == len(beaten) and all(beat > aged[tid] for tid, beat in rows)
     study_id = store.optuna_study_id(record)
     assert store.reap(record) == 1
-    states = {t._trial_id: t.state for t in store.optuna_storage.get_all_trials(study_id)}
+    states = {internals.trial_id(t): t.state for t in store.optuna_storage.get_all_trials(study_id)}
     assert states[claims[0].trial_id] == TrialState.FAIL
     assert all(states[tid] == TrialState.RUNNING for tid in beaten)
 
 
-def test_hand_back_requeues_the_same_params(db_url: str) -> None:
-    store = make_store(db_url)
+def test_hand_back_requeues_the_same_params(make_store: MakeStore) -> None:
+    store = make_store()
     store.create_study(spec(n=1), "me")
     claim = store.claim()
     assert claim is not None
@@ -147,10 +145,10 @@ def test_hand_back_requeues_the_same_params(db_url: str) -> None:
     assert store.claim() is None
 
 
-def test_tokens_are_stored_hashed(db_url: str) -> None:
+def test_tokens_are_stored_hashed(make_store: MakeStore) -> None:
     import sqlalchemy as sa
 
-    store = make_store(db_url, api_tokens="envtoken")
+    store = make_store(api_tokens="envtoken")
     token = store.create_token("alice")
     with store.engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT token_hash FROM lrtune_tokens")).scalar_one()
@@ -161,16 +159,16 @@ def test_tokens_are_stored_hashed(db_url: str) -> None:
     assert store.token_owner(token) != store.token_owner("envtoken")
 
 
-def test_optuna_sees_the_study(db_url: str) -> None:
-    store = make_store(db_url)
+def test_optuna_sees_the_study(make_store: MakeStore) -> None:
+    store = make_store()
     store.create_study(spec("visible"), "me")
     names = [s.study_name for s in optuna.get_all_study_summaries(store.optuna_storage)]
     assert names == ["visible"]
 
 
-def test_requeued_losses_do_not_count_as_failures(db_url: str) -> None:
+def test_requeued_losses_do_not_count_as_failures(make_store: MakeStore) -> None:
     """A kill storm re-runs lost trials; only failures that stay failed can fail the study."""
-    store = make_store(db_url, max_failures=0, max_retries=10)
+    store = make_store(max_failures=0, max_retries=10)
     record = store.create_study(spec(n=1), "me")
     for _ in range(3):  # lost three times, each time re-queued
         claim = store.claim()
@@ -184,11 +182,11 @@ def test_requeued_losses_do_not_count_as_failures(db_url: str) -> None:
     assert store.get_study(record.id).status == "failed"
 
 
-def test_a_deleted_studys_id_is_never_reused(db_url: str) -> None:
+def test_a_deleted_studys_id_is_never_reused(make_store: MakeStore) -> None:
     """Workers cache a study's Optuna objects by id: a new study must not inherit one."""
-    store = make_store(db_url)
+    store = make_store()
     first = store.create_study(spec("a", n=1), "me")
-    worker = make_store(db_url)  # a worker that knows the first study
+    worker = make_store()  # a worker that knows the first study
     assert worker.optuna_study(first).study_name == "a"
     store.delete(first.id)
     second = store.create_study(spec("b", n=1), "me")
@@ -198,7 +196,7 @@ def test_a_deleted_studys_id_is_never_reused(db_url: str) -> None:
     assert claim.study.study_name == "b"
 
 
-def test_upgrading_a_database_keeps_its_studies(db_url: str) -> None:
+def test_upgrading_a_database_keeps_its_studies(make_store: MakeStore) -> None:
     """A database made by an older lrtune (revision 0002) upgrades with its rows intact."""
     from pathlib import Path
 
@@ -207,7 +205,7 @@ def test_upgrading_a_database_keeps_its_studies(db_url: str) -> None:
 
     import lrtune.store
 
-    store = make_store(db_url)
+    store = make_store()
     record = store.create_study(spec("old", n=1), "me")
     cfg = Config()
     cfg.set_main_option("script_location",
@@ -215,26 +213,26 @@ def test_upgrading_a_database_keeps_its_studies(db_url: str) -> None:
     with store.engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0002")
-    upgraded = make_store(db_url)  # migrates to head again
+    upgraded = make_store()  # migrates to head again
     again = upgraded.get_study(record.id)
     assert (again.name, again.spec, again.created_at) == ("old", record.spec, record.created_at)
     assert upgraded.create_study(spec("new", n=1), "me").id > record.id
 
 
-def test_seeded_workers_do_not_repeat_each_others_draws(db_url: str) -> None:
+def test_seeded_workers_do_not_repeat_each_others_draws(make_store: MakeStore) -> None:
     """Two workers on one seeded study draw different values; one worker replays exactly."""
     def seeded(name: str) -> StudySpec:
         return StudySpec(name=name, task="linreg", epochs=2, n_trials=4,
                          sampler={"name": "random", "seed": 7})
 
-    first, second = make_store(db_url), make_store(db_url)
+    first, second = make_store(), make_store()
     first.create_study(seeded("two"), "me")
     a, b = first.claim(), second.claim()
     assert a is not None and b is not None
     assert a.trial.suggest_float("x", 0, 1) != b.trial.suggest_float("x", 0, 1)
     replays = []
     for name in ("once", "again"):
-        store = make_store(db_url)
+        store = make_store()
         store.create_study(seeded(name), "me")
         drawn = []
         while (claim := store.claim({store.list_studies()[0][-1].id})) is not None:

@@ -5,9 +5,9 @@ import pytest
 from fastapi.testclient import TestClient
 from optuna.trial import TrialState
 
-from lrtune.settings import Settings
 from lrtune.store import Store
 from service.app import create_app
+from tests.conftest import MakeStore
 
 TOKEN, OTHER = "token-a", "token-b"
 A = {"Authorization": f"Bearer {TOKEN}"}
@@ -16,9 +16,8 @@ SPEC = {"name": "s1", "task": "linreg", "epochs": 3, "n_trials": 4}
 
 
 @pytest.fixture
-def store(db_url: str) -> Store:
-    return Store(Settings(database_url=db_url, api_tokens=f"{TOKEN},{OTHER}", max_trials=500,
-                          max_epochs=100))
+def store(make_store: MakeStore) -> Store:
+    return make_store(api_tokens=f"{TOKEN},{OTHER}", max_trials=500, max_epochs=100)
 
 
 @pytest.fixture

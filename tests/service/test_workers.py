@@ -7,7 +7,6 @@ import time
 
 from fastapi.testclient import TestClient
 
-from lrtune.settings import Settings
 from lrtune.store import Store
 from service.app import create_app
 from service.workers import WorkerPool
@@ -31,8 +30,7 @@ def test_an_exited_worker_is_restarted_with_backoff() -> None:
         pool.stop(grace=5)
 
 
-def test_readyz_reports_the_local_workers(db_url: str) -> None:
-    store = Store(Settings(database_url=db_url))
+def test_readyz_reports_the_local_workers(store: Store) -> None:
     app = create_app(store.settings, store)
     with TestClient(app) as client:
         assert client.get("/readyz").status_code == 200  # no local workers
