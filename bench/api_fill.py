@@ -1,0 +1,276 @@
+"""Databases for ``bench/api_load.py``: studies made through the REST API, finished trials
+through Optuna's public API, filled once into a template database and cloned for each run.
+
+A filled template is ``lrtune_bench_api_<studies>x<trials>``; its comment holds how it was
+filled (commit, seconds per stage). Filling goes:
+
+1. the API (``bench.api_server``, i.e. ``lrtune serve``) on a new database, a token from
+   ``lrtune token create``, ``POST /studies`` for each study (``n_trials`` = trials per study;
+   ``linreg`` with the default space, ``digits-mlp`` with warmup, weight decay and batch size
+   searched), then the server stops;
+2. trials, in several processes (one study at a time each, niced): parameters drawn through
+   lrtune's ``SearchSpace`` as a random sampler would, a loss per epoch, the user attributes
+   the worker writes (config, steps per epoch, metrics, ``lr_curve``, reason), the curve
+   artifact's system attribute; each trial written the way a worker's trial is, through
+   Optuna's storage: created RUNNING, its artifact attribute set, then ended COMPLETE (65 %)
+   or PRUNED (pruned 30 %, diverged 5 %) with the last reported value;
+3. ``VACUUM ANALYZE``, and one ``GET /studies`` through the API, which marks the studies
+   ``done`` as a worker's last finish would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import random
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import optuna
+import psycopg
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import FrozenTrial, TrialState
+
+from lrtune.client import Client
+from lrtune.dashboard import curve_artifact_attr
+from lrtune.space import SearchSpace
+from lrtune.spec import StudySpec
+from lrtune.study import (
+    ATTR_CONFIG,
+    ATTR_LR_CURVE,
+    ATTR_METRICS,
+    ATTR_REASON,
+    ATTR_STEPS_PER_EPOCH,
+    direction,
+)
+from lrtune.tasks import task_info
+
+ROOT = Path(__file__).resolve().parents[1]
+PG = "postgresql://postgres@127.0.0.1:5432"
+ADMIN = f"{PG}/postgres"
+# A fresh database's loss scale per task: (first epoch, a good last epoch).
+LOSS = {"linreg": (8.0, 0.01), "digits-mlp": (2.3, 0.08)}
+
+
+def url_of(db: str) -> str:
+    return f"{PG}/{db}"
+
+
+def template_name(studies: int, trials: int) -> str:
+    return f"lrtune_bench_api_{studies}x{trials}"
+
+
+def admin(sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(ADMIN, autocommit=True) as conn:
+        cur = conn.execute(sql, args or None)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
+
+
+def drop_database(db: str) -> None:
+    admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+          "WHERE datname = %s AND pid <> pg_backend_pid()", db)
+    admin(f'DROP DATABASE IF EXISTS "{db}"')
+
+
+def fill_info(db: str) -> dict[str, Any] | None:
+    """How a template was filled, or None when there is no such database."""
+    rows = admin("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                 "WHERE datname = %s", db)
+    if not rows:
+        return None
+    return json.loads(rows[0][0] or "{}")
+
+
+def clone(template: str, db: str) -> str:
+    """A copy of ``template`` (a file copy in PostgreSQL, seconds even at 100,000 trials)."""
+    drop_database(db)
+    admin(f'CREATE DATABASE "{db}" TEMPLATE "{template}"')
+    return url_of(db)
+
+
+def study_spec(i: int, trials: int) -> dict[str, Any]:
+    """Study ``i``'s spec: even ones ``linreg`` (default space), odd ones ``digits-mlp``."""
+    spec: dict[str, Any] = {"name": f"api-load-{i:03d}", "n_trials": trials,
+                            "sampler": {"name": "tpe", "seed": i},
+                            "pruner": {"name": "percentile"}, "seed": i}
+    if i % 2 == 0:
+        return spec | {"task": "linreg", "epochs": 10}
+    return spec | {"task": "digits-mlp", "epochs": 20, "space": {
+        "families": ["step", "cosine", "cosine_restarts", "onecycle", "wsd", "plateau"],
+        "optimizers": ["momentum", "adamw"], "lr": {"low": 1e-4, "high": 1.0},
+        "warmup": "search", "weight_decay": {"low": 1e-6, "high": 1e-2},
+        "batch_size": [32, 64, 128]}}
+
+
+class Draw:
+    """Stands in for an Optuna trial while ``SearchSpace.sample`` runs: draws each parameter
+    as Optuna's random sampler does and keeps the distributions Optuna would store."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.params: dict[str, Any] = {}
+        self.distributions: dict[str, BaseDistribution] = {}
+
+    def _keep(self, name: str, value: Any, dist: BaseDistribution) -> Any:
+        self.params[name], self.distributions[name] = value, dist
+        return value
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        return self._keep(name, self.rng.choice(choices), CategoricalDistribution(choices))
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        u = self.rng.random()
+        value = low * (high / low) ** u if log else low + u * (high - low)
+        return self._keep(name, min(max(value, low), high), FloatDistribution(low, high, log=log))
+
+    def suggest_int(self, name: str, low: int, high: int, *, log: bool = False) -> int:
+        value = (round(math.exp(self.rng.uniform(math.log(low), math.log(high)))) if log
+                 else self.rng.randint(low, high))
+        return self._keep(name, min(max(value, low), high), IntDistribution(low, high, log=log))
+
+
+def trial_of(spec: StudySpec, space: SearchSpace, n_train: int, rng: random.Random
+             ) -> tuple[FrozenTrial, TrialState]:
+    """A RUNNING trial as a worker leaves it before finishing, and the state it ends in."""
+    draw = Draw(rng)
+    config = space.sample(draw)
+    info = task_info(spec.task)
+    spe = math.ceil(n_train / (config.batch_size or info.batch_size))
+    fate, epochs = rng.random(), spec.epochs
+    ran = (epochs if fate < 0.65 else rng.randint(max(1, epochs // 4), epochs - 1)
+           if fate < 0.95 else rng.randint(1, max(1, epochs // 2)))
+    first, best = LOSS[spec.task]
+    floor = best * (1 + 4 * rng.random() ** 2)
+    tau = rng.uniform(1.0, epochs / 2)
+    values = [floor + (first - floor) * math.exp(-e / tau) * rng.uniform(0.97, 1.03)
+              for e in range(ran)]
+    lrs = []
+    for e in range(ran):  # the LR at each epoch's first step, as the worker reports it
+        try:
+            lrs.append(config.schedule.lr(e * spe, epochs * spe, spe, config.optimizer.lr,
+                                          values[:e]))
+        except Exception:  # noqa: BLE001 - a schedule refusing this horizon: keep the base LR
+            lrs.append(config.optimizer.lr)
+    last = values[-1]
+    metrics = {m: last * (0.9 if m == "train_loss" else 1.0) for m in info.metrics}
+    if "val_acc" in metrics:
+        metrics["val_acc"] = max(0.0, 1.0 - last / 2.5)
+    attrs: dict[str, Any] = {ATTR_CONFIG: config.to_dict(), ATTR_STEPS_PER_EPOCH: spe}
+    state = TrialState.COMPLETE if fate < 0.65 else TrialState.PRUNED
+    if fate >= 0.95:  # diverged: the epoch that blew up is not reported, its metrics are kept
+        metrics = {m: math.nan for m in metrics}
+    attrs |= {ATTR_METRICS: metrics, ATTR_LR_CURVE: lrs}
+    if state == TrialState.PRUNED:
+        attrs[ATTR_REASON] = "diverged" if fate >= 0.95 else "pruned"
+    trial = FrozenTrial(number=0, trial_id=0, state=TrialState.RUNNING, value=None, values=None,
+                        datetime_start=datetime.now(), datetime_complete=None,
+                        params=draw.params, distributions=draw.distributions,
+                        user_attrs=attrs, system_attrs={},
+                        intermediate_values=dict(enumerate(values)))
+    return trial, state
+
+
+_storage: optuna.storages.RDBStorage | None = None
+
+
+def _fill_study(job: tuple[str, int, dict[str, Any], int, int]) -> tuple[int, float]:
+    """Worker process: one study's trials, each as a worker writes it (created RUNNING, its
+    curve artifact attribute, its end: three transactions)."""
+    global _storage
+    url, seed, raw, trials, n_train = job
+    if _storage is None:
+        os.nice(10)  # other people's test runs share these cores
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        _storage = optuna.storages.RDBStorage(  # commits need not wait for the disk here
+            url.replace("postgresql://", "postgresql+psycopg://"),
+            engine_kwargs={"connect_args": {"options": "-c synchronous_commit=off"}})
+    start = time.perf_counter()
+    spec = StudySpec.model_validate(raw)
+    space = SearchSpace(spec.space, direction(spec))
+    study_id = _storage.get_study_id_from_name(spec.name)
+    rng = random.Random(seed)
+    number = None
+    for _ in range(trials):
+        template, state = trial_of(spec, space, n_train, rng)
+        trial_id = _storage.create_new_trial(study_id, template_trial=template)
+        # this process alone adds to this study: the numbers follow on from the first
+        number = _storage.get_trial_number_from_id(trial_id) if number is None else number + 1
+        _storage.set_trial_system_attr(trial_id, *curve_artifact_attr(study_id, trial_id,
+                                                                      number))
+        values = list(template.intermediate_values.values())
+        _storage.set_trial_state_values(trial_id, state, values[-1:])
+    return trials, time.perf_counter() - start
+
+
+def train_sizes() -> dict[str, int]:
+    """Training examples per task (steps per epoch depend on them and the batch size)."""
+    from worker.tasks import get_task
+
+    return {name: len(get_task(name).data().x_train) for name in LOSS}
+
+
+def fill(studies: int, trials: int, procs: int, commit: str,
+         serve: Any) -> dict[str, Any]:
+    """Build the template database for ``studies`` x ``trials`` and return how it went.
+
+    ``serve(url)`` is a context manager running the API on ``url`` and yielding its base URL.
+    """
+    template = template_name(studies, trials)
+    building = f"{template}_building"
+    drop_database(building)
+    admin(f'CREATE DATABASE "{building}"')
+    url = url_of(building)
+    seconds: dict[str, float] = {}
+    try:
+        start = time.perf_counter()
+        env = os.environ | {"LRTUNE_DATABASE_URL": url}
+        token = subprocess.run([sys.executable, "-m", "lrtune", "token", "create", "--name",
+                                "api-load"], env=env, cwd=ROOT, check=True,
+                               capture_output=True, text=True).stdout.strip()
+        specs = [study_spec(i, trials) for i in range(1, studies + 1)]
+        with serve(url) as base:
+            client = Client(base, token)
+            for spec in specs:
+                client.submit(spec)
+        seconds["studies"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        sizes = train_sizes()
+        jobs = [(url, i, spec, trials, sizes[spec["task"]]) for i, spec in enumerate(specs, 1)]
+        jobs.sort(key=lambda job: job[2]["task"] != "digits-mlp")  # the slower ones first
+        done = 0
+        with mp.get_context("spawn").Pool(procs) as pool:
+            for n, _ in pool.imap_unordered(_fill_study, jobs):
+                done += n
+                rate = done / (time.perf_counter() - start)
+                print(f"  filled {done}/{studies * trials} trials ({rate:.0f}/s)", flush=True)
+        seconds["trials"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+        with serve(url) as base:  # each study's first read marks it done
+            httpx.get(f"{base}/studies?limit={studies}", timeout=600).raise_for_status()
+        seconds["settle"] = time.perf_counter() - start
+    except BaseException:
+        drop_database(building)
+        raise
+    info = {"studies": studies, "trials_per_study": trials, "commit": commit, "procs": procs,
+            "seconds": {k: round(v, 1) for k, v in seconds.items()},
+            "when": datetime.now().isoformat(timespec="seconds")}
+    drop_database(template)
+    admin(f'ALTER DATABASE "{building}" RENAME TO "{template}"')
+    admin(f"COMMENT ON DATABASE \"{template}\" IS '{json.dumps(info)}'")
+    return info
