@@ -277,23 +277,28 @@ def run_clients(server: Server, args: argparse.Namespace, tmp: Path) -> list[dic
     return [{k: v for k, v in r.items() if not k.startswith("_")} for r in [bare, *rows]]
 
 
-def commit() -> tuple[str, bool]:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                          capture_output=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           text=True, capture_output=True).stdout.strip()
-    return head, bool(dirty)
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, text=True, capture_output=True
+                          ).stdout.strip()
+
+
+def commit() -> dict[str, Any]:
+    """HEAD, the last commit that changed anything outside bench/ (the code measured), and
+    whether tracked files differ from HEAD."""
+    return {"code": git("rev-parse", "--short", "HEAD"),
+            "app_code": git("log", "-1", "--format=%h", "--", ".", ":!bench"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def run_size(trials: int, args: argparse.Namespace, info: dict[str, Any], tmp: Path
              ) -> list[dict[str, Any]]:
     """Every clients level on a fresh clone of the size's template."""
-    template = api_fill.template_name(args.studies, trials)
+    template = api_fill.template_name(args.studies, trials, args.fill_with)
     fill = api_fill.fill_info(template)
     if fill is None or args.refill:
         print(f"filling {template} ({args.studies} x {trials} trials)", flush=True)
-        fill = api_fill.fill(args.studies, trials, args.fill_procs, info["code"],
-                             lambda url: serving(url, None, tmp / "server.log"))
+        fill = api_fill.fill(args.studies, trials, args.fill_with, args.fill_procs,
+                             info["code"], lambda url: serving(url, None, tmp / "server.log"))
         print(f"  filled in {fill['seconds']} s", flush=True)
     if args.fill_only:
         return []
@@ -317,8 +322,8 @@ def run_size(trials: int, args: argparse.Namespace, info: dict[str, Any], tmp: P
                            "trials_per_study": trials, "trials": args.studies * trials,
                            "clients": clients} | row
                     row |= {"targets": targets(row), "code": info["code"],
-                            "dirty": info["dirty"], "settings": settings, "fill": fill,
-                            "machine": info["machine"]}
+                            "app_code": info["app_code"], "dirty": info["dirty"],
+                            "settings": settings, "fill": fill, "machine": info["machine"]}
                     with args.out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     rows.append(row)
@@ -348,7 +353,8 @@ def sql_profile(server: Server, args: argparse.Namespace, trials: int, info: dic
                "ms_per_request": round(wall * 1e3, 2),
                "statements_per_request": round(statements / args.sql, 1),
                "sql_ms_per_request": round(sql_s / args.sql * 1e3, 2), "code": info["code"],
-               "dirty": info["dirty"], "fill": fill, "machine": info["machine"]}
+               "app_code": info["app_code"], "dirty": info["dirty"], "fill": fill,
+               "machine": info["machine"]}
         print(f"    {endpoint:8} {row['ms_per_request']:9.1f} ms/request, "
               f"{row['statements_per_request']:7.1f} SQL statements "
               f"({row['sql_ms_per_request']:.1f} ms in SQL)", flush=True)
@@ -356,6 +362,13 @@ def sql_profile(server: Server, args: argparse.Namespace, trials: int, info: dic
             f.write(json.dumps(row) + "\n")
         rows.append(row)
     return rows
+
+
+def healthz_cell(health: dict[str, Any] | None) -> str | None:
+    if not health:
+        return None
+    p99 = "-" if health["p99_ms"] is None else str(health["p99_ms"])
+    return p99 + (f" ({health['unanswered']} no answer)" if health["unanswered"] else "")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -373,8 +386,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join(cell(v) for v in (
             r["trials"], r["endpoint"], r["clients"], r["ok_per_s"], r["p50_ms"], r["p99_ms"],
             None if r["ok_share"] is None else f"{r['ok_share']:.1%}", r["shed_503"],
-            r["other_5xx"], r["unanswered"], r.get("vs_bare"),
-            health["p99_ms"] if health else None,
+            r["other_5xx"], r["unanswered"], r.get("vs_bare"), healthz_cell(health),
             ", ".join(missed) if missed else "all met" if r["targets"] else "")) + " |")
     sizes = sorted({r["trials"] for r in rows if r["bench"] == "api_load"})
     if len(sizes) > 1:
@@ -411,7 +423,11 @@ def main() -> None:
                         help="seconds to wait for the server to drain before restarting it")
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--load-core", type=int, default=1)
-    parser.add_argument("--fill-procs", type=int, default=3)
+    parser.add_argument("--fill-with", choices=("optuna", "copy"), default="optuna",
+                        help="write the trials through Optuna's storage API (the reference; "
+                        "~20 trials/s at best here) or by COPY (minutes for 100,000)")
+    parser.add_argument("--fill-procs", type=int, default=3, help="processes, --fill-with "
+                        "optuna")
     parser.add_argument("--refill", action="store_true", help="fill the templates again")
     parser.add_argument("--fill-only", action="store_true")
     parser.add_argument("--drop-templates", action="store_true",
@@ -429,8 +445,7 @@ def main() -> None:
         parser.error(f"endpoints from {sorted(ENDPOINTS)}, study id within the studies; got "
                      f"{sorted(unknown)}, {args.study_id=}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    code, dirty = commit()
-    info = {"code": code, "dirty": dirty, "machine": machine(), "settings": {
+    info = commit() | {"machine": machine(), "settings": {
         "duration_s": args.duration, "timeout_s": args.timeout, "study_id": args.study_id,
         "healthz_rps": args.healthz_rps, "server_core": args.server_core,
         "load_core": args.load_core, "versions": {p: version(p) for p in (
@@ -450,7 +465,8 @@ def main() -> None:
             stop(proc, grace=5)
         if args.drop_templates:
             for trials in args.trials:
-                api_fill.drop_database(api_fill.template_name(args.studies, trials))
+                api_fill.drop_database(api_fill.template_name(args.studies, trials,
+                                                              args.fill_with))
     if rows:
         print(table(rows))
 
