@@ -382,7 +382,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         if r["bench"] != "api_load":
             continue
         missed = [name for name, ok in r["targets"].items() if not ok]
-        health = r.get("healthz") if r["endpoint"] != "bare" else None
+        health = r.get("healthz")
         lines.append("| " + " | ".join(cell(v) for v in (
             r["trials"], r["endpoint"], r["clients"], r["ok_per_s"], r["p50_ms"], r["p99_ms"],
             None if r["ok_share"] is None else f"{r['ok_share']:.1%}", r["shed_503"],
