@@ -321,16 +321,19 @@ def check_copy(url: str, specs: list[dict[str, Any]], sizes: dict[str, int],
             spec = StudySpec.model_validate(raw)
             space, rng = SearchSpace(spec.space, direction(spec)), random.Random(i)
             study = optuna.load_study(study_name=spec.name, storage=storage)
+            study_id = storage.get_study_id_from_name(spec.name)
             for got in study.get_trials(deepcopy=False)[:sample]:
+                trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, got.number)
                 want, state = trial_of(spec, space, sizes[spec.task], rng)
                 steps = want.intermediate_values
                 same = (got.state == state and got.value == steps[max(steps)]
                         and got.params == want.params
                         and got.distributions == want.distributions
                         and got.intermediate_values == steps
-                        and json.dumps(got.user_attrs) == json.dumps(want.user_attrs)
+                        and json.dumps(got.user_attrs, sort_keys=True)
+                        == json.dumps(want.user_attrs, sort_keys=True)
                         and got.system_attrs == dict([curve_artifact_attr(
-                            study._study_id, got._trial_id, got.number)]))
+                            study_id, trial_id, got.number)]))
                 if not same:
                     raise RuntimeError(f"{spec.name} trial {got.number}: Optuna reads back "
                                        f"{got} instead of {want} ({state})")

@@ -399,9 +399,12 @@ def table(rows: list[dict[str, Any]]) -> str:
             other = by.get((large, endpoint, clients))
             if size != small or other is None:
                 continue
-            rate = r["ok_per_s"] / other["ok_per_s"] if other["ok_per_s"] else math.inf
-            p99 = (other["p99_ms"] / r["p99_ms"] if r["p99_ms"] and other["p99_ms"]
-                   else math.inf)
+            if not (r["ok_per_s"] and other["ok_per_s"]):  # no 200 at one size or both
+                lines.append(f"| {endpoint} | {clients} | {r['ok_per_s']} / "
+                             f"{other['ok_per_s']} | - | no |")
+                continue
+            rate = r["ok_per_s"] / other["ok_per_s"]
+            p99 = other["p99_ms"] / r["p99_ms"]
             lines.append(f"| {endpoint} | {clients} | {rate:.2f} | {p99:.2f} | "
                          f"{'yes' if max(rate, p99) <= 1.3 else 'no'} |")
     return "\n".join(lines)
