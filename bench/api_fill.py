@@ -63,7 +63,6 @@ from lrtune.study import (
     ATTR_METRICS,
     ATTR_REASON,
     ATTR_STEPS_PER_EPOCH,
-    direction,
 )
 from lrtune.tasks import task_info
 
@@ -84,7 +83,7 @@ def template_name(studies: int, trials: int, method: str) -> str:
 
 def admin(sql: str, *args: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(ADMIN, autocommit=True) as conn:
-        cur = conn.execute(sql, args or None)  # type: ignore[arg-type]
+        cur = conn.execute(sql, args or None)
         return cur.fetchall() if cur.description else []
 
 
@@ -100,7 +99,8 @@ def fill_info(db: str) -> dict[str, Any] | None:
                  "WHERE datname = %s", db)
     if not rows:
         return None
-    return json.loads(rows[0][0] or "{}")
+    info: dict[str, Any] = json.loads(rows[0][0] or "{}")
+    return info
 
 
 def clone(template: str, db: str) -> str:
@@ -133,22 +133,30 @@ class Draw:
         self.params: dict[str, Any] = {}
         self.distributions: dict[str, BaseDistribution] = {}
 
-    def _keep(self, name: str, value: Any, dist: BaseDistribution) -> Any:
+    def _keep(self, name: str, value: Any, dist: BaseDistribution) -> None:
         self.params[name], self.distributions[name] = value, dist
-        return value
 
     def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
-        return self._keep(name, self.rng.choice(choices), CategoricalDistribution(choices))
+        value = self.rng.choice(choices)
+        self._keep(name, value, CategoricalDistribution(choices))
+        return value
 
     def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
         u = self.rng.random()
-        value = low * (high / low) ** u if log else low + u * (high - low)
-        return self._keep(name, min(max(value, low), high), FloatDistribution(low, high, log=log))
+        value = min(max(low * (high / low) ** u if log else low + u * (high - low), low), high)
+        self._keep(name, value, FloatDistribution(low, high, log=log))
+        return value
 
     def suggest_int(self, name: str, low: int, high: int, *, log: bool = False) -> int:
         value = (round(math.exp(self.rng.uniform(math.log(low), math.log(high)))) if log
                  else self.rng.randint(low, high))
-        return self._keep(name, min(max(value, low), high), IntDistribution(low, high, log=log))
+        value = min(max(value, low), high)
+        self._keep(name, value, IntDistribution(low, high, log=log))
+        return value
+
+
+def space_of(spec: StudySpec) -> SearchSpace:
+    return SearchSpace(spec.space, task_info(spec.task).direction(spec.objective))
 
 
 def trial_of(spec: StudySpec, space: SearchSpace, n_train: int, rng: random.Random
@@ -207,7 +215,7 @@ def _fill_study(job: tuple[str, int, dict[str, Any], int, int]) -> tuple[int, fl
             engine_kwargs={"connect_args": {"options": "-c synchronous_commit=off"}})
     start = time.perf_counter()
     spec = StudySpec.model_validate(raw)
-    space = SearchSpace(spec.space, direction(spec))
+    space = space_of(spec)
     study_id = _storage.get_study_id_from_name(spec.name)
     rng = random.Random(seed)
     number = None
@@ -263,6 +271,7 @@ def _rows(trial_id: int, number: int, study_id: int, trial: FrozenTrial, state: 
           rows: dict[str, list[tuple[Any, ...]]]) -> None:
     """Append one trial's rows, table by table, as Optuna's storage writes them."""
     steps = trial.intermediate_values
+    assert trial.datetime_start is not None
     finished = trial.datetime_start + timedelta(seconds=len(steps))
     rows["trials"].append((trial_id, number, study_id, state.name, trial.datetime_start,
                            finished))
@@ -283,11 +292,12 @@ def fill_with_copy(url: str, specs: list[dict[str, Any]], trials: int,
                    sizes: dict[str, int]) -> None:
     """Every study's trials in turn, ``ROUNDS`` per study at a time, by COPY."""
     with psycopg.connect(url) as conn:
-        ids = dict(conn.execute("SELECT study_name, study_id FROM studies").fetchall())
+        ids: dict[str, int] = dict(conn.execute(
+            "SELECT study_name, study_id FROM studies").fetchall())
         studies = []
         for i, raw in enumerate(specs, 1):
             spec = StudySpec.model_validate(raw)
-            studies.append((ids[spec.name], spec, SearchSpace(spec.space, direction(spec)),
+            studies.append((ids[spec.name], spec, space_of(spec),
                             random.Random(i), sizes[spec.task]))
         start = time.perf_counter()
         for first in range(0, trials, ROUNDS):
@@ -319,7 +329,7 @@ def check_copy(url: str, specs: list[dict[str, Any]], sizes: dict[str, int],
     try:
         for i, raw in enumerate(specs[:2], 1):
             spec = StudySpec.model_validate(raw)
-            space, rng = SearchSpace(spec.space, direction(spec)), random.Random(i)
+            space, rng = space_of(spec), random.Random(i)
             study = optuna.load_study(study_name=spec.name, storage=storage)
             study_id = storage.get_study_id_from_name(spec.name)
             for got in study.get_trials(deepcopy=False)[:sample]:
