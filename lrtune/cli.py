@@ -282,9 +282,8 @@ def serve(
 
     _logging()
     settings = _settings()
-    app_ = create_app(settings)
     pool = WorkerPool(workers)
-    app_.state.workers = pool
+    app_ = create_app(settings, workers=pool)
     pool.start()
     err.print(f"lrtune API on http://{host}:{port}/docs, dashboard on "
               f"http://{host}:{port}/dashboard/, database {settings.printable_url()}, "

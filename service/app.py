@@ -23,6 +23,7 @@ from service.deps import read_dependencies
 from service.errors import error_response
 from service.routes import catalogue, health, session, studies
 from service.telemetry import Telemetry
+from service.workers import WorkerPool
 
 
 class BodyLimit:
@@ -138,7 +139,9 @@ class DashboardPaths:
             await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, store: Store | None = None,
+               workers: WorkerPool | None = None) -> FastAPI:
+    """The API; ``workers``, the local workers ``/readyz`` reports (``serve --workers``)."""
     settings = settings or get_settings()
     store = store or Store(settings)
     app = FastAPI(title="lrtune", version="0.1.0",
@@ -146,6 +149,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                               "`Authorization: Bearer <token>`.")
     app.state.settings = settings
     app.state.store = store
+    app.state.workers = workers
     app.state.telemetry = Telemetry(store)
     errors.install(app)
     reads = read_dependencies(settings)
