@@ -395,7 +395,7 @@ def fill(studies: int, trials: int, method: str, procs: int, commit: str,
         start = time.perf_counter()
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
-        with serve(url) as base:  # each study's first read marks it done
+        with serve(url) as base:  # read once (before 9a218db, a study's first read marked it done)
             httpx.get(f"{base}/studies?limit={studies}", timeout=600).raise_for_status()
         seconds["settle"] = time.perf_counter() - start
     except BaseException:

@@ -101,7 +101,10 @@ class Server:
         self.http = httpx.Client()
 
     def start(self) -> None:
-        env = os.environ | {"LRTUNE_DATABASE_URL": self.url}
+        env = os.environ | {"LRTUNE_DATABASE_URL": self.url,
+                            # one principal owns every study of the bench
+                            "LRTUNE_MAX_RUNNING_STUDIES": "100000",
+                            "LRTUNE_MAX_QUEUED_TRIALS": "1000000000"}
         if self.sql:
             env["LRTUNE_BENCH_SQL"] = "1"
         cmd = [*pinned(self.core), sys.executable, "-m", "bench.api_server", "--host",

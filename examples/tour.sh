@@ -12,12 +12,13 @@ SPEC="${1:-examples/digits.json}"
 
 "$BIN/lrtune" migrate
 export LRTUNE_TOKEN="${LRTUNE_TOKEN:-$("$BIN/lrtune" token create --name make-run)}"
-"$BIN/lrtune" serve --port "$PORT" --workers 1 &
+# the server's and worker's log lines go to a file, not into the progress bar
+"$BIN/lrtune" serve --port "$PORT" --workers 1 > lrtune-serve.log 2>&1 &
 SERVER=$!
 trap 'rc=$?; kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; exit $rc' EXIT
 for _ in $(seq 1 100); do
   curl -fs "$LRTUNE_URL/readyz" >/dev/null 2>&1 && break
-  kill -0 "$SERVER" 2>/dev/null || { echo "lrtune serve failed to start (port $PORT taken?)" >&2; exit 1; }
+  kill -0 "$SERVER" 2>/dev/null || { echo "lrtune serve failed to start (port $PORT taken?); see lrtune-serve.log" >&2; tail -5 lrtune-serve.log >&2; exit 1; }
   sleep 0.2
 done
 ID=$("$BIN/lrtune" submit "$SPEC" --name "$(basename "$SPEC" .json)-$(date +%Y%m%d-%H%M%S)")
@@ -27,6 +28,7 @@ cat <<MSG
   Dashboard:  $LRTUNE_URL/dashboard/
   Study:      $LRTUNE_URL/studies/$ID
   Token:      export LRTUNE_TOKEN=$LRTUNE_TOKEN
+  Server log: lrtune-serve.log
 
 MSG
 "$BIN/lrtune" watch "$ID"

@@ -21,6 +21,13 @@ console = Console()
 err = Console(stderr=True)
 
 
+def call(name: str, values: dict[str, Any]) -> str:
+    """``name(key=value, …)``, numbers to 4 significant digits."""
+    args = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v!r}"
+                     for k, v in values.items())
+    return f"{name}({args})"
+
+
 def fail(message: str, code: int = 2) -> None:
     err.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code)
@@ -39,6 +46,7 @@ def schedules(as_json: Annotated[bool, typer.Option("--json", help="machine-read
         params = []
         for p in fam["params"]:
             rng = (f"{p['choices']}" if p["type"] == "categorical"
+                   else "fixed by you" if p["low"] is None
                    else f"[{p['low']}, {p['high']}]{' log' if p['log'] else ''}")
             params.append(f"{p['name']}={p['default']!r} {rng} {p['unit']}".rstrip())
         table.add_row(fam["name"], fam["formula"], "\n".join(params) or "-")
@@ -83,7 +91,10 @@ def tune(
     epochs: Annotated[int, typer.Option(min=1)] = 10,
     families: Annotated[str | None, typer.Option(help="comma-separated families")] = None,
     optimizers: Annotated[str | None, typer.Option(help="comma-separated optimizers")] = None,
-    storage: Annotated[str, typer.Option(help="database URL")] = "sqlite:///lrtune.db",
+    storage: Annotated[str | None, typer.Option(
+        help="database URL (default: LRTUNE_DATABASE_URL, else sqlite:///lrtune.db)")] = None,
+    resume: Annotated[bool, typer.Option(
+        help="continue the study of this name with its own stored spec")] = False,
     study: Annotated[str | None, typer.Option(help="study name (default: TASK-tune)")] = None,
     sampler: Annotated[str, typer.Option()] = "tpe",
     pruner: Annotated[str, typer.Option()] = "percentile",
@@ -108,10 +119,17 @@ def tune(
     raw = {"name": study or f"{task}-tune", "task": task, "epochs": epochs, "n_trials": trials,
            "objective": objective, "space": space, "sampler": {"name": sampler, "seed": seed},
            "pruner": {"name": pruner}, "seed": seed}
+    from lrtune.settings import hide_password
+    from lrtune.store.db import sqlalchemy_url
+
+    url = sqlalchemy_url(storage or _settings().connection_url())
+    shown = hide_password(url)
     try:
-        run_local_study(raw, storage, device, baseline, console)
+        code = run_local_study(raw, url, device, baseline, console, resume, shown)
     except SpecError as e:
         fail(str(e))
+        return
+    raise typer.Exit(code)
 
 
 def _lr_option(text: str) -> Any:
@@ -133,7 +151,7 @@ def lr_find(
     steps: Annotated[int, typer.Option(min=5, help="training steps in the sweep")] = STEPS,
     seed: Annotated[int, typer.Option()] = 0,
     plot_file: Annotated[Path | None, typer.Option("--plot", help="write the curve as PNG")
-                         ] = Path("lr_find.png"),
+                         ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
 ) -> None:
@@ -384,7 +402,16 @@ def watch(study_id: int, interval: Annotated[float, typer.Option(min=0.1)] = 1.0
     console.print(f"study {study_id}: {study['status']}")
     if study["best"]:
         b = study["best"]
-        console.print(f"best trial #{b['number']}: {b['value']:.6g} {b['schedule']}")
+        console.print(f"best trial #{b['number']}: {b['value']:.6g}")
+        schedule, o = b["schedule"], b["optimizer"]
+        if schedule is not None:
+            modifiers = [f" + {call(m, schedule[m])}" for m in ("warmup", "clip") if schedule[m]]
+            console.print(f"  schedule:  {call(schedule['family'], schedule['params'])}"
+                          + "".join(modifiers))
+            decay = {"weight_decay": o["weight_decay"]} if o["weight_decay"] else {}
+            optimizer = call(o["name"], {"lr": o["lr"], **o["params"], **decay})
+            console.print(f"  optimizer: {optimizer}")
+        console.print(f"  code: lrtune best {study_id} --code pytorch")
 
 
 @app.command()

@@ -8,8 +8,10 @@ import httpx
 
 
 class ClientError(RuntimeError):
+    """The API refused (``status``: its HTTP status) or could not be reached (``status`` 0)."""
+
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
+        super().__init__(f"HTTP {status}: {message}" if status else message)
         self.status = status
 
 
@@ -22,7 +24,9 @@ class Client:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as error:
-            raise ClientError(0, f"cannot reach {self.http.base_url}: {error}") from None
+            raise ClientError(0, f"cannot reach the lrtune API at {self.http.base_url} "
+                              f"({error}): is `lrtune serve` running there? (LRTUNE_URL)"
+                              ) from None
         if response.status_code >= 400:
             try:
                 message = response.json()["error"]["message"]

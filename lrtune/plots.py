@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -73,16 +74,28 @@ def study_png(kind: StudyPlot, trials: Sequence[optuna.trial.FrozenTrial], metri
     families = sorted({str(t.params.get("schedule", "?")) for t in finished})
     colors = {f: f"C{i % 10}" for i, f in enumerate(families)}
     if kind in ("lr", "loss"):
-        for t in finished[-MAX_CURVES:]:
+        diverged = [t for t in finished if t.user_attrs.get(names.ATTR_REASON) == "diverged"]
+        drawn = [t for t in finished if kind == "lr" or t not in diverged][-MAX_CURVES:]
+        values: list[float] = []
+        for t in drawn:
             ys = t.user_attrs.get(names.ATTR_LR_CURVE, []) if kind == "lr" else _curve(t)
+            values += [y for y in ys if math.isfinite(y)]
             ax.plot(range(1, len(ys) + 1), ys, color=colors[str(t.params.get("schedule", "?"))],
                     alpha=0.6, linewidth=1)
         for family in families:
             ax.plot([], [], color=colors[family], label=family)
+        left_out = f" ({len(diverged)} diverged trials left out)" if kind == "loss" and \
+            diverged else ""
         ax.set(xlabel="epoch", ylabel="LR" if kind == "lr" else metric,
-               title=f"{title}: {'LR' if kind == 'lr' else metric} per epoch, by family")
+               title=f"{title}: {'LR' if kind == 'lr' else metric} per epoch, by family"
+                     f"{left_out}")
         if kind == "lr":
             ax.set_yscale("log")
+        elif len(values) > 20:  # a few runaway curves must not flatten all the others
+            ordered = sorted(values)
+            low, high = ordered[0], ordered[int(0.95 * (len(ordered) - 1))]
+            if ordered[-1] - low > 4 * (high - low) > 0:
+                ax.set_ylim(low - 0.05 * (high - low), high + 0.25 * (high - low))
     else:
         by_family: dict[str, list[float]] = defaultdict(list)
         for t in finished:

@@ -12,7 +12,7 @@ from lrtune import study as names
 from lrtune.errors import SpecError
 from lrtune.export import export
 from lrtune.space import SearchSpace, TrialConfig
-from lrtune.spec import StudySpec
+from lrtune.spec import StudySpec, explain
 
 SPEC_ATTR = names.STUDY_ATTR_SPEC
 
@@ -21,9 +21,7 @@ def parse_spec(raw: dict[str, Any]) -> StudySpec:
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as e:
-        first = e.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "spec"
-        raise SpecError(field, first["msg"]) from None
+        raise SpecError(*explain(e.errors()[0])) from None
     SearchSpace(spec.space, names.direction(spec))
     return spec
 

@@ -13,6 +13,10 @@ from sqlalchemy.engine import make_url
 PLACEHOLDER_PASSWORDS = ("change-me",)  # .env.example's: refused, never a real password
 
 
+def hide_password(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LRTUNE_", env_file=".env", extra="ignore")
 
@@ -41,9 +45,10 @@ class Settings(BaseSettings):
     max_pack: int = Field(1_024, ge=1)
     artifact_dir: Path | None = Field(
         None, description="folder for files uploaded in the dashboard (curve images need none)")
-    max_inflight: int = Field(16, ge=1, description="requests served at once (the rest wait)")
-    max_queued: int = Field(32, ge=0, description="requests waiting for a turn; beyond, 503")
-    queue_wait: float = Field(0.5, gt=0, description="seconds a request waits for a turn "
+    max_inflight: int = Field(8, ge=1, description="requests served at once (the rest wait): "
+                              "one process runs Python on one core at a time")
+    max_queued: int = Field(100, ge=0, description="requests waiting for a turn; beyond, 503")
+    queue_wait: float = Field(0.8, gt=0, description="seconds a request waits for a turn "
                               "before 503")
     db_pool_size: int = Field(8, ge=1, description="database connections kept per process")
     db_max_overflow: int = Field(8, ge=0, description="connections beyond db_pool_size")
@@ -97,7 +102,7 @@ class Settings(BaseSettings):
 
     def printable_url(self) -> str:
         """The database URL with its password hidden."""
-        return make_url(self.connection_url()).render_as_string(hide_password=True)
+        return hide_password(self.connection_url())
 
     @property
     def compile_after(self) -> float | None:

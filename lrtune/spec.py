@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -43,6 +43,28 @@ def _task_enum(schema: dict[str, Any]) -> None:
     from lrtune.tasks import task_names
 
     schema["enum"] = task_names()
+
+
+def explain(error: Mapping[str, Any]) -> tuple[str, str]:
+    """The field (dotted, e.g. ``space.lr.low``) a pydantic validation error names, and a
+    message a person can act on, without pydantic's internals (union members, regexes,
+    character offsets)."""
+    kind = str(error.get("type", ""))
+    parts = [str(p) for p in error.get("loc", ())]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    if kind == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error", "")
+        where = f", at character {parts[-1]}" if parts else ""
+        return "body", f"the body is not valid JSON ({reason}{where})".replace("(, ", "(")
+    field = ".".join(p for p in parts if "[" not in p and not p.startswith("constrained-")
+                     and p not in ("int", "float", "str", "bool")) or "body"
+    message = str(error.get("msg", "invalid"))
+    if field == "body" and kind in ("model_attributes_type", "dict_type", "missing"):
+        message = "send the study spec as a JSON object (Content-Type: application/json)"
+    elif kind == "string_pattern_mismatch":
+        message = "use letters, digits, '_', '.' and '-' only"
+    return field, message
 
 
 SEED_MAX = 2**32 - 1  # numpy's and Optuna's samplers take seeds below 2**32

@@ -1,7 +1,10 @@
 """Task metadata the core needs without torch: names, metrics and directions.
 
-The trainable side (model, data) lives in ``worker.tasks``; third-party tasks register a
-``worker``-side object with an ``info`` attribute under the entry-point group ``lrtune.tasks``.
+The trainable side (model, data) lives in ``worker.tasks``. A third-party task registers two
+entry points: its trainable class (with an ``info`` attribute) under ``lrtune.tasks``, for
+workers, and its ``TaskInfo`` alone, from a module that does not import torch, under
+``lrtune.task_info``, so that the service (whose image has no torch) describes and validates
+it. Without the second, the service can name the task but not use it, and says so.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Literal
 from lrtune.errors import SpecError
 
 Direction = Literal["minimize", "maximize"]
-ENTRY_POINT_GROUP = "lrtune.tasks"
+ENTRY_POINT_GROUP = "lrtune.tasks"  # trainable task classes, for workers
+INFO_GROUP = "lrtune.task_info"  # their TaskInfo, importable without torch
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,8 @@ BUILTIN_TASKS: dict[str, TaskInfo] = {t.name: t for t in [
 
 
 def plugin_task_names() -> list[str]:
-    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return sorted({ep.name for group in (ENTRY_POINT_GROUP, INFO_GROUP)
+                   for ep in entry_points(group=group)})
 
 
 def task_names() -> list[str]:
@@ -64,8 +69,19 @@ def task_info(name: str, field_name: str = "task") -> TaskInfo:
     """Metadata of a built-in or entry-point task; SpecError naming ``field_name`` if unknown."""
     if name in BUILTIN_TASKS:
         return BUILTIN_TASKS[name]
+    for ep in entry_points(group=INFO_GROUP, name=name):
+        info = ep.load()
+        if isinstance(info, TaskInfo):
+            return info
+        raise SpecError(field_name, f"entry point {name!r} of {INFO_GROUP} is not a TaskInfo")
     for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
-        info = getattr(ep.load(), "info", None)
+        try:
+            trainable = ep.load()
+        except ImportError as e:
+            raise SpecError(field_name, f"task {name!r} cannot be described here ({e}): its "
+                            f"package must also publish its TaskInfo, from a module without "
+                            f"torch, under the entry-point group {INFO_GROUP!r}") from None
+        info = getattr(trainable, "info", None)
         if isinstance(info, TaskInfo):
             return info
         raise SpecError(field_name, f"entry point {name!r} has no TaskInfo 'info'")

@@ -139,7 +139,20 @@ class DashboardGate:
                 await run_in_threadpool(caller, self.store, scope) is None:
             await self._unauthorized(scope, receive, send)
             return
-        await self.app(_without_body(scope), _no_body, _safe_artifacts(send, path))
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(_without_body(scope), _no_body, _safe_artifacts(tracked, path))
+        except KeyError:  # Optuna's "Record does not exist": an id of no study or trial
+            if started:
+                raise
+            await error_response(404, "not_found", "no such study, trial or artifact",
+                                 "id")(scope, receive, send)
 
     @staticmethod
     async def _unauthorized(scope: Scope, receive: Receive, send: Send) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,6 +13,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lrtune.errors import Conflict, DatabaseUnavailable, NotFound, OverQuota, SpecError
+from lrtune.spec import explain
 
 log = logging.getLogger("lrtune.service")
 
@@ -41,15 +41,6 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
-def _field(loc: Sequence[object]) -> str:
-    parts = [str(p) for p in loc]
-    if parts and parts[0] in ("body", "query", "path", "header"):
-        parts = parts[1:]
-    # pydantic adds the union member tried (e.g. "int", "function-after[...]"): drop it
-    return ".".join(p for p in parts if "[" not in p and not p.startswith("constrained-")
-                    and p not in ("int", "float", "str")) or "body"
-
-
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` for the error codes a route can return."""
     return {code: {"model": ErrorOut} for code in codes}
@@ -68,8 +59,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
         first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
-        field = _field(first.get("loc", ()))
-        message = str(first.get("msg", "invalid"))
+        field, message = explain(first)
         return error_response(422, "invalid", f"{field}: {message}", field)
 
     @app.exception_handler(NotFound)

@@ -3,6 +3,7 @@ the database: the routes hand in what the store read."""
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ import optuna
 from lrtune import study as names
 from lrtune.errors import NotFound, SpecError
 from lrtune.space import SearchSpace, TrialConfig
-from lrtune.store import DONE, FAILED, RUNNING, StudyRecord
+from lrtune.store import FAILED, RUNNING, StudyRecord, ended
 from lrtune.store.reads import BestTrial, Summary, TrialRow
 from service.schemas import BestOut, LrRangeOut, Progress, StudyOut, TrialDetail, TrialOut
 
@@ -34,7 +35,25 @@ def missing(record: StudyRecord) -> NotFound:
 
 def best_out(record: StudyRecord, best: BestTrial) -> BestOut:
     """The best trial; its schedule and optimizer None when its parameters do not decode
-    (written to the database by other means than lrtune's workers)."""
+    (written to the database by other means than lrtune's workers). Kept per study and
+    trial: a finished trial never changes."""
+    key = (record.id, best.trial_id)
+    kept = _best.get(key)
+    if kept is None:
+        kept = _best_out(record, best)
+        with _best_lock:
+            _best[key] = kept
+            while len(_best) > KEPT:
+                del _best[next(iter(_best))]
+    return kept
+
+
+KEPT = 4096
+_best: dict[tuple[int, int], BestOut] = {}  # insertion order: the oldest first out
+_best_lock = threading.Lock()
+
+
+def _best_out(record: StudyRecord, best: BestTrial) -> BestOut:
     try:
         config = decode(record, best.params)
     except SpecError:
@@ -45,23 +64,39 @@ def best_out(record: StudyRecord, best: BestTrial) -> BestOut:
 
 
 def study_out(record: StudyRecord, summary: Summary) -> StudyOut:
-    """A study as the API shows it. A running study whose budget is complete shows ``done``
-    (the worker that ends its last trial stores it); one whose Optuna study was removed
+    """A study as the API shows it. A running study whose budget is complete shows how it
+    ends (``done``, or ``failed`` when no trial completed; the worker that ends its last
+    trial stores it); one whose Optuna study was removed
     behind lrtune's back shows ``failed`` with the reason."""
     status, reason = record.status, record.reason
     counts = progress(summary.counts, record.n_trials)
     if summary.optuna_id is None:
         status, reason = FAILED, str(missing(record))
     elif status == RUNNING and counts.n_done >= counts.n_trials:
-        status = DONE
+        status, reason = ended(summary.counts)
     return StudyOut(
         id=record.id, name=record.name, task=record.task, status=status,
         owner=record.owner, reason=reason, progress=counts,
         best=best_out(record, summary.best) if summary.best is not None else None,
-        spec=record.spec.model_dump(mode="json"), created_at=record.created_at,
+        spec=spec_json(record), created_at=record.created_at,
         updated_at=record.updated_at, finished_at=record.finished_at,
         dashboard=f"/dashboard/studies/{summary.optuna_id}" if summary.optuna_id is not None
         else "/dashboard/", lr_range=lr_range_out(record))
+
+
+def spec_json(record: StudyRecord) -> dict[str, Any]:
+    """The spec as JSON, made once per study (a spec never changes)."""
+    kept = _specs.get(record.id)
+    if kept is None:
+        kept = record.spec.model_dump(mode="json")
+        with _best_lock:
+            _specs[record.id] = kept
+            while len(_specs) > KEPT:
+                del _specs[next(iter(_specs))]
+    return kept
+
+
+_specs: dict[int, dict[str, Any]] = {}
 
 
 def lr_range_out(record: StudyRecord) -> LrRangeOut | None:

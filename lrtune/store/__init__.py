@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from lrtune import optuna_internals as internals
 from lrtune import study as names
+from lrtune import tables
 from lrtune.dashboard import BestNotes
 from lrtune.errors import Conflict, DatabaseUnavailable, NotFound
 from lrtune.lr_range import LrBounds
@@ -40,13 +41,15 @@ from lrtune.store.studies import (
     Status,
     Studies,
     StudyRecord,
+    ended,
 )
+from lrtune.store.studies import page as studies_page
 from lrtune.store.tokens import Principal, TokenRow, Tokens
 from lrtune.store.trials import Ending
 
 __all__ = ["CANCELLED", "DONE", "FAILED", "RUNNING", "STATUSES", "Claim", "Conflict",
            "DatabaseUnavailable", "Ending", "NotFound", "Principal", "Quota", "Status", "Store",
-           "StudyRecord", "TokenRow", "sqlalchemy_url"]
+           "StudyRecord", "TokenRow", "ended", "sqlalchemy_url"]
 
 
 class Store:
@@ -69,6 +72,7 @@ class Store:
         self.reaper = Reaper(self.db, self.optuna_storage, settings.heartbeat_grace,
                              settings.max_retries)
         self.claims = Claims(self.db, self.studies, self.reaper, self.lock, settings)
+        self.finished_params = reads.FinishedParams()
         self.notes = BestNotes(self.optuna_storage,
                                lambda study_id: self.lock.hold(study_id, wait=True))
 
@@ -123,21 +127,43 @@ class Store:
     def summaries(self, records: Sequence[StudyRecord]) -> dict[int, Summary]:
         """Counts per state and best trial of each record, by record id."""
         with self.db.transaction() as conn:
-            found = reads.summaries(conn, [r.name for r in records])
+            found = reads.summaries(conn, [r.name for r in records], self.finished_params)
         return {r.id: found[r.name] for r in records}
 
-    def trial_page(self, record: StudyRecord, limit: int, offset: int
+    def study_page(self, status: str | None, limit: int, offset: int
+                   ) -> tuple[list[StudyRecord], int, dict[int, Summary]]:
+        """A page of studies, how many there are, and their summaries: one transaction."""
+        with self.db.transaction() as conn:
+            records, total = studies_page(conn, status, limit, offset)
+            found = reads.summaries(conn, [r.name for r in records], self.finished_params)
+        return records, total, {r.id: found[r.name] for r in records}
+
+    def study_summary(self, study_id: int) -> tuple[StudyRecord, Summary]:
+        """One study and its summary: one transaction; NotFound when there is none."""
+        with self.db.transaction() as conn:
+            row = conn.execute(sa.select(tables.studies).where(
+                tables.studies.c.id == study_id)).first()
+            if row is None:
+                raise NotFound(f"no study {study_id}")
+            record = StudyRecord.from_row(row)
+            found = reads.summaries(conn, [record.name], self.finished_params)
+        return record, found[record.name]
+
+    def trial_page(self, study_id: int, limit: int, offset: int
                    ) -> tuple[list[TrialRow], int]:
         """The study's trials ``offset`` to ``offset + limit`` by number, and how many it
-        has; NotFound when its Optuna study is gone."""
+        has, in one transaction; NotFound when there is no such study (or its Optuna
+        study is gone)."""
         with self.db.transaction() as conn:
-            optuna_id = reads.optuna_ids(conn, [record.name]).get(record.name)
-            if optuna_id is None:
-                raise NotFound(f"study {record.id} ({record.name}) has no Optuna study any "
-                               "more")
-            rows = reads.trial_page(conn, optuna_id, limit, offset)
-            total = sum(stats.counts(conn, [optuna_id])[optuna_id].values())
-        return rows, total
+            name = conn.execute(sa.select(tables.studies.c.name).where(
+                tables.studies.c.id == study_id)).scalar()
+            if name is None:
+                raise NotFound(f"no study {study_id}")
+            found = reads.optuna_id_and_total(conn, name)
+            if found is None:
+                raise NotFound(f"study {study_id} ({name}) has no Optuna study any more")
+            rows = reads.trial_page(conn, found[0], limit, offset, self.finished_params)
+        return rows, found[1]
 
     def trial(self, record: StudyRecord, number: int) -> FrozenTrial:
         """One trial of the study, whole (curves and attributes); NotFound naming
@@ -169,7 +195,7 @@ class Store:
     def mark_done_if_complete(self, record: StudyRecord) -> dict[str, int]:
         counts = self.trial_counts(record)
         if record.status == RUNNING and counts["COMPLETE"] + counts["PRUNED"] >= record.n_trials:
-            self.studies.set_status(record.id, DONE)
+            self.studies.set_status(record.id, *ended(counts))
         return counts
 
     # -- claims and trial records ------------------------------------------------------------

@@ -28,7 +28,7 @@ from lrtune.store import trials
 from lrtune.store.db import Database
 from lrtune.store.pack_storage import PackStorage
 from lrtune.store.reaping import Reaper
-from lrtune.store.studies import DONE, FAILED, RUNNING, Studies, StudyRecord
+from lrtune.store.studies import FAILED, RUNNING, Studies, StudyRecord, ended
 from lrtune.tables import studies
 
 Held = tuple[StudyRecord, sa.Connection | None]
@@ -169,7 +169,7 @@ class Claims:
                 counts = trials.counts(reading, optuna_id)
                 requeued = trials.requeued(reading, optuna_id)
             if counts["COMPLETE"] + counts["PRUNED"] >= record.n_trials:
-                self.studies.set_status(record.id, DONE, conn=conn)
+                self.studies.set_status(record.id, *ended(counts), conn=conn)
                 return []
             failures = counts["FAIL"] - requeued  # lost and re-run: not failed
             if failures >= record.n_trials + self.settings.max_failures:

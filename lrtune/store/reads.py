@@ -8,7 +8,8 @@ hundred trials or a hundred thousand. Nothing here writes.
 from __future__ import annotations
 
 import json
-import math
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,8 +22,11 @@ from optuna.distributions import BaseDistribution, json_to_distribution
 from lrtune import optuna_internals as internals
 from lrtune import study as names
 from lrtune.store import stats
+from lrtune.tables import study_best, trial_counts
 
 T = internals.TRIALS
+REASON = internals.USER_ATTRS.alias("reason")
+RETRY_OF = internals.USER_ATTRS.alias("retry_of")
 
 
 @dataclass(frozen=True)
@@ -81,47 +85,101 @@ def params_of(conn: sa.Connection, trial_ids: Sequence[int]) -> dict[int, dict[s
     return found
 
 
-def summaries(conn: sa.Connection, study_names: Sequence[str]) -> dict[str, Summary]:
-    """Counts per state and the best trial (with its parameters) of each named study."""
-    ids = optuna_ids(conn, study_names)
-    counts = stats.counts(conn, list(ids.values()))
-    best = stats.best(conn, list(ids.values()))
-    params = params_of(conn, [b.trial_id for b in best.values()])
+class FinishedParams:
+    """Parameters of finished trials, which never change, kept by trial id (the best
+    trials of the studies shown are read again on every page)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._kept: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, conn: sa.Connection, trial_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        with self._lock:
+            found = {i: self._kept[i] for i in trial_ids if i in self._kept}
+        missing = [i for i in trial_ids if i not in found]
+        if missing:
+            read = params_of(conn, missing)
+            found.update(read)
+            with self._lock:
+                self._kept.update(read)
+                while len(self._kept) > self.size:
+                    self._kept.popitem(last=False)
+        return found
+
+
+def summaries(conn: sa.Connection, study_names: Sequence[str], kept: FinishedParams
+              ) -> dict[str, Summary]:
+    """Counts per state and the best trial (with its parameters) of each named study: one
+    query, and one more for best trials whose parameters are not kept yet."""
+    if not study_names:
+        return {}
+    s, counts, best, t = internals.STUDIES, trial_counts, study_best, T
+    rows = conn.execute(
+        sa.select(s.c.study_name, s.c.study_id, counts.c.state, counts.c.n, best.c.trial_id,
+                  t.c.number, best.c.value, best.c.value_type)
+        .select_from(s.outerjoin(counts, counts.c.optuna_study_id == s.c.study_id)
+                     .outerjoin(best, best.c.optuna_study_id == s.c.study_id)
+                     .outerjoin(t, t.c.trial_id == best.c.trial_id))
+        .where(s.c.study_name.in_(study_names))).all()
+    ids: dict[str, int] = {}
+    found_counts: dict[str, dict[str, int]] = {}
+    tops: dict[str, tuple[int, int, float]] = {}
+    for name, sid, state, n, trial_id, number, value, kind in rows:
+        ids[name] = int(sid)
+        found_counts.setdefault(name, {})
+        if state is not None:
+            found_counts[name][state] = int(n)
+        if trial_id is not None:
+            tops[name] = (int(trial_id), int(number), stats.shown_value(value, kind))
+    params = kept.get(conn, [top[0] for top in tops.values()])  # COMPLETE: immutable
     found = {}
     for name in study_names:
-        sid = ids.get(name)
-        if sid is None:
+        if name not in ids:
             found[name] = Summary(None)
             continue
-        top = best.get(sid)
-        found[name] = Summary(sid, counts[sid], None if top is None else BestTrial(
-            top.trial_id, top.number, top.value, params[top.trial_id]))
+        top = tops.get(name)
+        found[name] = Summary(ids[name], found_counts[name], None if top is None else
+                              BestTrial(top[0], top[1], top[2], params[top[0]]))
     return found
 
 
-def trial_page(conn: sa.Connection, optuna_id: int, limit: int, offset: int) -> list[TrialRow]:
-    """The study's trials ``offset`` to ``offset + limit`` by number."""
-    rows = conn.execute(sa.select(T.c.trial_id, T.c.number, T.c.state, T.c.datetime_start,
-                                  T.c.datetime_complete)
-                        .where(T.c.study_id == optuna_id).order_by(T.c.number)
-                        .limit(limit).offset(offset)).all()
-    ids = [int(r.trial_id) for r in rows]
-    params = params_of(conn, ids)
-    values: dict[int, float] = {}
-    attrs: dict[int, dict[str, Any]] = {i: {} for i in ids}
-    if ids:
-        v = internals.VALUES
-        for trial_id, value, kind in conn.execute(
-                sa.select(v.c.trial_id, v.c.value, v.c.value_type)
-                .where(v.c.trial_id.in_(ids), v.c.objective == 0)):
-            values[trial_id] = value if kind.name == "FINITE" else \
-                math.inf if kind.name == "INF_POS" else -math.inf
-        u = internals.USER_ATTRS
-        for trial_id, key, value_json in conn.execute(
-                sa.select(u.c.trial_id, u.c.key, u.c.value_json)
-                .where(u.c.trial_id.in_(ids), u.c.key.in_((names.ATTR_REASON, "retry_of")))):
-            attrs[trial_id][key] = json.loads(value_json)
+def trial_page(conn: sa.Connection, optuna_id: int, limit: int, offset: int,
+               kept: FinishedParams) -> list[TrialRow]:
+    """The study's trials ``offset`` to ``offset + limit`` by number, with their value and
+    reason: one query, and one more for parameters not kept yet."""
+    v, reason, retry = internals.VALUES, REASON, RETRY_OF
+    page = (sa.select(T.c.trial_id, T.c.number, T.c.state, T.c.datetime_start,
+                      T.c.datetime_complete)
+            .where(T.c.study_id == optuna_id).order_by(T.c.number).limit(limit).offset(offset)
+            .subquery())  # the page first (index on study and number), then its rows' values
+    rows = conn.execute(
+        sa.select(page, v.c.value, v.c.value_type, reason.c.value_json.label("reason"),
+                  retry.c.value_json.label("retry_of"))
+        .select_from(
+            page.outerjoin(v, sa.and_(v.c.trial_id == page.c.trial_id, v.c.objective == 0))
+            .outerjoin(reason, sa.and_(reason.c.trial_id == page.c.trial_id,
+                                       reason.c.key == names.ATTR_REASON))
+            .outerjoin(retry, sa.and_(retry.c.trial_id == page.c.trial_id,
+                                      retry.c.key == "retry_of")))
+        .order_by(page.c.number)).all()
+    done = {int(r.trial_id) for r in rows if r.state.is_finished()}  # their params are final
+    params = kept.get(conn, sorted(done)) | params_of(
+        conn, [int(r.trial_id) for r in rows if int(r.trial_id) not in done])
     return [TrialRow(int(r.trial_id), int(r.number), r.state.name, params[r.trial_id],
-                     values.get(r.trial_id), attrs[r.trial_id].get(names.ATTR_REASON),
-                     attrs[r.trial_id].get("retry_of"), r.datetime_start, r.datetime_complete)
+                     None if r.value_type is None else
+                     stats.shown_value(r.value, r.value_type.name),
+                     None if r.reason is None else json.loads(r.reason),
+                     None if r.retry_of is None else json.loads(r.retry_of),
+                     r.datetime_start, r.datetime_complete)
             for r in rows]
+
+
+def optuna_id_and_total(conn: sa.Connection, name: str) -> tuple[int, int] | None:
+    """The named study's Optuna id and how many trials it has; None when it has none."""
+    s, counts = internals.STUDIES, trial_counts
+    row = conn.execute(sa.select(s.c.study_id, sa.func.coalesce(sa.func.sum(counts.c.n), 0))
+                       .select_from(s.outerjoin(counts,
+                                                counts.c.optuna_study_id == s.c.study_id))
+                       .where(s.c.study_name == name).group_by(s.c.study_id)).first()
+    return None if row is None else (int(row[0]), int(row[1]))

@@ -169,6 +169,9 @@ def install(db: Database) -> None:
             statements = _postgresql_triggers()
         for statement in statements:
             conn.exec_driver_sql(statement)
+        # a page of a study's trials by number, read without sorting the whole study
+        conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_lrtune_trials_study_number "
+                             "ON trials (study_id, number)")
         recount(conn)
 
 
@@ -207,6 +210,14 @@ def _key(kind: str, value: float | None, minimize: bool) -> tuple[int, float, in
     return (0 if (kind == "INF_NEG") == minimize else 2, 0.0, 0)
 
 
+def shown_value(value: float | None, kind: str) -> float:
+    """A stored best value as a float (infinities are kept as a kind, the value NULL)."""
+    if kind == "FINITE":
+        assert value is not None
+        return float(value)
+    return math.inf if kind == "INF_POS" else -math.inf
+
+
 @dataclass(frozen=True)
 class Best:
     trial_id: int
@@ -234,6 +245,5 @@ def best(conn: sa.Connection, optuna_ids: list[int]) -> dict[int, Best]:
                 study_best.c.value, study_best.c.value_type)
                 .join(t, t.c.trial_id == study_best.c.trial_id)
                 .where(study_best.c.optuna_study_id.in_(optuna_ids))):
-            shown = value if kind == "FINITE" else math.inf if kind == "INF_POS" else -math.inf
-            found[sid] = Best(int(trial_id), int(number), float(shown))
+            found[sid] = Best(int(trial_id), int(number), shown_value(value, kind))
     return found

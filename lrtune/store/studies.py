@@ -26,12 +26,43 @@ RUNNING, CANCELLED, DONE, FAILED = "running", "cancelled", "done", "failed"
 STATUSES: tuple[Status, ...] = get_args(Status)
 
 
+NO_RESULT = ("no trial completed: every trial diverged or was pruned. Try a lower or "
+             "narrower base-LR range (space.lr, or \"auto\" for an LR range test), other "
+             "optimizers, or pruner \"none\"")
+
+
+def ended(counts: dict[str, int]) -> tuple[str, str | None]:
+    """How a study whose budget is spent ends: ``done``, or ``failed`` with the reason and
+    what to change when not one trial completed (nothing to hand back)."""
+    if counts.get("COMPLETE", 0) == 0:
+        return FAILED, NO_RESULT
+    return DONE, None
+
+
 @dataclass(frozen=True)
 class Quota:
     """What one principal may hold at once."""
 
     running_studies: int
     queued_trials: int  # the budgets (n_trials) of its running studies, summed
+
+
+SPECS = 4096  # parsed specs kept
+_specs: dict[int, StudySpec] = {}  # by study id, the oldest first out
+_specs_lock = threading.Lock()
+
+
+def parsed_spec(study_id: int, raw: dict[str, Any]) -> StudySpec:
+    """A study's stored spec, parsed once per process (a spec never changes, and study ids
+    are never reused), shared by the records read since: treat it as read-only."""
+    spec = _specs.get(study_id)
+    if spec is None:
+        spec = StudySpec.model_validate(raw)
+        with _specs_lock:
+            _specs[study_id] = spec
+            while len(_specs) > SPECS:
+                del _specs[next(iter(_specs))]
+    return spec
 
 
 @dataclass(frozen=True)
@@ -54,7 +85,7 @@ class StudyRecord:
         m = row._mapping
         created, updated = aware(m["created_at"]), aware(m["updated_at"])
         assert created is not None and updated is not None
-        return cls(m["id"], m["name"], m["task"], StudySpec.model_validate(m["spec"]),
+        return cls(m["id"], m["name"], m["task"], parsed_spec(m["id"], m["spec"]),
                    m["status"], m["owner"], m["n_trials"], m["reason"], created, updated,
                    aware(m["finished_at"]), m["lr_range"])
 
@@ -66,6 +97,21 @@ class StudyRecord:
     def search_spec(self) -> StudySpec:
         """The spec trials sample from: ``space.lr: "auto"`` replaced by its range test."""
         return resolved(self.spec, self.lr_bounds)
+
+
+def page(conn: sa.Connection, status: str | None, limit: int, offset: int
+         ) -> tuple[list[StudyRecord], int]:
+    """Studies ``offset`` to ``offset + limit`` by id, and how many there are: one query
+    (the total counted beside the page), two when the page is past the end."""
+    where = [studies.c.status == status] if status is not None else []
+    rows = conn.execute(sa.select(studies, sa.func.count().over().label("total"))
+                        .where(*where).order_by(studies.c.id).limit(limit).offset(offset)).all()
+    if rows:
+        total = rows[0].total
+    else:
+        total = conn.execute(sa.select(sa.func.count()).select_from(studies).where(*where)
+                             ).scalar_one()
+    return [StudyRecord.from_row(r) for r in rows], int(total)
 
 
 class Studies:
@@ -140,15 +186,8 @@ class Studies:
 
     def page(self, status: str | None = None, limit: int = 50, offset: int = 0
              ) -> tuple[list[StudyRecord], int]:
-        query = sa.select(studies)
-        count = sa.select(sa.func.count()).select_from(studies)
-        if status is not None:
-            query = query.where(studies.c.status == status)
-            count = count.where(studies.c.status == status)
         with self.db.transaction() as conn:
-            total = conn.execute(count).scalar_one()
-            rows = conn.execute(query.order_by(studies.c.id).limit(limit).offset(offset)).all()
-        return [StudyRecord.from_row(r) for r in rows], int(total)
+            return page(conn, status, limit, offset)
 
     def by_status(self) -> dict[str, int]:
         """How many studies have each status, one grouped query."""

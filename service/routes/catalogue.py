@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
+from lrtune.errors import SpecError
 from lrtune.schedules import describe_catalogue, from_settings
 from lrtune.spec import FamilyName
 from lrtune.tasks import task_info, task_names
@@ -46,4 +47,12 @@ def schedule_curve(family: FamilyName, request: Request, settings: SettingsDep,
 
 @router.get("/tasks", responses=responses(401))
 def list_tasks() -> list[dict[str, Any]]:
-    return [task_info(name).describe() for name in task_names()]
+    """Every task this service can describe; one it cannot (a plugin without its torch-free
+    ``lrtune.task_info`` entry point, where torch is missing) is listed with the reason."""
+    described: list[dict[str, Any]] = []
+    for name in task_names():
+        try:
+            described.append(task_info(name).describe())
+        except SpecError as e:
+            described.append({"name": name, "error": e.message})
+    return described

@@ -12,7 +12,7 @@ from lrtune.results import parse_spec
 from lrtune.space import SearchSpace
 from lrtune.spec import StudySpec
 from lrtune.store import Quota, Status, Store, StudyRecord
-from lrtune.store.reads import BestTrial
+from lrtune.store.reads import BestTrial, Summary
 from lrtune.study import ATTR_STEPS_PER_EPOCH, direction
 from service.deps import Caller, SettingsDep, StoreDep, owned_study
 from service.errors import ApiError, responses
@@ -54,8 +54,7 @@ def shown(store: Store, record: StudyRecord) -> StudyOut:
 def list_studies(store: StoreDep, status: Status | None = None, limit: int = Limit,
                  offset: int = Offset) -> StudyList:
     """A page of studies: a few queries, however many trials they hold."""
-    records, total = store.list_studies(status, limit, offset)
-    summaries = store.summaries(records)
+    records, total, summaries = store.study_page(status, limit, offset)
     return StudyList(items=[study_out(r, summaries[r.id]) for r in records], total=total,
                      limit=limit, offset=offset)
 
@@ -63,7 +62,7 @@ def list_studies(store: StoreDep, status: Status | None = None, limit: int = Lim
 @router.get("/{study_id}", response_model=StudyOut,
             responses=responses(401, 404, 422))
 def get_study(study_id: StudyId, store: StoreDep) -> StudyOut:
-    return shown(store, store.get_study(study_id))
+    return study_out(*store.study_summary(study_id))
 
 
 @router.post("/{study_id}/cancel", response_model=StudyOut,
@@ -86,7 +85,7 @@ def delete_study(study_id: StudyId, store: StoreDep, caller: Caller) -> Response
 def list_trials(study_id: StudyId, store: StoreDep, limit: int = Limit,
                 offset: int = Offset) -> TrialList:
     """A page of the study's trials by number: the page's rows only."""
-    rows, total = store.trial_page(store.get_study(study_id), limit, offset)
+    rows, total = store.trial_page(study_id, limit, offset)
     return TrialList(items=[trial_out(r) for r in rows], total=total, limit=limit,
                      offset=offset)
 
@@ -98,18 +97,19 @@ def get_trial(study_id: StudyId, number: TrialNumber, store: StoreDep) -> TrialD
     return trial_detail(record, store.trial(record, number))
 
 
-def best_of(store: Store, record: StudyRecord) -> BestTrial:
-    best = store.summaries([record])[record.id].best
+def best_of(record: StudyRecord, summary: Summary) -> BestTrial:
+    best = summary.best
     if best is None:
-        raise ApiError(409, "no_result", f"study {record.id} has no complete trial yet", "id")
+        why = f" (it failed: {record.reason})" if record.status == "failed" else " yet"
+        raise ApiError(409, "no_result", f"study {record.id} has no complete trial{why}", "id")
     return best
 
 
 @router.get("/{study_id}/best", response_model=BestOut,
             responses=responses(401, 404, 409, 422))
 def get_best(study_id: StudyId, store: StoreDep) -> BestOut:
-    record = store.get_study(study_id)
-    return best_out(record, best_of(store, record))
+    record, summary = store.study_summary(study_id)
+    return best_out(record, best_of(record, summary))
 
 
 @router.get("/{study_id}/best/code",
@@ -117,8 +117,8 @@ def get_best(study_id: StudyId, store: StoreDep) -> BestOut:
 def get_best_code(study_id: StudyId, store: StoreDep,
                   framework: Literal["pytorch", "keras"] = "pytorch") -> Response:
     """The best trial's schedule and optimizer as ready-to-paste code."""
-    record = store.get_study(study_id)
-    best = best_of(store, record)
+    record, summary = store.study_summary(study_id)
+    best = best_of(record, summary)
     trial = store.trial(record, best.number)
     spe = int(trial.user_attrs.get(ATTR_STEPS_PER_EPOCH, 1))
     note = f"study {record.name} trial #{best.number}, {record.spec.objective} {best.value:.6g}"
@@ -155,7 +155,7 @@ def plot_study(study_id: StudyId, store: StoreDep,
             raise ApiError(409, "no_range_test", "this study has no LR range test result "
                            "(its space.lr is not \"auto\", or no worker has run it yet)", "kind")
         return Response(range_test_png(bounds, record.name), media_type="image/png")
-    counts = store.summaries([record])[record.id].counts
+    counts = store.study_summary(study_id)[1].counts
     version = tuple(sorted((s, n) for s, n in counts.items() if s not in ("RUNNING", "WAITING")))
     png = plots.get((record.id, kind), version, lambda: study_png(
         kind, store.all_trials(record), record.spec.objective,

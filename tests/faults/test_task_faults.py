@@ -20,7 +20,7 @@ def test_task_faults_end_trials_not_the_worker(db_url: str, make_store: MakeStor
     try:
         assert wait_status(store, specs["fault-raise"], 120) == "failed"
         assert wait_status(store, specs["fault-oom"], 120) == "failed"
-        assert wait_status(store, specs["fault-nan"], 120) == "done"
+        assert wait_status(store, specs["fault-nan"], 120) == "failed"  # nothing completed
         assert worker.poll() is None  # alive after all of it
         after = store.create_study(StudySpec(name="after", task="linreg", epochs=2,
                                              n_trials=3), "me")
@@ -38,5 +38,6 @@ def test_task_faults_end_trials_not_the_worker(db_url: str, make_store: MakeStor
     nan = trials(store, specs["fault-nan"])
     assert [t.state.name for t in nan] == ["PRUNED"] * 3
     assert all(t.user_attrs["reason"] == "diverged" for t in nan)
+    assert "every trial diverged" in (store.get_study(specs["fault-nan"].id).reason or "")
     assert_exact_budget(store, specs["fault-nan"])
     assert_exact_budget(store, after)

@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import torch
+from lrtune_fault_task_info import NAN, OOM, RAISE
 
-from lrtune.tasks import TaskInfo
 from worker.tasks.linreg import LinReg
 
 
-def _info(name: str) -> TaskInfo:
-    return TaskInfo(name, f"fault injection: {name}", {"val_loss": "minimize"}, batch_size=64)
-
-
 class Raises(LinReg):
-    info = _info("fault-raise")
+    info = RAISE
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise ValueError("task exploded on purpose")
 
 
 class NaNLoss(LinReg):
-    info = _info("fault-nan")
+    info = NAN
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return super().loss(output, target) * float("nan")
 
 
 class OutOfMemory(LinReg):
-    info = _info("fault-oom")
+    info = OOM
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
