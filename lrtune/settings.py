@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     max_queued: int = Field(100, ge=0, description="requests waiting for a turn; beyond, 503")
     queue_wait: float = Field(0.8, gt=0, description="seconds a request waits for a turn "
                               "before 503")
+    shed_delay: float = Field(0.5, ge=0, description="seconds before a shed request's 503: "
+                              "slows clients that retry at once")
     db_pool_size: int = Field(8, ge=1, description="database connections kept per process")
     db_max_overflow: int = Field(8, ge=0, description="connections beyond db_pool_size")
     db_pool_timeout: float = Field(10.0, gt=0, description="seconds to wait for a connection "

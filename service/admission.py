@@ -1,8 +1,9 @@
 """Load shedding: at most ``max_inflight`` requests run at once, at most ``max_queued`` more
 wait, each at most ``queue_wait`` seconds; every other request is answered 503 with
-``Retry-After`` at once. An overloaded server so answers quickly, "come back shortly",
-instead of queueing work for clients that will have given up by the time it runs.
-``/healthz`` is never held back.
+``Retry-After``, after ``shed_delay`` seconds. An overloaded server so says "come back
+shortly" instead of queueing work for clients that will have given up by the time it runs,
+and a client that retries at once (ignoring Retry-After) is slowed down rather than flooding
+the server with refusals (no thread, no database: a timer). ``/healthz`` is never held back.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ EXEMPT = ("/healthz",)
 
 
 class Admission:
-    def __init__(self, app: ASGIApp, inflight: int, queued: int, wait: float) -> None:
+    def __init__(self, app: ASGIApp, inflight: int, queued: int, wait: float,
+                 delay: float = 0.0) -> None:
         self.app, self.inflight, self.queued, self.wait = app, inflight, queued, wait
+        self.delay = delay
         self.waiting = 0
         self._slots: asyncio.Semaphore | None = None  # made in the server's event loop
 
@@ -45,7 +48,7 @@ class Admission:
         finally:
             slots.release()
 
-    @staticmethod
-    async def _shed(scope: Scope, receive: Receive, send: Send) -> None:
+    async def _shed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(self.delay)
         await error_response(503, "overloaded", "the server is busy, retry shortly",
                              headers={"Retry-After": "1"})(scope, receive, send)

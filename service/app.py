@@ -22,7 +22,7 @@ from service.dashboard import DashboardGate
 from service.deps import read_dependencies
 from service.errors import error_response
 from service.routes import catalogue, health, session, studies
-from service.telemetry import Telemetry
+from service.telemetry import Measured, Telemetry
 from service.workers import WorkerPool
 
 
@@ -159,10 +159,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None,
     app.include_router(health.metrics_router, dependencies=reads)
     app.include_router(session.router)
     app.add_middleware(DashboardPaths, dashboard=dashboard_app(store, settings))
-    app.middleware("http")(app.state.telemetry.middleware)
+    app.add_middleware(Measured, telemetry=app.state.telemetry)
     app.add_middleware(RetryReads)
     app.add_middleware(Admission, inflight=settings.max_inflight, queued=settings.max_queued,
-                       wait=settings.queue_wait)
+                       wait=settings.queue_wait, delay=settings.shed_delay)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # outermost: sees every byte
     return app
 

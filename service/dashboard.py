@@ -111,6 +111,7 @@ class DashboardGate:
     """ASGI: optuna-dashboard's WSGI app, read-only, with closed reads and safe artifacts."""
 
     def __init__(self, dashboard: bottle.Bottle, store: Store, closed: bool) -> None:
+        dashboard.catchall = False  # errors reach the gate, not bottle's own 500 page
         self.router = dashboard.router
         # a2wsgi types the ASGI protocol with TypedDicts, Starlette with mappings: same calls
         self.app = cast(ASGIApp, WSGIMiddleware(dashboard))

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lrtune.store import Store
 
@@ -32,12 +31,29 @@ class Telemetry:
             gauge.add_metric([status], total)
         yield gauge
 
-    async def middleware(self, request: Request,
-                         call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+class Measured:
+    """ASGI middleware counting requests by route and status and timing them (plain ASGI:
+    Starlette's ``BaseHTTPMiddleware`` costs the event loop a task group per request)."""
+
+    def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
+        self.app, self.telemetry = app, telemetry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "other")
-        self.requests.labels(request.method, path, str(response.status_code)).inc()
-        self.latency.labels(path).observe(time.perf_counter() - started)
-        return response
+        status = 500
+
+        async def seen(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, seen)
+        finally:
+            path = getattr(scope.get("route"), "path", "other")
+            self.telemetry.requests.labels(scope["method"], path, str(status)).inc()
+            self.telemetry.latency.labels(path).observe(time.perf_counter() - started)

@@ -99,3 +99,61 @@ def test_secrets_are_never_printed(tmp_path: Path) -> None:
             stop(server)
         log = (tmp_path / "serve.log").read_text()
         assert secret not in log and "***" in log
+
+
+def test_lr_find_writes_a_plot_only_when_asked(tmp_path: Path) -> None:
+    proc = subprocess.run([*LRTUNE, "lr-find", "--task", "linreg", "--optimizers", "sgd",
+                           "--steps", "20", "--json"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, check=True)
+    assert json.loads(proc.stdout)["plot"] is None and list(tmp_path.iterdir()) == []
+
+
+def test_schedules_show_fixed_parameters_as_such() -> None:
+    assert "[None, None]" not in run("schedules").stdout
+
+
+def test_an_unreachable_server_is_a_plain_message() -> None:
+    import os
+
+    from tests.conftest import free_port
+
+    env = {**os.environ, "LRTUNE_URL": f"http://127.0.0.1:{free_port()}"}
+    proc = subprocess.run([*LRTUNE, "best", "1"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and "cannot reach the lrtune API" in proc.stderr
+    assert "HTTP 0" not in proc.stderr
+
+
+def tune(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LRTUNE_")}
+    return subprocess.run([*LRTUNE, "tune", "--task", "linreg", "--trials", "3", "--epochs",
+                           "2", *args], cwd=tmp_path, env={**base, **(env or {})},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_tune_continues_the_same_spec_and_refuses_another(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    first = tune(tmp_path, "--families", "cosine,step", env={"LRTUNE_DATABASE_URL": db})
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "runs.db").exists() and not (tmp_path / "lrtune.db").exists()
+    again = tune(tmp_path, "--families", "cosine,step", env={"LRTUNE_DATABASE_URL": db})
+    assert again.returncode == 0 and "continuing study linreg-tune: 3 of 3" in again.stdout
+    other = tune(tmp_path, "--families", "onecycle", env={"LRTUNE_DATABASE_URL": db})
+    assert other.returncode == 2
+    assert "space.families" in other.stderr and "--study" in other.stderr
+    assert "--resume" in other.stderr
+    longer = tune(tmp_path, "--families", "onecycle", "--epochs", "5", "--resume",
+                  env={"LRTUNE_DATABASE_URL": db})
+    assert longer.returncode == 0 and "continuing study" in longer.stdout
+    assert "2 epochs" in longer.stdout  # its own, stored spec
+
+
+def test_tune_fails_when_trials_fail(tmp_path: Path) -> None:
+    from tests.faults.common import PLUGINS
+
+    proc = tune(tmp_path, "--task", "fault-raise", "--storage",
+                f"sqlite:///{tmp_path / 'f.db'}", env={"PYTHONPATH": PLUGINS})
+    assert proc.returncode == 1 and "trial(s) failed" in proc.stdout
+    assert "task exploded on purpose" in proc.stdout

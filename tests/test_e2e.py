@@ -163,6 +163,7 @@ def test_cli_submit_and_watch(deployment: Deployment, tmp_path: Path) -> None:
                               "0.3"], env=env, capture_output=True, text=True, timeout=240,
                              check=True)
     assert "done" in watched.stdout and "best trial" in watched.stdout
+    assert "  schedule:  " in watched.stdout and "{'family'" not in watched.stdout
     bad = subprocess.run([sys.executable, "-m", "lrtune", "submit", str(spec)],
                          env={**env, "LRTUNE_TOKEN": "nope"}, capture_output=True, text=True,
                          timeout=60)

@@ -27,7 +27,8 @@ def tour() -> list[str]:
 
 def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
     blocks = tour()
-    assert len(blocks) == 3 and "lrtune submit" in blocks[1] and "curl" in blocks[2]
+    assert len(blocks) == 4 and "lrtune submit" in blocks[1] and "curl" in blocks[2]
+    assert "--lr auto" in blocks[3]
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", PORT)) == 0:
             pytest.fail(f"the tour serves on port {PORT}, which something else holds")
@@ -46,7 +47,7 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
                           text=True, timeout=800)
     log = (tmp_path / "serve.log").read_text() if (tmp_path / "serve.log").exists() else ""
     assert proc.returncode == 0, (proc.stdout[-4000:], proc.stderr[-4000:], log[-3000:])
-    for made in ("plots", "lr.png", "t0.png"):
+    for made in ("plots", "lr.png", "t0.png", "lr_find.png"):
         assert (tmp_path / made).exists(), made
     assert "optimizer = torch.optim." in proc.stdout  # the best schedule as code
     assert "Traceback" not in log

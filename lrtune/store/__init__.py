@@ -126,28 +126,25 @@ class Store:
     # -- the read path (lrtune/store/reads.py): a few queries whatever the trial count --------
     def summaries(self, records: Sequence[StudyRecord]) -> dict[int, Summary]:
         """Counts per state and best trial of each record, by record id."""
-        with self.db.transaction() as conn:
-            found = reads.summaries(conn, [r.name for r in records], self.finished_params)
-        return {r.id: found[r.name] for r in records}
+        return {r.id: self.study_summary(r.id)[1] for r in records}
 
     def study_page(self, status: str | None, limit: int, offset: int
-                   ) -> tuple[list[StudyRecord], int, dict[int, Summary]]:
-        """A page of studies, how many there are, and their summaries: one transaction."""
+                   ) -> tuple[list[tuple[StudyRecord, Summary]], int]:
+        """A page of studies with their summaries, and how many there are: one transaction
+        of one query (and one for specs and parameters not kept yet)."""
         with self.db.transaction() as conn:
-            records, total = studies_page(conn, status, limit, offset)
-            found = reads.summaries(conn, [r.name for r in records], self.finished_params)
-        return records, total, {r.id: found[r.name] for r in records}
+            return studies_page(conn, status, limit, offset, self.finished_params)
 
     def study_summary(self, study_id: int) -> tuple[StudyRecord, Summary]:
-        """One study and its summary: one transaction; NotFound when there is none."""
+        """One study and its summary: one query; NotFound when there is none."""
         with self.db.transaction() as conn:
-            row = conn.execute(sa.select(tables.studies).where(
-                tables.studies.c.id == study_id)).first()
-            if row is None:
-                raise NotFound(f"no study {study_id}")
-            record = StudyRecord.from_row(row)
-            found = reads.summaries(conn, [record.name], self.finished_params)
-        return record, found[record.name]
+            rows = conn.execute(reads.summarised(sa.select(tables.studies).where(
+                tables.studies.c.id == study_id).subquery())).all()
+            found = reads.collect(conn, rows, self.finished_params)
+        if study_id not in found:
+            raise NotFound(f"no study {study_id}")
+        row, summary = found[study_id]
+        return StudyRecord.from_row(row), summary
 
     def trial_page(self, study_id: int, limit: int, offset: int
                    ) -> tuple[list[TrialRow], int]:

@@ -64,16 +64,6 @@ def _distribution(distribution_json: str) -> BaseDistribution:
     return json_to_distribution(distribution_json)
 
 
-def optuna_ids(conn: sa.Connection, study_names: Sequence[str]) -> dict[str, int]:
-    """Optuna study ids by name (by name: an id of a study deleted behind lrtune's back may
-    have been given to another)."""
-    if not study_names:
-        return {}
-    s = internals.STUDIES
-    return {name: int(sid) for sid, name in conn.execute(
-        sa.select(s.c.study_id, s.c.study_name).where(s.c.study_name.in_(study_names)))}
-
-
 def params_of(conn: sa.Connection, trial_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     p = internals.PARAMS
     found: dict[int, dict[str, Any]] = {i: {} for i in trial_ids}
@@ -108,40 +98,38 @@ class FinishedParams:
         return found
 
 
-def summaries(conn: sa.Connection, study_names: Sequence[str], kept: FinishedParams
-              ) -> dict[str, Summary]:
-    """Counts per state and the best trial (with its parameters) of each named study: one
-    query, and one more for best trials whose parameters are not kept yet."""
-    if not study_names:
-        return {}
+def summarised(studies: sa.Subquery) -> sa.Select[Any]:
+    """Each row of ``studies`` (rows of lrtune_studies) joined with its Optuna study's id,
+    its counts per state (a row per state) and its best trial: one query for a whole page."""
     s, counts, best, t = internals.STUDIES, trial_counts, study_best, T
-    rows = conn.execute(
-        sa.select(s.c.study_name, s.c.study_id, counts.c.state, counts.c.n, best.c.trial_id,
-                  t.c.number, best.c.value, best.c.value_type)
-        .select_from(s.outerjoin(counts, counts.c.optuna_study_id == s.c.study_id)
-                     .outerjoin(best, best.c.optuna_study_id == s.c.study_id)
-                     .outerjoin(t, t.c.trial_id == best.c.trial_id))
-        .where(s.c.study_name.in_(study_names))).all()
-    ids: dict[str, int] = {}
-    found_counts: dict[str, dict[str, int]] = {}
-    tops: dict[str, tuple[int, int, float]] = {}
-    for name, sid, state, n, trial_id, number, value, kind in rows:
-        ids[name] = int(sid)
-        found_counts.setdefault(name, {})
-        if state is not None:
-            found_counts[name][state] = int(n)
-        if trial_id is not None:
-            tops[name] = (int(trial_id), int(number), stats.shown_value(value, kind))
+    return (sa.select(studies, s.c.study_id.label("optuna_id"), counts.c.state, counts.c.n,
+                      best.c.trial_id.label("best_trial"), t.c.number.label("best_number"),
+                      best.c.value.label("best_value"), best.c.value_type.label("best_kind"))
+            .select_from(studies.outerjoin(s, s.c.study_name == studies.c.name)
+                         .outerjoin(counts, counts.c.optuna_study_id == s.c.study_id)
+                         .outerjoin(best, best.c.optuna_study_id == s.c.study_id)
+                         .outerjoin(t, t.c.trial_id == best.c.trial_id))
+            .order_by(studies.c.id))
+
+
+def collect(conn: sa.Connection, rows: Sequence[sa.Row[Any]], kept: FinishedParams
+            ) -> dict[int, tuple[sa.RowMapping, Summary]]:
+    """The rows of a ``summarised`` query as (study row, summary) by study id, in order;
+    one more query for best trials whose parameters are not kept yet."""
+    found: dict[int, tuple[sa.RowMapping, int | None, dict[str, int]]] = {}
+    tops: dict[int, tuple[int, int, float]] = {}
+    for row in rows:
+        m = row._mapping
+        study = found.setdefault(m["id"], (m, m["optuna_id"], {}))
+        if m["state"] is not None:
+            study[2][m["state"]] = int(m["n"])
+        if m["best_trial"] is not None:
+            tops[m["id"]] = (int(m["best_trial"]), int(m["best_number"]),
+                             stats.shown_value(m["best_value"], m["best_kind"]))
     params = kept.get(conn, [top[0] for top in tops.values()])  # COMPLETE: immutable
-    found = {}
-    for name in study_names:
-        if name not in ids:
-            found[name] = Summary(None)
-            continue
-        top = tops.get(name)
-        found[name] = Summary(ids[name], found_counts[name], None if top is None else
-                              BestTrial(top[0], top[1], top[2], params[top[0]]))
-    return found
+    return {study_id: (m, Summary(optuna_id, counts, None if (top := tops.get(study_id))
+                                  is None else BestTrial(*top, params[top[0]])))
+            for study_id, (m, optuna_id, counts) in found.items()}
 
 
 def trial_page(conn: sa.Connection, optuna_id: int, limit: int, offset: int,

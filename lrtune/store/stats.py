@@ -15,7 +15,6 @@ highest when maximizing; the earliest of equals.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 from optuna.trial import TrialState
@@ -218,13 +217,6 @@ def shown_value(value: float | None, kind: str) -> float:
     return math.inf if kind == "INF_POS" else -math.inf
 
 
-@dataclass(frozen=True)
-class Best:
-    trial_id: int
-    number: int
-    value: float
-
-
 def counts(conn: sa.Connection, optuna_ids: list[int]) -> dict[int, dict[str, int]]:
     """Trials per state of each study (states without trials left out)."""
     found: dict[int, dict[str, int]] = {i: {} for i in optuna_ids}
@@ -233,17 +225,4 @@ def counts(conn: sa.Connection, optuna_ids: list[int]) -> dict[int, dict[str, in
                 trial_counts.c.optuna_study_id, trial_counts.c.state, trial_counts.c.n)
                 .where(trial_counts.c.optuna_study_id.in_(optuna_ids))):
             found[sid][state] = int(n)
-    return found
-
-
-def best(conn: sa.Connection, optuna_ids: list[int]) -> dict[int, Best]:
-    found: dict[int, Best] = {}
-    if optuna_ids:
-        t = internals.TRIALS  # the number when read: Optuna numbers a trial after its values
-        for sid, trial_id, number, value, kind in conn.execute(sa.select(
-                study_best.c.optuna_study_id, study_best.c.trial_id, t.c.number,
-                study_best.c.value, study_best.c.value_type)
-                .join(t, t.c.trial_id == study_best.c.trial_id)
-                .where(study_best.c.optuna_study_id.in_(optuna_ids))):
-            found[sid] = Best(int(trial_id), int(number), shown_value(value, kind))
     return found

@@ -18,6 +18,7 @@ from lrtune import study as names
 from lrtune.errors import Conflict, NotFound, OverQuota
 from lrtune.lr_range import LrBounds, resolved
 from lrtune.spec import StudySpec
+from lrtune.store import reads
 from lrtune.store.db import Database, aware, now
 from lrtune.tables import principals, studies
 
@@ -81,11 +82,14 @@ class StudyRecord:
     lr_range: dict[str, Any] | None = None  # the LR range test's result, for lr "auto"
 
     @classmethod
-    def from_row(cls, row: sa.Row[Any]) -> StudyRecord:
-        m = row._mapping
+    def from_row(cls, row: sa.Row[Any] | sa.RowMapping, spec: StudySpec | None = None
+                 ) -> StudyRecord:
+        """A record from a row of ``lrtune_studies``; ``spec``, parsed already, where the
+        row was read without its spec."""
+        m = row if isinstance(row, sa.RowMapping) else row._mapping
         created, updated = aware(m["created_at"]), aware(m["updated_at"])
         assert created is not None and updated is not None
-        return cls(m["id"], m["name"], m["task"], parsed_spec(m["id"], m["spec"]),
+        return cls(m["id"], m["name"], m["task"], spec or parsed_spec(m["id"], m["spec"]),
                    m["status"], m["owner"], m["n_trials"], m["reason"], created, updated,
                    aware(m["finished_at"]), m["lr_range"])
 
@@ -99,19 +103,30 @@ class StudyRecord:
         return resolved(self.spec, self.lr_bounds)
 
 
-def page(conn: sa.Connection, status: str | None, limit: int, offset: int
-         ) -> tuple[list[StudyRecord], int]:
-    """Studies ``offset`` to ``offset + limit`` by id, and how many there are: one query
-    (the total counted beside the page), two when the page is past the end."""
+def page(conn: sa.Connection, status: str | None, limit: int, offset: int,
+         kept: reads.FinishedParams) -> tuple[list[tuple[StudyRecord, reads.Summary]], int]:
+    """Studies ``offset`` to ``offset + limit`` by id with their summaries, and how many
+    there are: one query (the total counted beside the page; a second past the end), and
+    one for specs this process has not parsed yet (the page is read without them)."""
     where = [studies.c.status == status] if status is not None else []
-    rows = conn.execute(sa.select(studies, sa.func.count().over().label("total"))
-                        .where(*where).order_by(studies.c.id).limit(limit).offset(offset)).all()
+    columns = [c for c in studies.c if c.name != "spec"]
+    rows = conn.execute(reads.summarised(
+        sa.select(*columns, sa.func.count().over().label("total")).where(*where)
+        .order_by(studies.c.id).limit(limit).offset(offset).subquery())).all()
     if rows:
         total = rows[0].total
     else:
         total = conn.execute(sa.select(sa.func.count()).select_from(studies).where(*where)
                              ).scalar_one()
-    return [StudyRecord.from_row(r) for r in rows], int(total)
+    summaries = reads.collect(conn, rows, kept)
+    specs = {i: spec for i in summaries if (spec := _specs.get(i)) is not None}
+    unparsed = [i for i in summaries if i not in specs]
+    if unparsed:
+        for study_id, raw in conn.execute(sa.select(studies.c.id, studies.c.spec).where(
+                studies.c.id.in_(unparsed))):
+            specs[study_id] = parsed_spec(study_id, raw)
+    return [(StudyRecord.from_row(m, specs[i]), summary)
+            for i, (m, summary) in summaries.items()], int(total)
 
 
 class Studies:
@@ -186,8 +201,14 @@ class Studies:
 
     def page(self, status: str | None = None, limit: int = 50, offset: int = 0
              ) -> tuple[list[StudyRecord], int]:
+        """Studies ``offset`` to ``offset + limit`` by id, and how many there are."""
+        where = [studies.c.status == status] if status is not None else []
         with self.db.transaction() as conn:
-            return page(conn, status, limit, offset)
+            total = conn.execute(sa.select(sa.func.count()).select_from(studies).where(*where)
+                                 ).scalar_one()
+            rows = conn.execute(sa.select(studies).where(*where).order_by(studies.c.id)
+                                .limit(limit).offset(offset)).all()
+        return [StudyRecord.from_row(r) for r in rows], int(total)
 
     def by_status(self) -> dict[str, int]:
         """How many studies have each status, one grouped query."""

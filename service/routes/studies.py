@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
+from pydantic import BaseModel
 
 from lrtune.export import export
 from lrtune.plots import range_test_png, study_png, trial_png
@@ -46,23 +47,29 @@ def create_study(spec: StudySpec, store: StoreDep, settings: SettingsDep,
     return shown(store, store.create_study(spec, caller.public_id, quota))
 
 
+def json_of(model: BaseModel) -> Response:
+    """The model as JSON, serialised once: the route's ``response_model`` documents it, and
+    FastAPI would otherwise turn a built model into a dict and validate it again."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
 def shown(store: Store, record: StudyRecord) -> StudyOut:
     return study_out(record, store.summaries([record])[record.id])
 
 
 @router.get("", response_model=StudyList, responses=responses(401, 422))
 def list_studies(store: StoreDep, status: Status | None = None, limit: int = Limit,
-                 offset: int = Offset) -> StudyList:
+                 offset: int = Offset) -> Response:
     """A page of studies: a few queries, however many trials they hold."""
-    records, total, summaries = store.study_page(status, limit, offset)
-    return StudyList(items=[study_out(r, summaries[r.id]) for r in records], total=total,
-                     limit=limit, offset=offset)
+    studies, total = store.study_page(status, limit, offset)
+    return json_of(StudyList(items=[study_out(r, summary) for r, summary in studies],
+                             total=total, limit=limit, offset=offset))
 
 
 @router.get("/{study_id}", response_model=StudyOut,
             responses=responses(401, 404, 422))
-def get_study(study_id: StudyId, store: StoreDep) -> StudyOut:
-    return study_out(*store.study_summary(study_id))
+def get_study(study_id: StudyId, store: StoreDep) -> Response:
+    return json_of(study_out(*store.study_summary(study_id)))
 
 
 @router.post("/{study_id}/cancel", response_model=StudyOut,
@@ -83,11 +90,11 @@ def delete_study(study_id: StudyId, store: StoreDep, caller: Caller) -> Response
 @router.get("/{study_id}/trials", response_model=TrialList,
             responses=responses(401, 404, 422))
 def list_trials(study_id: StudyId, store: StoreDep, limit: int = Limit,
-                offset: int = Offset) -> TrialList:
+                offset: int = Offset) -> Response:
     """A page of the study's trials by number: the page's rows only."""
     rows, total = store.trial_page(study_id, limit, offset)
-    return TrialList(items=[trial_out(r) for r in rows], total=total, limit=limit,
-                     offset=offset)
+    return json_of(TrialList(items=[trial_out(r) for r in rows], total=total, limit=limit,
+                             offset=offset))
 
 
 @router.get("/{study_id}/trials/{number}", response_model=TrialDetail,
@@ -107,9 +114,9 @@ def best_of(record: StudyRecord, summary: Summary) -> BestTrial:
 
 @router.get("/{study_id}/best", response_model=BestOut,
             responses=responses(401, 404, 409, 422))
-def get_best(study_id: StudyId, store: StoreDep) -> BestOut:
+def get_best(study_id: StudyId, store: StoreDep) -> Response:
     record, summary = store.study_summary(study_id)
-    return best_out(record, best_of(record, summary))
+    return json_of(best_out(record, best_of(record, summary)))
 
 
 @router.get("/{study_id}/best/code",

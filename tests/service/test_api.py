@@ -68,7 +68,9 @@ def test_bad_input_is_a_4xx_naming_the_field(client: TestClient, changes: dict,
 def test_malformed_json_and_oversized_body(client: TestClient) -> None:
     r = client.post("/studies", content=b"{not json", headers={**A, "content-type":
                                                                "application/json"})
-    assert r.status_code == 422 and r.json()["error"]["field"]
+    error = r.json()["error"]
+    assert r.status_code == 422 and error["field"] == "body"  # not a character offset
+    assert "not valid JSON" in error["message"]
     big = {**SPEC, "name": "x", "space": {"fixed": {f"k{i}": i for i in range(20000)}}}
     r = client.post("/studies", json=big, headers=A)
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
@@ -238,3 +240,39 @@ def test_a_trial_written_behind_lrtunes_back_breaks_no_read(client: TestClient,
     assert client.get("/studies").status_code == 200
     best = client.get(f"/studies/{study['id']}/best").json()
     assert best["params"] == {"x": 0.5} and best["schedule"] is None
+
+
+def test_errors_a_person_can_act_on(client: TestClient) -> None:
+    """Without pydantic's internals: no union member, regex or character offset."""
+    no_type = client.post("/studies", content=b'{"name": "x"}', headers={**A,
+                          "content-type": "text/plain"})
+    assert no_type.status_code == 422 and "JSON object" in no_type.json()["error"]["message"]
+    bad_name = client.post("/studies", json={**SPEC, "name": "a b"}, headers=A).json()
+    assert bad_name["error"]["field"] == "name" and "^" not in bad_name["error"]["message"]
+    bad_lr = client.post("/studies", json={**SPEC, "space": {"lr": {"low": 1, "high": 0.1}}},
+                         headers=A).json()["error"]
+    assert bad_lr["field"] == "space.lr" and "function-after" not in bad_lr["message"]
+
+
+def test_a_study_where_nothing_completed_fails_saying_what_to_change(
+        client: TestClient, store: Store) -> None:
+    study = create(client, n_trials=2)
+    for _ in range(2):
+        claim = store.claim()
+        assert claim is not None
+        claim.trial.report(float("nan"), 0)
+        claim.trial.set_user_attr("reason", "diverged")
+        store.finish(claim, TrialState.PRUNED, None)
+    shown = client.get(f"/studies/{study['id']}").json()
+    assert shown["status"] == "failed" and "space.lr" in shown["reason"]
+    best = client.get(f"/studies/{study['id']}/best")
+    assert best.status_code == 409 and "no trial completed" in best.json()["error"]["message"]
+
+
+def test_dashboard_odd_requests_are_4xx_not_500(client: TestClient) -> None:
+    import uuid
+
+    missing = client.get(f"/artifacts/999/999/{uuid.uuid4()}")
+    assert missing.status_code == 404
+    bundle = client.get("/static/bundle.js", headers={"Accept-Encoding": "identity"})
+    assert bundle.status_code == 200 and bundle.headers.get("content-encoding") is None
