@@ -18,7 +18,7 @@ REQUESTS = 300
 
 def test_concurrent_requests_while_trials_run(db_url: str, make_store: MakeStore,
         tmp_path: Path) -> None:
-    env = lrtune_env(db_url)
+    env = lrtune_env(db_url, LRTUNE_MAX_RUNNING_STUDIES="100")  # 31 studies of one principal
     token = subprocess.run([sys.executable, "-m", "lrtune", "token", "create"], env=env,
                            capture_output=True, text=True, check=True, timeout=60).stdout.strip()
     auth = {"Authorization": f"Bearer {token}"}
