@@ -37,7 +37,7 @@ def best_out(record: StudyRecord, best: BestTrial) -> BestOut:
     """The best trial; its schedule and optimizer None when its parameters do not decode
     (written to the database by other means than lrtune's workers). Kept per study and
     trial: a finished trial never changes."""
-    key = (record.id, best.trial_id)
+    key = (record.id, record.created_at, best.trial_id)  # ids repeat across databases
     kept = _best.get(key)
     if kept is None:
         kept = _best_out(record, best)
@@ -49,7 +49,7 @@ def best_out(record: StudyRecord, best: BestTrial) -> BestOut:
 
 
 KEPT = 4096
-_best: dict[tuple[int, int], BestOut] = {}  # insertion order: the oldest first out
+_best: dict[tuple[int, datetime, int], BestOut] = {}  # insertion order: the oldest first out
 _best_lock = threading.Lock()
 
 
@@ -86,17 +86,17 @@ def study_out(record: StudyRecord, summary: Summary) -> StudyOut:
 
 def spec_json(record: StudyRecord) -> dict[str, Any]:
     """The spec as JSON, made once per study (a spec never changes)."""
-    kept = _specs.get(record.id)
+    kept = _specs.get((record.id, record.created_at))
     if kept is None:
         kept = record.spec.model_dump(mode="json")
         with _best_lock:
-            _specs[record.id] = kept
+            _specs[(record.id, record.created_at)] = kept
             while len(_specs) > KEPT:
                 del _specs[next(iter(_specs))]
     return kept
 
 
-_specs: dict[int, dict[str, Any]] = {}
+_specs: dict[tuple[int, datetime], dict[str, Any]] = {}
 
 
 def lr_range_out(record: StudyRecord) -> LrRangeOut | None:

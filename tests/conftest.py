@@ -57,12 +57,13 @@ MakeStore = Callable[..., Store]
 @pytest.fixture
 def make_store(db_url: str) -> Iterator[MakeStore]:
     """``make_store(**settings)``: a store on the test's database (SQLite and PostgreSQL),
-    with short heartbeats (1 s, 2 s grace) unless told otherwise, closed after the test."""
+    closed after the test. Its heartbeats are the defaults' (a trial is lost after a minute
+    of silence): a test loses trials on purpose with ``age_trials``, never by waiting, so a
+    slow machine loses none by accident."""
     made: list[Store] = []
 
     def make(**overrides: object) -> Store:
-        settings = {"heartbeat_interval": 1, "heartbeat_grace": 2, **overrides}
-        made.append(Store(Settings(database_url=db_url, **settings)))  # type: ignore[arg-type]
+        made.append(Store(Settings(database_url=db_url, **overrides)))  # type: ignore[arg-type]
         return made[-1]
 
     yield make
@@ -77,7 +78,7 @@ def store(make_store: MakeStore) -> Store:
     return make_store()
 
 
-def age_trials(store: Store, seconds: float) -> None:
+def age_trials(store: Store, seconds: float = 3600) -> None:
     """Make every RUNNING trial look started, and last heartbeat, ``seconds`` ago (by the
     database's clock, as the reaper reads it): no sleeping through a grace period."""
     from lrtune import optuna_internals as internals

@@ -35,11 +35,13 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def aware(moment: datetime | None) -> datetime | None:
+def utc(moment: datetime) -> datetime:
     """SQLite hands back naive datetimes; lrtune writes UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def aware(moment: datetime | None) -> datetime | None:
+    return None if moment is None else utc(moment)
 
 
 def sqlalchemy_url(url: str) -> str:

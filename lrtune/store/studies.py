@@ -19,7 +19,7 @@ from lrtune.errors import Conflict, NotFound, OverQuota
 from lrtune.lr_range import LrBounds, resolved
 from lrtune.spec import StudySpec
 from lrtune.store import reads
-from lrtune.store.db import Database, aware, now
+from lrtune.store.db import Database, aware, now, utc
 from lrtune.tables import principals, studies
 
 Status = Literal["running", "cancelled", "done", "failed"]
@@ -49,18 +49,20 @@ class Quota:
 
 
 SPECS = 4096  # parsed specs kept
-_specs: dict[int, StudySpec] = {}  # by study id, the oldest first out
+Identity = tuple[int, datetime]  # a study's id and creation time: unique across databases
+_specs: dict[Identity, StudySpec] = {}  # the oldest first out
 _specs_lock = threading.Lock()
 
 
-def parsed_spec(study_id: int, raw: dict[str, Any]) -> StudySpec:
-    """A study's stored spec, parsed once per process (a spec never changes, and study ids
-    are never reused), shared by the records read since: treat it as read-only."""
-    spec = _specs.get(study_id)
+def parsed_spec(study: Identity, raw: dict[str, Any]) -> StudySpec:
+    """A study's stored spec, parsed once per process (a spec never changes; a study is
+    known by its id and creation time, as a process may read several databases), shared by
+    the records read since: treat it as read-only."""
+    spec = _specs.get(study)
     if spec is None:
         spec = StudySpec.model_validate(raw)
         with _specs_lock:
-            _specs[study_id] = spec
+            _specs[study] = spec
             while len(_specs) > SPECS:
                 del _specs[next(iter(_specs))]
     return spec
@@ -87,9 +89,9 @@ class StudyRecord:
         """A record from a row of ``lrtune_studies``; ``spec``, parsed already, where the
         row was read without its spec."""
         m = row if isinstance(row, sa.RowMapping) else row._mapping
-        created, updated = aware(m["created_at"]), aware(m["updated_at"])
-        assert created is not None and updated is not None
-        return cls(m["id"], m["name"], m["task"], spec or parsed_spec(m["id"], m["spec"]),
+        created, updated = utc(m["created_at"]), utc(m["updated_at"])
+        return cls(m["id"], m["name"], m["task"],
+                   spec or parsed_spec((m["id"], created), m["spec"]),
                    m["status"], m["owner"], m["n_trials"], m["reason"], created, updated,
                    aware(m["finished_at"]), m["lr_range"])
 
@@ -119,12 +121,13 @@ def page(conn: sa.Connection, status: str | None, limit: int, offset: int,
         total = conn.execute(sa.select(sa.func.count()).select_from(studies).where(*where)
                              ).scalar_one()
     summaries = reads.collect(conn, rows, kept)
-    specs = {i: spec for i in summaries if (spec := _specs.get(i)) is not None}
+    known = {i: (i, utc(m["created_at"])) for i, (m, _) in summaries.items()}
+    specs = {i: spec for i, key in known.items() if (spec := _specs.get(key)) is not None}
     unparsed = [i for i in summaries if i not in specs]
     if unparsed:
         for study_id, raw in conn.execute(sa.select(studies.c.id, studies.c.spec).where(
                 studies.c.id.in_(unparsed))):
-            specs[study_id] = parsed_spec(study_id, raw)
+            specs[study_id] = parsed_spec(known[study_id], raw)
     return [(StudyRecord.from_row(m, specs[i]), summary)
             for i, (m, summary) in summaries.items()], int(total)
 

@@ -1,4 +1,5 @@
 import threading
+from pathlib import Path
 
 import optuna
 import pytest
@@ -85,7 +86,7 @@ def test_lost_trials_are_failed_and_requeued_once(make_store: MakeStore) -> None
     claim = store.claim()
     assert claim is not None
     claim.trial.suggest_float("x", 0, 1)
-    age_trials(store, 10)  # no heartbeat for 10 s, past the 2 s grace
+    age_trials(store)  # no heartbeat for an hour: past any grace
     assert store.reap(record) == 1  # as a claimer does, once per heartbeat interval
     retry = store.claim()
     assert retry is not None and retry.trial.number == 1
@@ -93,7 +94,7 @@ def test_lost_trials_are_failed_and_requeued_once(make_store: MakeStore) -> None
     assert lost.state == TrialState.FAIL and lost.user_attrs["reason"].startswith("lost")
     assert retry.trial.params == {"x": claim.trial.params["x"]}
     assert retry.trial.user_attrs["retry_of"] == 0
-    age_trials(store, 10)  # lost again: over the retry limit, the failure stays final
+    age_trials(store)  # lost again: over the retry limit, the failure stays final
     assert store.reap(record) == 1
     fresh = store.claim()
     assert fresh is not None and fresh.trial.number == 2 and "x" not in fresh.trial.params
@@ -119,7 +120,7 @@ def test_a_packs_heartbeat_keeps_every_trial_alive(make_store: MakeStore) -> Non
         first = {tid: beat for tid, beat in conn.execute(
             sa.select(HEARTBEATS.c.trial_id, HEARTBEATS.c.heartbeat))}
     assert set(first) == set(beaten)
-    age_trials(store, 10)  # past the grace for every trial, beaten or not
+    age_trials(store)  # past the grace for every trial, beaten or not
     with store.engine.connect() as conn:
         aged = dict(conn.execute(sa.select(HEARTBEATS.c.trial_id, HEARTBEATS.c.heartbeat)).all())
     store.record_heartbeats(beaten)  # the pack's heartbeat comes: all but one alive again
@@ -240,3 +241,20 @@ def test_seeded_workers_do_not_repeat_each_others_draws(make_store: MakeStore) -
             store.finish(claim, TrialState.COMPLETE, 0.5)
         replays.append(drawn)
     assert replays[0] == replays[1] and len(set(replays[0])) == 4
+
+
+def test_two_databases_read_in_one_process_keep_their_own_specs(tmp_path: Path) -> None:
+    """Specs are kept per process by study id and creation time: the same id in another
+    database (a test's, a benchmark's) is another study."""
+    from lrtune.settings import Settings
+    from lrtune.store import Store
+
+    stores = [Store(Settings(database_url=f"sqlite:///{tmp_path / f'{i}.db'}"))
+              for i in range(2)]
+    for epochs, store in zip((2, 7), stores, strict=True):
+        assert store.create_study(StudySpec(name="same", task="linreg", epochs=epochs),
+                                  "me").id == 1
+    for epochs, store in zip((2, 7), stores, strict=True):
+        assert store.get_study(1).spec.epochs == epochs
+        (record, _), = store.study_page(None, 10, 0)[0]
+        assert record.spec.epochs == epochs
