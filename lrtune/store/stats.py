@@ -159,6 +159,7 @@ def install(db: Database) -> None:
     with db.transaction() as conn:
         if conn.dialect.name == "sqlite":
             conn.execute(sa.text("DELETE FROM lrtune_trial_counts"))  # takes the write lock
+            never_reuse_ids(conn)
             statements = _sqlite_triggers()
         else:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7460991)"))  # one installer
@@ -172,6 +173,25 @@ def install(db: Database) -> None:
         conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_lrtune_trials_study_number "
                              "ON trials (study_id, number)")
         recount(conn)
+
+
+def never_reuse_ids(conn: sa.Connection) -> None:
+    """SQLite gives a new row the highest id plus one, so the ids of a deleted study's
+    trials (or of the study) can go to the next ones, and a worker still writing a trial of
+    the deleted study would write into another's. Optuna's ``studies`` and ``trials`` are
+    rebuilt with AUTOINCREMENT (the same columns, rows and indexes), which never hands an id
+    out twice, as PostgreSQL's sequences do not."""
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    operations = Operations(MigrationContext.configure(conn))
+    for table in ("studies", "trials"):
+        ddl = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND "
+                                   "name = :name"), {"name": table}).scalar_one()
+        if "AUTOINCREMENT" not in ddl.upper():
+            with operations.batch_alter_table(table, recreate="always",
+                                              table_kwargs={"sqlite_autoincrement": True}):
+                pass
 
 
 def recount(conn: sa.Connection) -> None:
