@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 from typing import Any
 
 from lrtune.schedules import FAMILIES, WARMUP, Param, Schedule
@@ -42,4 +43,5 @@ def grid(samples: int = 3) -> list[Schedule]:
 def schedule_id(s: Schedule) -> str:
     mods = "+warmup" if s.warmup else ""
     mods += "+clip" if s.clip else ""
-    return f"{s.family}{mods}-{abs(hash(repr(s.params))) % 10000}"
+    # crc32, not hash(): the same id in every process (pytest-xdist's workers compare them)
+    return f"{s.family}{mods}-{zlib.crc32(repr(s.params).encode()) % 10000}"
