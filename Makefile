@@ -30,7 +30,7 @@ lint: $(STAMP)
 
 # Two test files at a time: most tests wait on real servers, workers and databases.
 test: $(STAMP) lint
-	$(BIN)/pytest -q -n 2 --dist loadfile
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15
 
 clean:
 	rm -rf $(VENV) lrtune.db .pytest_cache

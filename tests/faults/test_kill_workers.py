@@ -1,4 +1,6 @@
-"""4 workers on a 40-trial study; every ~2 s one gets SIGKILL and a new one starts."""
+"""4 workers on a 40-trial study; every ~2 s one gets SIGKILL and a new one starts.
+
+Kills stop at MAX_KILLS so that a loaded machine (workers slow to start) still finishes."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from tests.conftest import MakeStore, lrtune_env, spawn, stop
 from tests.faults.common import assert_exact_budget, trials
 
 N_TRIALS = 40
-TIME_LIMIT = 420
+TIME_LIMIT = 600
+MAX_KILLS = 14
 
 
 def test_sigkilled_workers_lose_no_trial(db_url: str, make_store: MakeStore,
@@ -39,7 +42,7 @@ def test_sigkilled_workers_lose_no_trial(db_url: str, make_store: MakeStore,
             assert time.monotonic() < deadline, store.trial_counts(record)
             time.sleep(2.0)
             counts = store.trial_counts(record)
-            if counts["COMPLETE"] + counts["PRUNED"] < N_TRIALS - 4:
+            if kills < MAX_KILLS and counts["COMPLETE"] + counts["PRUNED"] < N_TRIALS - 4:
                 victim = workers.pop(rng.randrange(len(workers)))
                 victim.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
                 victim.wait()  # type: ignore[attr-defined]
