@@ -40,9 +40,9 @@ def test_concurrent_requests_while_trials_run(db_url: str, make_store: MakeStore
             kind = i % 10
             with httpx.Client(base_url=url, timeout=60) as c:
                 if kind == 0:
-                    return c.post("/studies", headers=auth, json={
-                        "name": f"extra-{i}", "task": "linreg", "epochs": 1,
-                        "n_trials": 1}).status_code
+                    return c.post("/studies", headers=auth, json={  # an LR that converges
+                        "name": f"extra-{i}", "task": "linreg", "epochs": 1, "n_trials": 1,
+                        "space": {"lr": {"low": 1e-3, "high": 1e-2}}}).status_code
                 if kind == 1:
                     return c.post("/studies", headers=auth, json={
                         "name": f"bad-{i}", "task": "linreg", "n_trials": -1}).status_code
@@ -58,7 +58,7 @@ def test_concurrent_requests_while_trials_run(db_url: str, make_store: MakeStore
         assert codes.count(201) == REQUESTS // 10 and codes.count(422) == REQUESTS // 10
         store = make_store(heartbeat_interval=10, heartbeat_grace=60)
         for record in store.list_studies(limit=1000)[0]:
-            assert wait_status(store, record, 300) == "done"
+            assert wait_status(store, record, 300) == "done", store.get_study(record.id)
             assert_exact_budget(store, record)
     finally:
         stop(*workers, *apis)
