@@ -25,6 +25,8 @@ tune: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check lrtune service worker tests bench
+	mkdir -p .typecheck && ln -sfn ../lrtune .typecheck/lrtune \
+		&& ln -sfn ../service .typecheck/lrtune_service && ln -sfn ../worker .typecheck/lrtune_worker
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -33,4 +35,4 @@ test: $(STAMP) lint
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15
 
 clean:
-	rm -rf $(VENV) lrtune.db .pytest_cache
+	rm -rf $(VENV) lrtune.db .pytest_cache .typecheck

@@ -353,7 +353,7 @@ def check_copy(url: str, specs: list[dict[str, Any]], sizes: dict[str, int],
 
 def train_sizes() -> dict[str, int]:
     """Training examples per task (steps per epoch depend on them and the batch size)."""
-    from worker.tasks import get_task
+    from lrtune_worker.tasks import get_task
 
     return {name: len(get_task(name).data().x_train) for name in LOSS}
 

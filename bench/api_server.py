@@ -3,7 +3,7 @@
     LRTUNE_DATABASE_URL=postgresql://... taskset -c 0 python -m bench.api_server --port 8765
 
 A thin call: ``lrtune serve --workers 0`` itself runs (its logging, signals and uvicorn
-settings), with ``service.app.create_app`` wrapped so that the app it serves also has
+settings), with ``lrtune_service.app.create_app`` wrapped so that the app it serves also has
 
 * ``GET /bench/row?id=N``, the bare endpoint: a plain ``def`` route, as lrtune's are (same
   thread pool, same middleware), reading one ``lrtune_studies`` row through the app's store
@@ -96,10 +96,10 @@ class Requests:
 
 
 def main() -> None:
-    import service.app
+    import lrtune_service.app
     from lrtune.cli import app as cli
 
-    create_app = service.app.create_app
+    create_app = lrtune_service.app.create_app
 
     def create_app_with_bench(*args: Any, **kwargs: Any) -> Any:
         app = create_app(*args, **kwargs)
@@ -108,7 +108,7 @@ def main() -> None:
         return Requests(app, {"store": store.engine,
                               "optuna": store.optuna_storage.engine})
 
-    service.app.create_app = create_app_with_bench  # serve imports it when it runs
+    lrtune_service.app.create_app = create_app_with_bench  # serve imports it when it runs
     cli(args=["serve", *sys.argv[1:]], prog_name="lrtune")
 
 

@@ -38,12 +38,12 @@ from lrtune.settings import Settings  # noqa: E402
 from lrtune.space import SearchSpace, TrialConfig  # noqa: E402
 from lrtune.spec import SpaceSpec, StudySpec  # noqa: E402
 from lrtune.store import Store  # noqa: E402
-from worker.blocking import block_size  # noqa: E402
-from worker.device import synchronize  # noqa: E402
-from worker.fused import train_pack  # noqa: E402
-from worker.loop import Worker  # noqa: E402
-from worker.tasks import get_task  # noqa: E402
-from worker.train import TrainResult, train_trial  # noqa: E402
+from lrtune_worker.blocking import block_size  # noqa: E402
+from lrtune_worker.device import synchronize  # noqa: E402
+from lrtune_worker.fused import train_pack  # noqa: E402
+from lrtune_worker.loop import Worker  # noqa: E402
+from lrtune_worker.tasks import get_task  # noqa: E402
+from lrtune_worker.train import TrainResult, train_trial  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SPACE = {"families": ["cosine", "step", "onecycle", "wsd", "exponential"],

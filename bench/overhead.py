@@ -91,8 +91,8 @@ def lrtune_side(url: str, study_spec: StudySpec, ready: Any, go: Any
 
 
 def lrtune_worker(url: str, study_spec: StudySpec, ready: Any, go: Any, out: Any) -> None:
-    from worker.heartbeat import Heartbeat
-    from worker.runner import OptunaReporter
+    from lrtune_worker.heartbeat import Heartbeat
+    from lrtune_worker.runner import OptunaReporter
 
     store, space = lrtune_side(url, study_spec, ready, go)
     times = []

@@ -33,9 +33,9 @@ from lrtune.schedules import Schedule  # noqa: E402
 from lrtune.space import TrialConfig  # noqa: E402
 from lrtune.spec import StudySpec  # noqa: E402
 from lrtune.study import direction, make_pruner, make_sampler  # noqa: E402
-from worker.runner import run_trial, trial_seed  # noqa: E402
-from worker.tasks import get_task  # noqa: E402
-from worker.train import steps_per_epoch, train_trial  # noqa: E402
+from lrtune_worker.runner import run_trial, trial_seed  # noqa: E402
+from lrtune_worker.tasks import get_task  # noqa: E402
+from lrtune_worker.train import steps_per_epoch, train_trial  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 # (epochs per trial, budget in trial-epochs per search) by task

@@ -107,7 +107,7 @@ def tune(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
 ) -> None:
     """Run a local study with a live progress bar; print the best trial and its PyTorch code."""
-    from worker.local import run_local_study
+    from lrtune_worker.local import run_local_study
 
     space: dict[str, Any] = {}
     if families:
@@ -159,9 +159,9 @@ def lr_find(
     from lrtune.lr_range import combine
     from lrtune.optimizers import OPTIMIZERS
     from lrtune.plots import range_test_png
-    from worker.device import pick_device
-    from worker.lr_find import sweep
-    from worker.tasks import get_task
+    from lrtune_worker.device import pick_device
+    from lrtune_worker.lr_find import sweep
+    from lrtune_worker.tasks import get_task
 
     names = [o.strip() for o in optimizers.split(",") if o.strip()]
     unknown = [o for o in names if o not in OPTIMIZERS]
@@ -294,9 +294,9 @@ def serve(
     """Run the API (docs at /docs, dashboard at /dashboard/) and N local workers, each
     restarted if it exits."""
 
-    from service.app import create_app
-    from service.server import serve as serve_http
-    from service.workers import WorkerPool
+    from lrtune_service.app import create_app
+    from lrtune_service.server import serve as serve_http
+    from lrtune_service.workers import WorkerPool
 
     _logging()
     settings = _settings()
@@ -319,7 +319,7 @@ def worker(
     exit_when_idle: Annotated[bool, typer.Option(help="exit when no work is left")] = False,
 ) -> None:
     """Pull trials from the database and train them until stopped (SIGTERM hands back)."""
-    from worker.loop import Worker
+    from lrtune_worker.loop import Worker
 
     _logging()
     only = {int(s) for s in studies.split(",")} if studies else None
@@ -332,8 +332,8 @@ def worker(
 def dashboard(host: Annotated[str, typer.Option()] = "127.0.0.1",
               port: Annotated[int, typer.Option()] = 8080) -> None:
     """Run optuna-dashboard alone on the same database."""
-    from service.app import standalone_dashboard
-    from service.server import serve as serve_http
+    from lrtune_service.app import standalone_dashboard
+    from lrtune_service.server import serve as serve_http
 
     _logging()
     settings = _settings()

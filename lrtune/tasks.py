@@ -1,6 +1,6 @@
 """Task metadata the core needs without torch: names, metrics and directions.
 
-The trainable side (model, data) lives in ``worker.tasks``. A third-party task registers two
+The trainable side (model, data) lives in ``lrtune_worker.tasks``. A third-party task registers two
 entry points: its trainable class (with an ``info`` attribute) under ``lrtune.tasks``, for
 workers, and its ``TaskInfo`` alone, from a module that does not import torch, under
 ``lrtune.task_info``, so that the service (whose image has no torch) describes and validates

@@ -12,7 +12,7 @@ import asyncio
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import error_response
+from lrtune_service.errors import error_response
 
 EXEMPT = ("/healthz",)
 

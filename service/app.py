@@ -16,14 +16,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lrtune.dashboard import CurveArtifactStore
 from lrtune.settings import Settings, get_settings
 from lrtune.store import Store
-from service import errors
-from service.admission import Admission
-from service.dashboard import DashboardGate
-from service.deps import read_dependencies
-from service.errors import error_response
-from service.routes import catalogue, health, session, studies
-from service.telemetry import Measured, Telemetry
-from service.workers import WorkerPool
+from lrtune_service import errors
+from lrtune_service.admission import Admission
+from lrtune_service.dashboard import DashboardGate
+from lrtune_service.deps import read_dependencies
+from lrtune_service.errors import error_response
+from lrtune_service.routes import catalogue, health, session, studies
+from lrtune_service.telemetry import Measured, Telemetry
+from lrtune_service.workers import WorkerPool
 
 
 class BodyLimit:

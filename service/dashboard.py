@@ -27,8 +27,8 @@ from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lrtune.store import Principal, Store
-from service.deps import SESSION_COOKIE
-from service.errors import error_response
+from lrtune_service.deps import SESSION_COOKIE
+from lrtune_service.errors import error_response
 
 READ = None
 # Each route of optuna-dashboard 0.21 (method, bottle rule): READ, or why it is refused.

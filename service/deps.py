@@ -9,7 +9,7 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBea
 
 from lrtune.settings import Settings
 from lrtune.store import Principal, Store, StudyRecord
-from service.errors import ApiError
+from lrtune_service.errors import ApiError
 
 SESSION_COOKIE = "lrtune_session"
 bearer = HTTPBearer(auto_error=False, description="token from `lrtune token create`")

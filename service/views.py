@@ -14,7 +14,7 @@ from lrtune.errors import NotFound, SpecError
 from lrtune.space import SearchSpace, TrialConfig
 from lrtune.store import FAILED, RUNNING, StudyRecord, ended
 from lrtune.store.reads import BestTrial, Summary, TrialRow
-from service.schemas import BestOut, LrRangeOut, Progress, StudyOut, TrialDetail, TrialOut
+from lrtune_service.schemas import BestOut, LrRangeOut, Progress, StudyOut, TrialDetail, TrialOut
 
 
 def progress(counts: dict[str, int], n_trials: int) -> Progress:

@@ -13,12 +13,12 @@ from lrtune.optimizers import OptimizerChoice
 from lrtune.schedules import Schedule
 from lrtune.space import TrialConfig
 from lrtune.spec import StudySpec
-from worker.blocking import trial_bytes
-from worker.device import synchronize
-from worker.fused import _Pack, train_step
-from worker.schedulers import build_optimizer
-from worker.tasks import get_task
-from worker.train import train_batch
+from lrtune_worker.blocking import trial_bytes
+from lrtune_worker.device import synchronize
+from lrtune_worker.fused import _Pack, train_step
+from lrtune_worker.schedulers import build_optimizer
+from lrtune_worker.tasks import get_task
+from lrtune_worker.train import train_batch
 
 log = logging.getLogger("lrtune.worker")
 GAIN = 1.15  # keep doubling K while trial-steps/s grows by at least this factor

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from worker.stacked_optim import STATE
-from worker.tasks import Task, TaskData
+from lrtune_worker.stacked_optim import STATE
+from lrtune_worker.tasks import Task, TaskData
 
 BLOCK_BYTES = 64 * 2**20  # working set of one block (measured sweet spot, see bench/README)
 _measured: dict[tuple[type, str, str, int], int] = {}

@@ -22,11 +22,11 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from lrtune.space import TrialConfig
-from worker.blocking import block_size, blocks
-from worker.stacked_optim import StackedOptimizer
-from worker.tasks import Task, TaskData
-from worker.tasks.base import metric_rows
-from worker.train import NullReporter, Reporter, TrainResult, steps_per_epoch
+from lrtune_worker.blocking import block_size, blocks
+from lrtune_worker.stacked_optim import StackedOptimizer
+from lrtune_worker.tasks import Task, TaskData
+from lrtune_worker.tasks.base import metric_rows
+from lrtune_worker.train import NullReporter, Reporter, TrainResult, steps_per_epoch
 
 NARROW = 32  # a Linear layer with fewer outputs than this is computed transposed
 EVAL_CHUNK = 64  # trials evaluated at once (bounds the memory of validation outputs)

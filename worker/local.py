@@ -20,11 +20,11 @@ from lrtune.results import SPEC_ATTR, parse_spec, print_best
 from lrtune.schedules import Schedule
 from lrtune.space import TrialConfig
 from lrtune.spec import StudySpec
-from worker.device import pick_device
-from worker.lr_find import find_bounds
-from worker.runner import objective_for
-from worker.tasks import get_task
-from worker.train import train_trial
+from lrtune_worker.device import pick_device
+from lrtune_worker.lr_find import find_bounds
+from lrtune_worker.runner import objective_for
+from lrtune_worker.tasks import get_task
+from lrtune_worker.train import train_trial
 
 
 def spec_differences(old: StudySpec, new: StudySpec) -> list[str]:

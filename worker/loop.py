@@ -16,10 +16,10 @@ from lrtune.ledger import PackLedger
 from lrtune.settings import Settings
 from lrtune.spec import StudySpec
 from lrtune.store import Claim, Store, StudyRecord
-from worker.device import pick_device
-from worker.heartbeat import Heartbeat
-from worker.pack import run_pack
-from worker.runner import Stopping, TrialOutcome, failed
+from lrtune_worker.device import pick_device
+from lrtune_worker.heartbeat import Heartbeat
+from lrtune_worker.pack import run_pack
+from lrtune_worker.runner import Stopping, TrialOutcome, failed
 
 log = logging.getLogger("lrtune.worker")
 
@@ -107,7 +107,7 @@ class Worker:
         pack = record.spec.pack
         if isinstance(pack, int):
             return pack
-        from worker.autopack import auto_pack
+        from lrtune_worker.autopack import auto_pack
 
         return auto_pack(record.spec, self.device, self.settings.max_pack)
 
@@ -116,7 +116,7 @@ class Worker:
         "auto" and no worker has yet (racing workers keep the first one saved)."""
         if record.spec.space.lr != "auto" or record.lr_range is not None:
             return record.search_spec
-        from worker.lr_find import find_bounds
+        from lrtune_worker.lr_find import find_bounds
 
         return store.save_lr_bounds(record.id, find_bounds(record.spec, self.device)).search_spec
 

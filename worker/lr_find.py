@@ -20,8 +20,8 @@ from lrtune.lr_range import (
 )
 from lrtune.optimizers import OptimizerChoice
 from lrtune.spec import StudySpec
-from worker.schedulers import build_optimizer
-from worker.tasks import Task, get_task
+from lrtune_worker.schedulers import build_optimizer
+from lrtune_worker.tasks import Task, get_task
 
 log = logging.getLogger("lrtune.worker")
 

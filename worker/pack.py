@@ -10,8 +10,8 @@ from lrtune.errors import DatabaseUnavailable
 from lrtune.ledger import PackLedger
 from lrtune.spec import StudySpec
 from lrtune.store import Claim
-from worker.fused import split_pack, train_pack
-from worker.runner import (
+from lrtune_worker.fused import split_pack, train_pack
+from lrtune_worker.runner import (
     OptunaReporter,
     SetAttr,
     Stopping,
@@ -22,8 +22,8 @@ from worker.runner import (
     run_trial,
     trial_seed,
 )
-from worker.tasks import get_task
-from worker.train import Reporter, TrainResult, train_trial
+from lrtune_worker.tasks import get_task
+from lrtune_worker.train import Reporter, TrainResult, train_trial
 
 Finish = Callable[[Claim, TrialOutcome], None]
 

@@ -13,8 +13,8 @@ from lrtune import study as names
 from lrtune.errors import DatabaseUnavailable
 from lrtune.space import SearchSpace, TrialConfig
 from lrtune.spec import StudySpec
-from worker.tasks import Task, get_task
-from worker.train import TrainResult, steps_per_epoch, train_trial
+from lrtune_worker.tasks import Task, get_task
+from lrtune_worker.train import TrainResult, steps_per_epoch, train_trial
 
 LOST_MEANWHILE = "lost: finished under the worker (reaped, or its study deleted)"
 

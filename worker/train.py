@@ -9,8 +9,8 @@ from typing import Literal, Protocol
 import torch
 
 from lrtune.space import TrialConfig
-from worker.schedulers import build_optimizer, build_scheduler
-from worker.tasks import Task
+from lrtune_worker.schedulers import build_optimizer, build_scheduler
+from lrtune_worker.tasks import Task
 
 Outcome = Literal["complete", "pruned", "diverged"]
 

@@ -10,9 +10,9 @@ from lrtune.errors import SpecError
 from lrtune.schedules import describe_catalogue, from_settings
 from lrtune.spec import FamilyName
 from lrtune.tasks import task_info, task_names
-from service.deps import SettingsDep
-from service.errors import ApiError, responses
-from service.schemas import Curve
+from lrtune_service.deps import SettingsDep
+from lrtune_service.errors import ApiError, responses
+from lrtune_service.schemas import Curve
 
 router = APIRouter(tags=["catalogue"])
 CURVE_ARGS = {"epochs", "steps_per_epoch", "lr", "warmup"}

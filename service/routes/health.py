@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import StoreDep
-from service.errors import ApiError, responses
-from service.schemas import Health
+from lrtune_service.deps import StoreDep
+from lrtune_service.errors import ApiError, responses
+from lrtune_service.schemas import Health
 
 router = APIRouter(tags=["health"])
 metrics_router = APIRouter(tags=["health"])  # follows closed reads

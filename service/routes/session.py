@@ -20,8 +20,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from lrtune.store import Store
-from service.deps import SESSION_COOKIE, SettingsDep, StoreDep
-from service.errors import ApiError, responses
+from lrtune_service.deps import SESSION_COOKIE, SettingsDep, StoreDep
+from lrtune_service.errors import ApiError, responses
 
 router = APIRouter(tags=["session"])
 Next = Annotated[str, Query(max_length=2000, description="where to go after logging in")]

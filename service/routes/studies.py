@@ -15,11 +15,11 @@ from lrtune.spec import StudySpec
 from lrtune.store import Quota, Status, Store, StudyRecord
 from lrtune.store.reads import BestTrial, Summary
 from lrtune.study import ATTR_STEPS_PER_EPOCH, direction
-from service.deps import Caller, SettingsDep, StoreDep, owned_study
-from service.errors import ApiError, responses
-from service.plot_cache import PlotCache
-from service.schemas import BestOut, StudyList, StudyOut, TrialDetail, TrialList
-from service.views import best_out, decode, study_out, trial_detail, trial_out
+from lrtune_service.deps import Caller, SettingsDep, StoreDep, owned_study
+from lrtune_service.errors import ApiError, responses
+from lrtune_service.plot_cache import PlotCache
+from lrtune_service.schemas import BestOut, StudyList, StudyOut, TrialDetail, TrialList
+from lrtune_service.views import best_out, decode, study_out, trial_detail, trial_out
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 Limit = Query(50, ge=1, le=1000)

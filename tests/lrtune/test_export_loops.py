@@ -20,7 +20,7 @@ from lrtune.optimizers import OptimizerChoice
 from lrtune.schedules import FAMILIES, Schedule
 from lrtune.space import TrialConfig
 from lrtune.tasks import BUILTIN_TASKS
-from worker.schedulers import build_optimizer
+from lrtune_worker.schedulers import build_optimizer
 
 EPOCHS, SPE = 6, 5  # a 30-step horizon
 TOTAL = EPOCHS * SPE

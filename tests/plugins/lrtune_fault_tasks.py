@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from lrtune_fault_task_info import NAN, OOM, RAISE
 
-from worker.tasks.linreg import LinReg
+from lrtune_worker.tasks.linreg import LinReg
 
 
 class Raises(LinReg):

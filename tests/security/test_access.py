@@ -29,7 +29,7 @@ from lrtune.dashboard import curve_artifact_id
 from lrtune.settings import Settings
 from lrtune.space import SearchSpace
 from lrtune.store import Store, sqlalchemy_url
-from service.dashboard import ROUTES
+from lrtune_service.dashboard import ROUTES
 from tests.conftest import _pg_database, free_port, lrtune_env, spawn, stop, wait_ready
 
 pytestmark = pytest.mark.timeout(300)

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.admission import Admission
+from lrtune_service.admission import Admission
 
 
 async def slow(_: Request) -> JSONResponse:

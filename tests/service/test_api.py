@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 from optuna.trial import TrialState
 
 from lrtune.store import Store
-from service.app import create_app
+from lrtune_service.app import create_app
 from tests.conftest import MakeStore
 
 TOKEN, OTHER = "token-a", "token-b"

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 
 from lrtune.settings import Settings
 from lrtune.store import Store
-from service.app import create_app
-from service.routes import health
+from lrtune_service.app import create_app
+from lrtune_service.routes import health
 
 TOKEN = "token-a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -8,8 +8,8 @@ import time
 from fastapi.testclient import TestClient
 
 from lrtune.store import Store
-from service.app import create_app
-from service.workers import WorkerPool
+from lrtune_service.app import create_app
+from lrtune_service.workers import WorkerPool
 
 SHORT_LIVED = [sys.executable, "-c", "import sys; sys.exit(3)"]
 LONG_LIVED = [sys.executable, "-c", "import time; time.sleep(60)"]

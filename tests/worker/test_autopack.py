@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from worker.autopack import _auto
+from lrtune_worker.autopack import _auto
 
 
 @pytest.mark.parametrize("cap", [1, 4])

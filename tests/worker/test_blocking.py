@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worker.blocking import BLOCK_BYTES, block_size, blocks, trial_bytes
-from worker.tasks import get_task
+from lrtune_worker.blocking import BLOCK_BYTES, block_size, blocks, trial_bytes
+from lrtune_worker.tasks import get_task
 
 
 @pytest.mark.parametrize("k,size,sizes", [(5, 2, [1, 2, 2]), (40, 32, [20, 20]),

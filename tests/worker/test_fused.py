@@ -17,10 +17,10 @@ import torch
 from lrtune.optimizers import OptimizerChoice
 from lrtune.schedules import Schedule
 from lrtune.space import TrialConfig
-from worker.fused import _Stepper, split_pack, train_pack
-from worker.tasks import Task, get_task
-from worker.tasks.digits import DigitsMLP as DigitsMLPTask
-from worker.train import TrainResult, train_trial
+from lrtune_worker.fused import _Stepper, split_pack, train_pack
+from lrtune_worker.tasks import Task, get_task
+from lrtune_worker.tasks.digits import DigitsMLP as DigitsMLPTask
+from lrtune_worker.train import TrainResult, train_trial
 
 CPU = torch.device("cpu")
 EPOCHS = 4
@@ -144,8 +144,8 @@ def test_training_goes_on_eagerly_where_compiling_fails(tmp_path: Path) -> None:
         from lrtune.optimizers import OptimizerChoice
         from lrtune.schedules import Schedule
         from lrtune.space import TrialConfig
-        from worker.fused import train_pack
-        from worker.tasks import get_task
+        from lrtune_worker.fused import train_pack
+        from lrtune_worker.tasks import get_task
         logging.basicConfig(level=logging.INFO)
         cfgs = [TrialConfig(Schedule.build("cosine"), OptimizerChoice.build("sgd", lr))
                 for lr in (0.01, 0.02)]
@@ -169,7 +169,7 @@ def test_an_error_of_the_compiled_step_itself_keeps_compiling_on(
     def out_of_memory(*args: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr("worker.fused._compiled", lambda function: out_of_memory)
+    monkeypatch.setattr("lrtune_worker.fused._compiled", lambda function: out_of_memory)
     cfgs = configs("sgd")[:2]
     with pytest.raises(torch.OutOfMemoryError):
         train_pack(get_task("linreg"), cfgs, 1, "val_loss", [1, 2], CPU, compile_after=0)

@@ -13,10 +13,10 @@ from optuna.trial import TrialState
 from lrtune import optuna_internals as internals
 from lrtune.spec import StudySpec
 from lrtune.store import Store
+from lrtune_worker.heartbeat import Heartbeat
+from lrtune_worker.loop import Worker
 from tests.conftest import MakeStore
 from tests.faults.common import assert_exact_budget
-from worker.heartbeat import Heartbeat
-from worker.loop import Worker
 
 TINY = {"task": "linreg", "epochs": 2, "space": {"families": ["cosine", "step"]}}
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from lrtune.results import parse_spec
-from worker.lr_find import find_bounds, sweep
-from worker.tasks import get_task
+from lrtune_worker.lr_find import find_bounds, sweep
+from lrtune_worker.tasks import get_task
 
 CPU = torch.device("cpu")
 

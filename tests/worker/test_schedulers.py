@@ -9,8 +9,8 @@ from lrtune.export import KERAS_MARKER, export
 from lrtune.optimizers import OPTIMIZERS, OptimizerChoice
 from lrtune.schedules import Schedule
 from lrtune.space import TrialConfig
+from lrtune_worker.schedulers import build_optimizer, build_scheduler
 from tests.grid import HORIZONS, METRICS, grid, schedule_id
-from worker.schedulers import build_optimizer, build_scheduler
 
 GRID = grid()
 LR0 = 0.1

@@ -6,9 +6,9 @@ from lrtune.optimizers import OptimizerChoice
 from lrtune.schedules import Schedule
 from lrtune.space import TrialConfig
 from lrtune.spec import StudySpec
-from worker.runner import run_trial
-from worker.tasks import get_task
-from worker.train import train_trial
+from lrtune_worker.runner import run_trial
+from lrtune_worker.tasks import get_task
+from lrtune_worker.train import train_trial
 
 CPU = torch.device("cpu")
 

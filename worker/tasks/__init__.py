@@ -6,10 +6,10 @@ from importlib.metadata import entry_points
 
 from lrtune.errors import SpecError
 from lrtune.tasks import ENTRY_POINT_GROUP, task_names
-from worker.tasks.base import Task, TaskData
-from worker.tasks.charlm import CharLM
-from worker.tasks.digits import DigitsMLP
-from worker.tasks.linreg import LinReg
+from lrtune_worker.tasks.base import Task, TaskData
+from lrtune_worker.tasks.charlm import CharLM
+from lrtune_worker.tasks.digits import DigitsMLP
+from lrtune_worker.tasks.linreg import LinReg
 
 __all__ = ["Task", "TaskData", "get_task"]
 
@@ -23,6 +23,6 @@ def get_task(name: str) -> Task:
         loaded = ep.load()
         task = loaded() if isinstance(loaded, type) else loaded
         if not isinstance(task, Task):
-            raise SpecError("task", f"entry point {name!r} is not a worker.tasks.Task")
+            raise SpecError("task", f"entry point {name!r} is not a lrtune_worker.tasks.Task")
         return task
     raise SpecError("task", f"unknown task {name!r}; known: {task_names()}")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lrtune.tasks import BUILTIN_TASKS
-from worker.tasks.base import Task, TaskData
+from lrtune_worker.tasks.base import Task, TaskData
 
 SOURCES = ("textwrap.py", "string.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py",
            "heapq.py", "colorsys.py", "keyword.py", "numbers.py")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lrtune.tasks import BUILTIN_TASKS
-from worker.tasks.base import Task, TaskData
+from lrtune_worker.tasks.base import Task, TaskData
 
 FEATURES = 10
 TRAIN, VAL = 512, 256
