@@ -18,7 +18,8 @@ from lrtune_worker.loop import Worker
 from tests.conftest import MakeStore
 from tests.faults.common import assert_exact_budget
 
-TINY = {"task": "linreg", "epochs": 2, "space": {"families": ["cosine", "step"]}}
+TINY = {"task": "linreg", "epochs": 2,  # an LR range where no trial diverges (no LR curve then)
+        "space": {"families": ["cosine", "step"], "lr": {"low": 1e-3, "high": 1e-2}}}
 
 
 def worker(store: Store, **kwargs: object) -> Worker:
