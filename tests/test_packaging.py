@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -17,8 +18,17 @@ INSTALLED = {"lrtune": "lrtune", "lrtune_service": "service", "lrtune_worker": "
 
 
 def test_the_wheel_installs_only_lrtune_names(tmp_path: Path) -> None:
+    """Built from what the Dockerfile's build stage copies, in a folder of its own (an in-tree
+    build would reuse a stale build/)."""
+    source = tmp_path / "src"
+    for name in ("pyproject.toml", "README.md", "alembic.ini"):
+        (source / name).parent.mkdir(exist_ok=True)
+        shutil.copy(ROOT / name, source / name)
+    for folder in INSTALLED.values():
+        shutil.copytree(ROOT / folder, source / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--wheel-dir", str(tmp_path), str(ROOT)], check=True, timeout=300)
+                    "--wheel-dir", str(tmp_path), str(source)], check=True, timeout=300)
     (wheel,) = tmp_path.glob("lrtune-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
@@ -49,7 +59,8 @@ def test_a_users_worker_py_shadows_nothing(db_url: str, tmp_path: Path) -> None:
     try:
         wait_ready(url, server)
         r = httpx.post(f"{url}/studies", headers={"Authorization": f"Bearer {token}"},
-                       json={"name": "shadow", "task": "linreg", "n_trials": 2, "epochs": 2},
+                       json={"name": "shadow", "task": "linreg", "n_trials": 2, "epochs": 2,
+                             "space": {"lr": {"low": 1e-3, "high": 1e-2}}},  # none diverges
                        timeout=30)
         assert r.status_code == 201, r.text
         end = time.monotonic() + 180
