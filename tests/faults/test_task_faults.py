@@ -22,8 +22,9 @@ def test_task_faults_end_trials_not_the_worker(db_url: str, make_store: MakeStor
         assert wait_status(store, specs["fault-oom"], 120) == "failed"
         assert wait_status(store, specs["fault-nan"], 120) == "failed"  # nothing completed
         assert worker.poll() is None  # alive after all of it
-        after = store.create_study(StudySpec(name="after", task="linreg", epochs=2,
-                                             n_trials=3), "me")
+        after = store.create_study(StudySpec(  # an LR range where no trial diverges
+            name="after", task="linreg", epochs=2, n_trials=3,
+            space={"lr": {"low": 1e-3, "high": 1e-2}}), "me")
         assert wait_status(store, after, 120) == "done"
         assert worker.poll() is None
     finally:
