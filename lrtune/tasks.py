@@ -44,7 +44,7 @@ class TaskInfo:
 
 
 BUILTIN_TASKS: dict[str, TaskInfo] = {t.name: t for t in [
-    TaskInfo("linreg", "Linear regression on generated data, full gradient descent by batches.",
+    TaskInfo("linreg", "Linear regression on generated data, minibatch gradient descent.",
              {"val_loss": "minimize", "train_loss": "minimize"}, batch_size=64,
              batch_sizes=(16, 32, 64, 128), default_epochs=10),
     TaskInfo("digits-mlp", "MLP 64-256-256-10 on scikit-learn's bundled digits.",

@@ -1,4 +1,5 @@
 import json
+import typing
 from typing import Any
 
 import optuna
@@ -151,3 +152,13 @@ def test_a_reseeded_sampler_starts_from_the_groups_kept() -> None:
     assert len(new._grouped) == 31 and {"lr", "optimizer", "schedule"} <= set(new._relative_space)
     assert isinstance(make_sampler(SamplerSpec(name="random"), previous=old),
                       optuna.samplers.RandomSampler)
+
+
+@pytest.mark.parametrize("name", typing.get_args(SamplerSpec.model_fields["name"].annotation))
+def test_every_sampler_a_spec_may_name_samples_the_whole_space(name: str) -> None:
+    study = optuna.create_study(sampler=make_sampler(SamplerSpec(name=name, seed=1)))
+    for i in range(12):  # past every sampler's start-up trials
+        trial = study.ask()
+        SPACE.sample(trial)
+        study.tell(trial, float((i * 7919) % 101))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
