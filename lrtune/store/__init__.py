@@ -124,10 +124,6 @@ class Store:
         return self.studies.optuna_id(record)
 
     # -- the read path (lrtune/store/reads.py): a few queries whatever the trial count --------
-    def summaries(self, records: Sequence[StudyRecord]) -> dict[int, Summary]:
-        """Counts per state and best trial of each record, by record id."""
-        return {r.id: self.study_summary(r.id)[1] for r in records}
-
     def study_page(self, status: str | None, limit: int, offset: int
                    ) -> tuple[list[tuple[StudyRecord, Summary]], int]:
         """A page of studies with their summaries, and how many there are: one transaction

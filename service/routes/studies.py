@@ -54,7 +54,7 @@ def json_of(model: BaseModel) -> Response:
 
 
 def shown(store: Store, record: StudyRecord) -> StudyOut:
-    return study_out(record, store.summaries([record])[record.id])
+    return study_out(record, store.study_summary(record.id)[1])
 
 
 @router.get("", response_model=StudyList, responses=responses(401, 422))

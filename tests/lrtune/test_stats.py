@@ -33,7 +33,7 @@ def scanned(store: Store, name: str) -> tuple[dict[str, int], int | None]:
 def kept(store: Store, name: str) -> tuple[dict[str, int], int | None]:
     """Counts and best trial number as the read path gives them."""
     record = next(r for r in store.list_studies(limit=1000)[0] if r.name == name)
-    summary = store.summaries([record])[record.id]
+    summary = store.study_summary(record.id)[1]
     counts = {state: n for state, n in summary.counts.items() if n}
     return counts, summary.best.number if summary.best is not None else None
 
