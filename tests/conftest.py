@@ -23,6 +23,9 @@ from lrtune.store import Store
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 ROOT = Path(__file__).resolve().parents[1]
+# linreg's LRs where no trial diverges: a test whose study must end done (a study where every
+# trial diverged ends failed) or whose every trial must have an LR curve searches these
+CONVERGING_LR = {"low": 1e-3, "high": 1e-2}
 
 
 def _pg_database() -> Iterator[str]:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from tests.conftest import ROOT, _pg_database, free_port, spawn, stop, wait_ready
+from tests.conftest import CONVERGING_LR, ROOT, _pg_database, free_port, spawn, stop, wait_ready
 
 BIN = Path(sys.executable).parent
 PASSWORD = "a $ecret: with/@%& every' kind\" of character"
@@ -175,8 +175,7 @@ def test_smoke_each_compose_service_runs_locally(pg_url: str, tmp_path: Path) ->
                                check=True, timeout=60, cwd=ROOT).stdout.strip()
         r = httpx.post(f"{api_url}/studies", headers={"Authorization": f"Bearer {token}"},
                        json={"name": "compose-smoke", "task": "linreg", "epochs": 2,
-                             "n_trials": 3, "space": {"lr": {"low": 1e-3, "high": 1e-2}}},
-                       timeout=30)  # an LR range where no trial diverges: the study ends done
+                             "n_trials": 3, "space": {"lr": CONVERGING_LR}}, timeout=30)
         assert r.status_code == 201, r.text
         sid = r.json()["id"]
         deadline = time.monotonic() + 180

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ROOT, free_port, lrtune_env, wait_ready
+from tests.conftest import CONVERGING_LR, ROOT, free_port, lrtune_env, wait_ready
 
 INSTALLED = {"lrtune": "lrtune", "lrtune_service": "service", "lrtune_worker": "worker"}
 
@@ -60,7 +60,7 @@ def test_a_users_worker_py_shadows_nothing(db_url: str, tmp_path: Path) -> None:
         wait_ready(url, server)
         r = httpx.post(f"{url}/studies", headers={"Authorization": f"Bearer {token}"},
                        json={"name": "shadow", "task": "linreg", "n_trials": 2, "epochs": 2,
-                             "space": {"lr": {"low": 1e-3, "high": 1e-2}}},  # none diverges
+                             "space": {"lr": CONVERGING_LR}},
                        timeout=30)
         assert r.status_code == 201, r.text
         end = time.monotonic() + 180

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import MakeStore, free_port, lrtune_env, spawn, stop, wait_ready
+from tests.conftest import (
+    CONVERGING_LR,
+    MakeStore,
+    free_port,
+    lrtune_env,
+    spawn,
+    stop,
+    wait_ready,
+)
 from tests.faults.common import assert_exact_budget, wait_status
 
 REQUESTS = 300
@@ -40,9 +48,9 @@ def test_concurrent_requests_while_trials_run(db_url: str, make_store: MakeStore
             kind = i % 10
             with httpx.Client(base_url=url, timeout=60) as c:
                 if kind == 0:
-                    return c.post("/studies", headers=auth, json={  # an LR that converges
+                    return c.post("/studies", headers=auth, json={
                         "name": f"extra-{i}", "task": "linreg", "epochs": 1, "n_trials": 1,
-                        "space": {"lr": {"low": 1e-3, "high": 1e-2}}}).status_code
+                        "space": {"lr": CONVERGING_LR}}).status_code
                 if kind == 1:
                     return c.post("/studies", headers=auth, json={
                         "name": f"bad-{i}", "task": "linreg", "n_trials": -1}).status_code

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lrtune.spec import StudySpec
-from tests.conftest import MakeStore, lrtune_env, spawn, stop
+from tests.conftest import CONVERGING_LR, MakeStore, lrtune_env, spawn, stop
 from tests.faults.common import PLUGINS, assert_exact_budget, trials, wait_status
 
 
@@ -22,9 +22,8 @@ def test_task_faults_end_trials_not_the_worker(db_url: str, make_store: MakeStor
         assert wait_status(store, specs["fault-oom"], 120) == "failed"
         assert wait_status(store, specs["fault-nan"], 120) == "failed"  # nothing completed
         assert worker.poll() is None  # alive after all of it
-        after = store.create_study(StudySpec(  # an LR range where no trial diverges
-            name="after", task="linreg", epochs=2, n_trials=3,
-            space={"lr": {"low": 1e-3, "high": 1e-2}}), "me")
+        after = store.create_study(StudySpec(name="after", task="linreg", epochs=2, n_trials=3,
+                                             space={"lr": CONVERGING_LR}), "me")
         assert wait_status(store, after, 120) == "done"
         assert worker.poll() is None
     finally:

@@ -15,11 +15,11 @@ from lrtune.spec import StudySpec
 from lrtune.store import Store
 from lrtune_worker.heartbeat import Heartbeat
 from lrtune_worker.loop import Worker
-from tests.conftest import MakeStore
+from tests.conftest import CONVERGING_LR, MakeStore
 from tests.faults.common import assert_exact_budget
 
-TINY = {"task": "linreg", "epochs": 2,  # an LR range where no trial diverges (no LR curve then)
-        "space": {"families": ["cosine", "step"], "lr": {"low": 1e-3, "high": 1e-2}}}
+TINY = {"task": "linreg", "epochs": 2,
+        "space": {"families": ["cosine", "step"], "lr": CONVERGING_LR}}
 
 
 def worker(store: Store, **kwargs: object) -> Worker:
