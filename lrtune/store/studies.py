@@ -251,10 +251,13 @@ class Studies:
         trials = internals.TRIALS
         with self.db.transaction() as conn:
             conn.execute(studies.delete().where(studies.c.id == study_id))
+            # Locked first, the study and then its trials: a worker cannot add a trial, or a
+            # row to a trial, between the deletes below (it waits, then finds them gone).
             optuna_id = conn.execute(sa.select(internals.STUDIES.c.study_id).where(
-                internals.STUDIES.c.study_name == record.name)).scalar()
+                internals.STUDIES.c.study_name == record.name).with_for_update()).scalar()
             if optuna_id is not None:
                 of_study = sa.select(trials.c.trial_id).where(trials.c.study_id == optuna_id)
+                conn.execute(of_study.with_for_update()).all()
                 for table in internals.TRIAL_TABLES:
                     conn.execute(table.delete().where(table.c.trial_id.in_(of_study)))
                 conn.execute(trials.delete().where(trials.c.study_id == optuna_id))

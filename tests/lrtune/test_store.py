@@ -6,6 +6,7 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
+from lrtune import optuna_internals as internals
 from lrtune.spec import StudySpec
 from lrtune.store import CANCELLED, DONE, RUNNING, Conflict, NotFound
 from tests.conftest import MakeStore, age_trials
@@ -258,3 +259,38 @@ def test_two_databases_read_in_one_process_keep_their_own_specs(tmp_path: Path) 
         assert store.get_study(1).spec.epochs == epochs
         (record, _), = store.study_page(None, 10, 0)[0]
         assert record.spec.epochs == epochs
+
+
+def test_delete_waits_for_a_worker_writing_a_trial(make_store: MakeStore) -> None:
+    """A worker's transaction adding a row to a running trial while its study is deleted: the
+    delete waits for it, then removes that row too (on PostgreSQL it used to fail with a
+    foreign-key violation: the row came between its deletes)."""
+    store = make_store()
+    record = store.create_study(StudySpec(name="busy", task="linreg", n_trials=3), "me")
+    trial_id = store.optuna_storage.create_new_trial(store.optuna_study_id(record))
+    worker = make_store()
+    deleted: list[BaseException | None] = []
+
+    def delete() -> None:
+        try:
+            store.delete(record.id)
+            deleted.append(None)
+        except BaseException as error:  # noqa: B036 - reported by the assertion below
+            deleted.append(error)
+
+    with worker.engine.connect() as conn:
+        conn.execute(internals.PARAMS.insert().values(
+            trial_id=trial_id, param_name="lr", param_value=0.1,
+            distribution_json='{"name": "FloatDistribution", "attributes": '
+                              '{"log": true, "step": null, "low": 0.01, "high": 1.0}}'))
+        deleter = threading.Thread(target=delete)
+        deleter.start()
+        deleter.join(timeout=1.0)  # the delete now waits for this transaction
+        conn.commit()
+    deleter.join(timeout=60)
+    assert deleted == [None]
+    with worker.engine.connect() as conn:
+        for table in (internals.PARAMS, internals.TRIALS):
+            assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 0
+    with pytest.raises(NotFound):
+        store.get_study(record.id)
