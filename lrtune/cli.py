@@ -233,12 +233,19 @@ def _logging() -> None:
 @token_app.command("create")
 def token_create(name: Annotated[str, typer.Option(
         help="the principal the token acts for: studies belong to it; a token made with an "
-        "existing principal's name joins it (rotate: create, then revoke the old one)")
-        ] = "default") -> None:
+        "existing principal's name joins it (rotate: create, then revoke the old one); "
+        "default: 'default', or 'workers' with --worker")] = "",
+        worker: Annotated[bool, typer.Option(
+            "--worker", help="a worker token: claims and reports trials of any non-external "
+            "study over HTTP (lrtune worker --url, fleets) and can do nothing else")] = False,
+        ) -> None:
     """Create an API token and print it once (only its hash is stored)."""
     from lrtune.store import Store
+    from lrtune.store.tokens import OWNER, WORKER
 
-    typer.echo(Store(_settings()).create_token(name))
+    role = WORKER if worker else OWNER
+    typer.echo(Store(_settings()).create_token(name or ("workers" if worker else "default"),
+                                               role))
 
 
 @token_app.command("list")
@@ -249,14 +256,16 @@ def token_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
     rows = Store(_settings()).list_tokens()
     if as_json:
         typer.echo(json.dumps([{"id": r.id, "principal": r.principal, "source": r.source,
+                                "role": r.role,
                                 "created_at": r.created_at.isoformat(),
                                 "revoked_at": r.revoked_at.isoformat() if r.revoked_at
                                 else None} for r in rows], indent=2))
         return
-    table = Table("id", "principal", "source", "created", "revoked")
+    table = Table("id", "principal", "role", "source", "created", "revoked")
     for r in rows:
-        source = "LRTUNE_API_TOKENS" if r.source == "env" else "token table"
-        table.add_row(str(r.id), r.principal, source, f"{r.created_at:%Y-%m-%d %H:%M}",
+        source = ("LRTUNE_WORKER_TOKENS" if r.role == "worker" else "LRTUNE_API_TOKENS") \
+            if r.source == "env" else "token table"
+        table.add_row(str(r.id), r.principal, r.role, source, f"{r.created_at:%Y-%m-%d %H:%M}",
                       f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "-")
     console.print(table)
 

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     api_tokens: SecretStr = Field(
         SecretStr(""), description="comma-separated bearer tokens accepted besides the token "
         "table")
+    worker_tokens: SecretStr = Field(
+        SecretStr(""), description="comma-separated worker tokens (claim and report trials of "
+        "any non-external study, nothing else), for deployments that take secrets from the "
+        "environment; or `lrtune token create --worker`")
     closed_reads: bool = False
     max_running_studies: int = Field(20, ge=1, description="running studies per principal")
     max_queued_trials: int = Field(100_000, ge=1, description="trials budgeted in one "

@@ -50,6 +50,9 @@ def explain(error: Mapping[str, Any]) -> tuple[str, str]:
     message a person can act on, without pydantic's internals (union members, regexes,
     character offsets)."""
     kind = str(error.get("type", ""))
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, SpecError):  # a model validator naming its own field
+        return cause.field, cause.message
     parts = [str(p) for p in error.get("loc", ())]
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
@@ -169,3 +172,25 @@ class StudySpec(Strict):
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     pack: Annotated[int, Field(ge=1, le=1_000_000)] | Literal["auto"] = 1
     seed: int = Field(0, ge=0, le=SEED_MAX)
+    direction: Literal["minimize", "maximize"] | None = Field(
+        None, description="the objective's direction: an external study's own (default "
+                          "minimize); a built-in task's is known and may only be repeated")
+    steps_per_epoch: int | None = Field(
+        None, ge=1, le=10_000_000, description='external studies: optimizer steps per epoch '
+        "of the user's loop, if fixed (else each trial's client says it)")
+
+    @model_validator(mode="after")
+    def _external(self) -> StudySpec:
+        from lrtune.tasks import EXTERNAL
+
+        if self.task == EXTERNAL:
+            if self.space.lr == "auto":
+                raise SpecError("space.lr", 'an external study cannot take "auto": lrtune '
+                                "runs no LR range test on your code; give low and high")
+            if self.pack != 1:
+                raise SpecError("pack", "an external study is trained by your own code, one "
+                                "trial per client at a time: leave pack at 1")
+        elif self.steps_per_epoch is not None:
+            raise SpecError("steps_per_epoch", f"task {self.task!r} knows its own steps per "
+                            'epoch; steps_per_epoch is for task "external"')
+        return self

@@ -6,8 +6,9 @@ import warnings
 
 import optuna
 
+from lrtune.errors import SpecError
 from lrtune.spec import PrunerSpec, SamplerSpec, StudySpec
-from lrtune.tasks import Direction, task_info
+from lrtune.tasks import EXTERNAL, Direction, task_info
 from lrtune.tpe import LazyGroupTPESampler
 
 # Trial user attributes lrtune writes.
@@ -64,4 +65,12 @@ def make_pruner(spec: PrunerSpec, epochs: int) -> optuna.pruners.BasePruner:
 
 
 def direction(spec: StudySpec) -> Direction:
-    return task_info(spec.task).direction(spec.objective)
+    """The objective's direction: an external study's own, a task's from its metrics (a
+    spec that contradicts it is refused, naming ``direction``)."""
+    if spec.task == EXTERNAL:
+        return spec.direction or "minimize"
+    known = task_info(spec.task).direction(spec.objective)
+    if spec.direction is not None and spec.direction != known:
+        raise SpecError("direction", f"task {spec.task!r} {known}s {spec.objective!r}, not "
+                        f"{spec.direction}s it")
+    return known

@@ -54,6 +54,27 @@ tokens = Table(
     Column("revoked_at", DateTime(timezone=True), nullable=True),
     Column("principal_id", Integer, ForeignKey("lrtune_principals.id"), nullable=True),
     Column("source", String(10), nullable=False, server_default="table"),  # table | env
+    Column("role", String(10), nullable=False, server_default="owner"),  # owner | worker
+)
+
+# The trials one claim over HTTP took, for the token that took them (service/routes/leases.py).
+leases = Table(
+    "lrtune_leases", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("token_id", Integer, ForeignKey("lrtune_tokens.id"), nullable=False),
+    Column("study_id", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_lrtune_leases_study", "study_id"),
+    sqlite_autoincrement=True,
+)
+
+lease_trials = Table(
+    "lrtune_lease_trials", metadata,
+    Column("trial_id", Integer, primary_key=True, autoincrement=False),  # Optuna's trial id
+    Column("lease_id", Integer, ForeignKey("lrtune_leases.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("number", Integer, nullable=False),
+    Index("ix_lrtune_lease_trials_lease", "lease_id"),
 )
 
 # Dashboard logins: a browser's cookie names a session of one token (hashed here).

@@ -18,6 +18,7 @@ from lrtune.errors import SpecError
 Direction = Literal["minimize", "maximize"]
 ENTRY_POINT_GROUP = "lrtune.tasks"  # trainable task classes, for workers
 INFO_GROUP = "lrtune.task_info"  # their TaskInfo, importable without torch
+EXTERNAL = "external"  # trained by the user's own code over trial leases, never by workers
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class TaskInfo:
     default_epochs: int = 10
 
     def direction(self, metric: str) -> Direction:
+        if self.name == EXTERNAL:
+            return "minimize"
         try:
             return self.metrics[metric]
         except KeyError:
@@ -54,6 +57,10 @@ BUILTIN_TASKS: dict[str, TaskInfo] = {t.name: t for t in [
              {"val_loss": "minimize", "train_loss": "minimize"}, batch_size=32,
              default_epochs=5),
 ]}
+EXTERNAL_INFO = TaskInfo(EXTERNAL, "Your own training code: trials leased over HTTP to "
+                         "lrtune.Client, `lrtune agent` and the Lightning and Hugging Face "
+                         "integrations; lrtune's workers never train it. Name the objective "
+                         "and its direction in the spec.", {}, default_metric="val_loss")
 
 
 def plugin_task_names() -> list[str]:
@@ -62,13 +69,15 @@ def plugin_task_names() -> list[str]:
 
 
 def task_names() -> list[str]:
-    return sorted(set(BUILTIN_TASKS) | set(plugin_task_names()))
+    return sorted(set(BUILTIN_TASKS) | {EXTERNAL} | set(plugin_task_names()))
 
 
 def task_info(name: str, field_name: str = "task") -> TaskInfo:
     """Metadata of a built-in or entry-point task; SpecError naming ``field_name`` if unknown."""
     if name in BUILTIN_TASKS:
         return BUILTIN_TASKS[name]
+    if name == EXTERNAL:
+        return EXTERNAL_INFO
     for ep in entry_points(group=INFO_GROUP, name=name):
         info = ep.load()
         if isinstance(info, TaskInfo):

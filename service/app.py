@@ -8,6 +8,7 @@ with them.
 from __future__ import annotations
 
 import asyncio
+import re
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -21,7 +22,8 @@ from lrtune_service.admission import Admission
 from lrtune_service.dashboard import DashboardGate
 from lrtune_service.deps import read_dependencies
 from lrtune_service.errors import error_response
-from lrtune_service.routes import catalogue, health, session, studies
+from lrtune_service.lease_schemas import PROTOCOL
+from lrtune_service.routes import catalogue, health, leases, session, studies
 from lrtune_service.telemetry import Measured, Telemetry
 from lrtune_service.workers import WorkerPool
 
@@ -139,6 +141,25 @@ class DashboardPaths:
             await self.app(scope, receive, send)
 
 
+class ProtocolVersion:
+    """Paths of another lease-protocol version (``/v2/…``) get a 404 that says which one this
+    server speaks, instead of a bare "not found"."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = re.match(r"/v(\d+)(/|$)", scope.get("path", "")) \
+            if scope["type"] == "http" else None
+        if found is None or int(found.group(1)) == PROTOCOL:
+            await self.app(scope, receive, send)
+            return
+        await error_response(
+            404, "protocol_version", f"this server speaks the trial-lease protocol v{PROTOCOL} "
+            f"(paths /v{PROTOCOL}/…), not v{found.group(1)}: use an lrtune client of the "
+            "server's version", "path")(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, store: Store | None = None,
                workers: WorkerPool | None = None) -> FastAPI:
     """The API; ``workers``, the local workers ``/readyz`` reports (``serve --workers``)."""
@@ -158,7 +179,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None,
     app.include_router(health.router)
     app.include_router(health.metrics_router, dependencies=reads)
     app.include_router(session.router)
+    app.include_router(leases.router)
     app.add_middleware(DashboardPaths, dashboard=dashboard_app(store, settings))
+    app.add_middleware(ProtocolVersion)
     app.add_middleware(Measured, telemetry=app.state.telemetry)
     app.add_middleware(RetryReads)
     app.add_middleware(Admission, inflight=settings.max_inflight, queued=settings.max_queued,

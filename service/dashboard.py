@@ -99,12 +99,15 @@ def cookie(scope: Scope, name: str) -> str:
 
 
 def caller(store: Store, scope: Scope) -> Principal | None:
-    """The principal of a bearer token or a login cookie on the request, or None."""
+    """The owner principal of a bearer token or a login cookie on the request, or None (a
+    worker token reads nothing: it claims and reports trials only)."""
     auth = header(scope, b"authorization")
-    if auth.startswith("Bearer ") and auth[7:].strip():
-        return store.principal(auth[7:].strip())
     session = cookie(scope, SESSION_COOKIE)
-    return store.session_principal(session) if session else None
+    if auth.startswith("Bearer ") and auth[7:].strip():
+        principal = store.principal(auth[7:].strip())
+    else:
+        principal = store.session_principal(session) if session else None
+    return None if principal is None or principal.is_worker else principal
 
 
 class DashboardGate:

@@ -43,13 +43,25 @@ def require_principal(store: StoreDep, credentials: Credentials) -> Principal:
     return principal
 
 
-Caller = Annotated[Principal, Depends(require_principal)]
+WORKER_ONLY = ("worker tokens may only claim and report trials (the /v1/ lease routes); "
+               "use an owner token (`lrtune token create`)")
+
+
+def require_owner(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
+    """The caller of a write to studies: an owner token; a worker token is refused."""
+    if principal.is_worker:
+        raise ApiError(403, "forbidden", WORKER_ONLY, "Authorization")
+    return principal
+
+
+Caller = Annotated[Principal, Depends(require_owner)]
+Leaser = Annotated[Principal, Depends(require_principal)]  # owner or worker: the lease routes
 
 
 def require_reader(store: StoreDep, credentials: Credentials, session: Session) -> Principal:
     """The caller of a read under closed reads: a bearer token or a dashboard login."""
     if credentials is not None and credentials.credentials:
-        return require_principal(store, credentials)
+        return require_owner(require_principal(store, credentials))
     principal = store.session_principal(session) if session else None
     if principal is None:
         raise ApiError(401, "unauthorized", "missing bearer token or login", "Authorization")

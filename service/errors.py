@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lrtune.errors import Conflict, DatabaseUnavailable, NotFound, OverQuota, SpecError
 from lrtune.spec import explain
+from lrtune.store.leases import Forbidden, StudyEnded
 
 log = logging.getLogger("lrtune.service")
 
@@ -69,6 +70,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Conflict)
     async def _conflict(_: Request, e: Conflict) -> JSONResponse:
         return error_response(409, "conflict", str(e), e.field)
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(_: Request, e: Forbidden) -> JSONResponse:
+        return error_response(403, "forbidden", str(e), e.field)
+
+    @app.exception_handler(StudyEnded)
+    async def _ended(_: Request, e: StudyEnded) -> JSONResponse:
+        return error_response(409, "study_ended", str(e), e.field)
 
     @app.exception_handler(OverQuota)
     async def _quota(_: Request, e: OverQuota) -> JSONResponse:

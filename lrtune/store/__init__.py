@@ -28,6 +28,7 @@ from lrtune.spec import StudySpec
 from lrtune.store import reads, stats, trials
 from lrtune.store.claims import Claim, ClaimLock, Claims
 from lrtune.store.db import Database, GuardedStorage, Pool, optuna_storage, sqlalchemy_url
+from lrtune.store.leases import Leases
 from lrtune.store.pack_storage import PackStorage
 from lrtune.store.reads import Summary, TrialRow
 from lrtune.store.reaping import Reaper
@@ -67,12 +68,14 @@ class Store:
         self.studies = Studies(self.db, self.optuna_storage)
         if migrate:
             stats.install(self.db)
-        self.tokens = Tokens(self.db, settings.api_tokens.get_secret_value())
+        self.tokens = Tokens(self.db, settings.api_tokens.get_secret_value(),
+                             settings.worker_tokens.get_secret_value())
         self.lock = ClaimLock(self.db)
         self.reaper = Reaper(self.db, self.optuna_storage, settings.heartbeat_grace,
                              settings.max_retries)
         self.claims = Claims(self.db, self.studies, self.reaper, self.lock, settings)
         self.finished_params = reads.FinishedParams()
+        self.leases = Leases(self)
         self.notes = BestNotes(self.optuna_storage,
                                lambda study_id: self.lock.hold(study_id, wait=True))
 
@@ -198,11 +201,16 @@ class Store:
         return claims[0] if claims else None
 
     def claim_pack(self, want: int | None = None, only: set[int] | None = None,
-                   sizer: Callable[[StudyRecord], int] | None = None) -> list[Claim]:
-        return self.claims.claim_pack(want, only, sizer)
+                   sizer: Callable[[StudyRecord], int] | None = None,
+                   external: bool | None = False, owner: str | None = None) -> list[Claim]:
+        return self.claims.claim_pack(want, only, sizer, external, owner)
 
     def hand_back(self, claims: list[Claim], reason: str) -> None:
         self.claims.hand_back(claims, reason)
+
+    def hand_back_ids(self, record: StudyRecord, trial_ids: list[int], reason: str) -> None:
+        """``hand_back`` by trial id (a lease's trials)."""
+        self.claims.hand_back_ids(record.id, trial_ids, reason)
 
     def record_heartbeats(self, trial_ids: list[int]) -> None:
         """The heartbeat of every trial of a pack in one transaction."""
@@ -263,8 +271,8 @@ class Store:
                           value)
 
     # -- tokens -----------------------------------------------------------------------------
-    def create_token(self, name: str) -> str:
-        return self.tokens.create(name)
+    def create_token(self, name: str, role: str = "owner") -> str:
+        return self.tokens.create(name, role)
 
     def token_owner(self, token: str) -> str | None:
         return self.tokens.owner(token)

@@ -92,12 +92,15 @@ class Claims:
         self._cursor = 0
 
     def claim_pack(self, want: int | None = None, only: set[int] | None = None,
-                   sizer: Callable[[StudyRecord], int] | None = None) -> list[Claim]:
+                   sizer: Callable[[StudyRecord], int] | None = None,
+                   external: bool | None = False, owner: str | None = None) -> list[Claim]:
         """Claim up to ``want`` trials of one running study under one lock; never past the
         budget. ``want=None`` takes the study's ``pack`` (``sizer`` sizes ``"auto"``).
-        Empty when there is no work."""
+        ``external`` and ``owner`` choose the studies as ``Studies.running_ids`` does
+        (lrtune's workers never claim an external study). Empty when there is no work."""
         stamp = time.monotonic()
-        candidates = [i for i in self.studies.running_ids() if (only is None or i in only)
+        candidates = [i for i in self.studies.running_ids(external, owner)
+                      if (only is None or i in only)
                       and stamp - self._broken.get(i, -BROKEN_PAUSE) >= BROKEN_PAUSE]
         if not candidates:
             return []
@@ -228,8 +231,12 @@ class Claims:
     def hand_back(self, claims: list[Claim], reason: str) -> None:
         """Give claimed trials back unfinished: FAIL with ``reason`` and WAITING copies, under
         the study's claim lock so no claimer sees the slots free in between."""
-        if not claims:
+        if claims:
+            self.hand_back_ids(claims[0].record.id, [c.trial_id for c in claims], reason)
+
+    def hand_back_ids(self, study_id: int, trial_ids: list[int], reason: str) -> None:
+        if not trial_ids:
             return
-        with self.lock.hold(claims[0].record.id, wait=True):
-            for claim in claims:
-                self.reaper.fail_and_requeue(claim.trial_id, reason, count_retry=False)
+        with self.lock.hold(study_id, wait=True):
+            for trial_id in trial_ids:
+                self.reaper.fail_and_requeue(trial_id, reason, count_retry=False)

@@ -20,7 +20,8 @@ from lrtune.lr_range import LrBounds, resolved
 from lrtune.spec import StudySpec
 from lrtune.store import reads
 from lrtune.store.db import Database, aware, now, utc
-from lrtune.tables import principals, studies
+from lrtune.tables import lease_trials, leases, principals, studies
+from lrtune.tasks import EXTERNAL
 
 Status = Literal["running", "cancelled", "done", "failed"]
 RUNNING, CANCELLED, DONE, FAILED = "running", "cancelled", "done", "failed"
@@ -220,10 +221,18 @@ class Studies:
                 sa.select(studies.c.status, sa.func.count()).group_by(studies.c.status))}
         return {status: int(found.get(status, 0)) for status in STATUSES}
 
-    def running_ids(self) -> list[int]:
+    def running_ids(self, external: bool | None = False, owner: str | None = None
+                    ) -> list[int]:
+        """Running studies by id: lrtune's own tasks (``external=False``, what its workers
+        train), external ones only (True) or both (None); of ``owner`` alone if given."""
+        query = sa.select(studies.c.id).where(studies.c.status == RUNNING)
+        if external is not None:
+            query = query.where((studies.c.task == EXTERNAL) if external
+                                else (studies.c.task != EXTERNAL))
+        if owner is not None:
+            query = query.where(studies.c.owner == owner)
         with self.db.transaction() as conn:
-            return [int(r[0]) for r in conn.execute(sa.select(studies.c.id).where(
-                studies.c.status == RUNNING).order_by(studies.c.id))]
+            return [int(r[0]) for r in conn.execute(query.order_by(studies.c.id))]
 
     def set_status(self, study_id: int, status: str, reason: str | None = None,
                    only_from: str | None = RUNNING, conn: sa.Connection | None = None) -> bool:
@@ -251,6 +260,9 @@ class Studies:
         trials = internals.TRIALS
         with self.db.transaction() as conn:
             conn.execute(studies.delete().where(studies.c.id == study_id))
+            of_leases = sa.select(leases.c.id).where(leases.c.study_id == study_id)
+            conn.execute(lease_trials.delete().where(lease_trials.c.lease_id.in_(of_leases)))
+            conn.execute(leases.delete().where(leases.c.study_id == study_id))
             # Locked first, the study and then its trials: a worker cannot add a trial, or a
             # row to a trial, between the deletes below (it waits, then finds them gone).
             optuna_id = conn.execute(sa.select(internals.STUDIES.c.study_id).where(

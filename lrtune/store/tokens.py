@@ -22,20 +22,31 @@ from lrtune.store.db import Database, aware, now
 from lrtune.tables import principals, sessions, studies, tokens
 
 TABLE, ENV = "table", "env"
+OWNER, WORKER = "owner", "worker"  # roles: a worker token claims and reports trials, only
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _hashes(listed: str) -> set[str]:
+    return {hash_token(t.strip()) for t in listed.split(",") if t.strip()}
+
+
 @dataclass(frozen=True)
 class Principal:
-    """The caller: ``public_id`` owns studies; ``token_id`` is the token it came with."""
+    """The caller: ``public_id`` owns studies; ``token_id`` is the token it came with;
+    ``role``: what the token may do (``owner``, or ``worker``: claim and report only)."""
 
     id: int
     name: str
     public_id: str
     token_id: int
+    role: str = OWNER
+
+    @property
+    def is_worker(self) -> bool:
+        return self.role == WORKER
 
 
 @dataclass(frozen=True)
@@ -45,22 +56,26 @@ class TokenRow:
     source: str
     created_at: datetime
     revoked_at: datetime | None
+    role: str = OWNER
 
 
 class Tokens:
-    def __init__(self, db: Database, env_tokens: str) -> None:
+    def __init__(self, db: Database, env_tokens: str, env_worker_tokens: str = "") -> None:
         self.db = db
-        self.env = {hash_token(t.strip()) for t in env_tokens.split(",") if t.strip()}
+        self.env_workers = _hashes(env_worker_tokens)
+        self.env = _hashes(env_tokens) | self.env_workers
 
-    def create(self, name: str) -> str:
+    def create(self, name: str, role: str = OWNER) -> str:
         """A new token for the principal ``name`` (created if new: a token made with an
         existing principal's name joins it, which is how a token is rotated)."""
+        if role not in (OWNER, WORKER):
+            raise ValueError(f"role must be {OWNER!r} or {WORKER!r}, got {role=}")
         token = "lrt_" + secrets.token_urlsafe(32)
         with self.db.transaction() as conn:
             principal_id = self._principal(conn, name)
             conn.execute(tokens.insert().values(name=name, token_hash=hash_token(token),
                                                 created_at=now(), principal_id=principal_id,
-                                                source=TABLE))
+                                                source=TABLE, role=role))
         return token
 
     @staticmethod
@@ -78,12 +93,15 @@ class Tokens:
         revoked, and an ``env`` token only while the setting lists it."""
         row = conn.execute(query.add_columns(
             tokens.c.id, tokens.c.token_hash, tokens.c.source, tokens.c.revoked_at,
-            principals.c.id.label("principal_id"), principals.c.name, principals.c.public_id)
+            tokens.c.role, principals.c.id.label("principal_id"), principals.c.name,
+            principals.c.public_id)
             .join(principals, principals.c.id == tokens.c.principal_id)).first()
         if row is None or row.revoked_at is not None or (
                 row.source == ENV and row.token_hash not in self.env):
             return None
-        return Principal(row.principal_id, row.name, row.public_id, row.id)
+        role = (WORKER if row.token_hash in self.env_workers else OWNER) \
+            if row.source == ENV else row.role
+        return Principal(row.principal_id, row.name, row.public_id, row.id, role)
 
     def principal(self, token: str) -> Principal | None:
         """The principal a valid token acts for, or None."""
@@ -104,11 +122,12 @@ class Tokens:
             with self.db.transaction() as conn:
                 n = conn.execute(sa.select(sa.func.count()).select_from(tokens).where(
                     tokens.c.source == ENV)).scalar_one()
-                name = f"env-token-{n + 1}"
+                name = f"env-{'worker' if digest in self.env_workers else 'token'}-{n + 1}"
                 principal_id = self._principal(conn, name)
-                conn.execute(tokens.insert().values(name=name, token_hash=digest,
-                                                    created_at=now(), source=ENV,
-                                                    principal_id=principal_id))
+                conn.execute(tokens.insert().values(
+                    name=name, token_hash=digest, created_at=now(), source=ENV,
+                    principal_id=principal_id,
+                    role=WORKER if digest in self.env_workers else OWNER))
                 public_id = conn.execute(sa.select(principals.c.public_id).where(
                     principals.c.id == principal_id)).scalar_one()
                 conn.execute(studies.update().where(studies.c.owner == digest[:16])
@@ -128,14 +147,14 @@ class Tokens:
         with self.db.transaction() as conn:
             rows = conn.execute(
                 sa.select(tokens.c.id, principals.c.name, tokens.c.source, tokens.c.created_at,
-                          tokens.c.revoked_at)
+                          tokens.c.revoked_at, tokens.c.role)
                 .join(principals, principals.c.id == tokens.c.principal_id)
                 .order_by(tokens.c.id)).all()
         listed = []
-        for token_id, name, source, created, revoked in rows:
+        for token_id, name, source, created, revoked, role in rows:
             created_at = aware(created)
             assert created_at is not None
-            listed.append(TokenRow(token_id, name, source, created_at, aware(revoked)))
+            listed.append(TokenRow(token_id, name, source, created_at, aware(revoked), role))
         return listed
 
     def revoke(self, token_id: int) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import json
-from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
@@ -19,8 +18,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from lrtune.store import Store
-from lrtune_service.deps import SESSION_COOKIE, SettingsDep, StoreDep
+from lrtune_service.deps import SESSION_COOKIE, WORKER_ONLY, SettingsDep, StoreDep
 from lrtune_service.errors import ApiError, responses
 
 router = APIRouter(tags=["session"])
@@ -53,7 +51,7 @@ REDIRECT: dict[int | str, dict[str, Any]] = {303: {"description": "redirect", "c
 
 
 @router.post("/login", status_code=303, response_class=RedirectResponse,
-             responses={**REDIRECT, **responses(401, 413, 422)},
+             responses={**REDIRECT, **responses(401, 403, 413, 422)},
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/x-www-form-urlencoded": {"schema": TOKEN_BODY},
                  "application/json": {"schema": TOKEN_BODY}}}})
@@ -71,21 +69,18 @@ async def login(request: Request, store: StoreDep, settings: SettingsDep,
     if not token:
         raise ApiError(422, "invalid", "token: give the API token as the field 'token'",
                        "token")
-    opened = await run_in_threadpool(_open_session, store, token)
-    if opened is None:
+    principal = await run_in_threadpool(store.principal, token)
+    if principal is None:
         raise ApiError(401, "unauthorized", "invalid or revoked token", "token")
-    value, expires = opened
+    if principal.is_worker:
+        raise ApiError(403, "forbidden", WORKER_ONLY, "token")
+    value, expires = await run_in_threadpool(store.open_session, principal)
     secure = settings.cookie_secure if settings.cookie_secure is not None else \
         request.url.scheme == "https"
     response = RedirectResponse(local_path(next), status_code=303)
     response.set_cookie(SESSION_COOKIE, value, expires=expires, path="/", secure=secure,
                         httponly=True, samesite="strict")
     return response
-
-
-def _open_session(store: Store, token: str) -> tuple[str, datetime] | None:
-    principal = store.principal(token)
-    return store.open_session(principal) if principal is not None else None
 
 
 @router.post("/logout", status_code=303, response_class=RedirectResponse,

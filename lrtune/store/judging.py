@@ -1,0 +1,86 @@
+"""Pruning decided on the server, from the database, so every API replica decides alike.
+
+A lease client reports an epoch; the study's pruner judges each reported trial against the
+study's history as the database holds it. The pruner sees the study through ``JudgedView``:
+the study's finished trials, kept per process and topped up with those finished since (a
+finished trial never changes), and its running trials read afresh. What a pruner writes (the
+successive-halving rungs) goes to the database.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Container
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from lrtune import optuna_internals as internals
+from lrtune.store.studies import StudyRecord
+from lrtune.study import make_pruner
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+Finished = Callable[[StudyRecord, set[int]], list[FrozenTrial]]
+Running = Callable[[StudyRecord], list[FrozenTrial]]
+
+
+class JudgedView:
+    """A study's storage for its pruner: finished trials from the cache, running ones fresh,
+    everything else (and every write) the storage itself."""
+
+    def __init__(self, inner: optuna.storages.BaseStorage, study_id: int,
+                 finished: list[FrozenTrial], running: Callable[[], list[FrozenTrial]]) -> None:
+        self.inner, self.study_id = inner, study_id
+        self.finished, self.running = finished, running
+        self._running: list[FrozenTrial] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True,
+                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        if study_id != self.study_id:
+            return self.inner.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        trials = [t for t in self.finished if states is None or t.state in states]
+        if states is None or TrialState.RUNNING in states:
+            if self._running is None:
+                self._running = self.running()
+            trials += self._running
+        return sorted(trials, key=lambda t: t.number)
+
+
+class PruneJudge:
+    """``prune(record, study, trials)``: the numbers of ``trials`` the study's pruner prunes."""
+
+    def __init__(self, finished: Finished, running: Running) -> None:
+        self._finished, self._running = finished, running
+        self._cache: dict[int, tuple[set[int], list[FrozenTrial]]] = {}
+        self._lock = threading.Lock()
+
+    def _history(self, record: StudyRecord) -> list[FrozenTrial]:
+        with self._lock:
+            known, trials = self._cache.get(record.id, (set(), []))
+        fresh = self._finished(record, known)
+        with self._lock:
+            known, trials = self._cache.get(record.id, (set(), []))
+            new = [t for t in fresh if t.number not in known]
+            trials = trials + new
+            self._cache[record.id] = (known | {t.number for t in new}, trials)
+            return trials
+
+    def forget(self, study_id: int) -> None:
+        with self._lock:
+            self._cache.pop(study_id, None)
+
+    def prune(self, record: StudyRecord, study: optuna.Study, trials: list[FrozenTrial]
+              ) -> list[int]:
+        """Judge each trial (each with its latest report) by the study's pruner."""
+        pruner = make_pruner(record.spec.pruner, record.spec.epochs)
+        if isinstance(pruner, optuna.pruners.NopPruner) or not trials:
+            return []
+        view = JudgedView(internals.storage_of(study), internals.study_id(study),
+                          self._history(record), lambda: self._running(record))
+        judged = internals.study_view(study, view)
+        judged.pruner = pruner
+        return [t.number for t in trials if pruner.prune(judged, t)]

@@ -1,0 +1,323 @@
+"""Trial leases: the claims of clients over HTTP, bound to the token that took them.
+
+Thin on purpose: a lease claims through ``Claims`` (the one budget rule), samples each trial's
+configuration here (a lease client does not run Optuna), and ends trials through
+``Store.write_trials`` (the one way a trial ends); reaping is the workers' own. A lease's
+trials are reported and finished only through it, by its token, and only while they run: a
+trial reaped as lost (its copy re-queued) answers ``Conflict`` and nothing changes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from optuna.trial import FrozenTrial, TrialState
+
+from lrtune import optuna_internals as internals
+from lrtune import study as names
+from lrtune.errors import Conflict, NotFound, SpecError
+from lrtune.space import SearchSpace
+from lrtune.store.db import now
+from lrtune.store.judging import PruneJudge
+from lrtune.store.studies import RUNNING, StudyRecord
+from lrtune.store.tokens import Principal
+from lrtune.store.trials import Ending, bulk_insert
+from lrtune.tables import lease_trials, leases
+from lrtune.tasks import EXTERNAL
+
+if TYPE_CHECKING:
+    from lrtune.store import Store
+
+ENDED = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}
+
+
+class Forbidden(Exception):
+    """The caller's token may not do this (403); ``field`` names what it asked for."""
+
+    def __init__(self, message: str, field: str = "study_id") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class StudyEnded(Conflict):
+    """The study asked for no longer hands out trials (its status says why)."""
+
+
+@dataclass(frozen=True)
+class LeasedTrial:
+    number: int
+    trial_id: int
+    params: dict[str, Any]
+    config: dict[str, Any]
+    seed: int
+
+
+@dataclass(frozen=True)
+class Lease:
+    id: int
+    record: StudyRecord
+    trials: list[LeasedTrial]
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    number: int
+    value: float
+    lr: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrialEnd:
+    number: int
+    state: str  # COMPLETE | PRUNED | FAIL
+    value: float | None = None
+    reason: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Leases:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.judge = PruneJudge(store.finished_trials, self._running)
+
+    # -- claim ----------------------------------------------------------------------------------
+    def claim(self, caller: Principal, study_id: int | None, count: int) -> Lease | None:
+        """Up to ``count`` trials of ``study_id`` (or of any study the caller may train) as
+        one lease; None when there is nothing to claim now. An owner trains its own studies;
+        a worker token any study of lrtune's own tasks."""
+        store = self.store
+        if study_id is not None:
+            record = store.get_study(study_id)
+            self._may_train(caller, record)
+            if record.status != RUNNING:
+                raise StudyEnded(f"study {study_id} is {record.status}"
+                                 + (f" ({record.reason})" if record.reason else ""), "study_id")
+            only: set[int] | None = {study_id}
+        else:
+            only = None
+        only = self._sampled_here(only, caller)
+        if only is not None and not only:
+            return None
+        claims = store.claim_pack(count, only, external=None if not caller.is_worker else False,
+                                  owner=None if caller.is_worker else caller.public_id)
+        if not claims:
+            return None
+        record = claims[0].record
+        try:
+            return self._lease(caller, record, claims)
+        except BaseException:
+            store.hand_back(claims, "handed back: its lease could not be made")
+            raise
+
+    def _may_train(self, caller: Principal, record: StudyRecord) -> None:
+        if caller.is_worker:
+            if record.spec.task == EXTERNAL:
+                raise Forbidden(f"study {record.id} is external: only its owner's token "
+                                "trains it, not a worker token")
+        elif record.owner != caller.public_id:
+            raise Forbidden(f"study {record.id} belongs to another principal")
+
+    def _sampled_here(self, only: set[int] | None, caller: Principal) -> set[int] | None:
+        """Studies whose trials the server can sample: not those whose base LR waits for an
+        LR range test (lrtune's own workers run it)."""
+        ids = only if only is not None else set(self.store.studies.running_ids(
+            None if not caller.is_worker else False,
+            None if caller.is_worker else caller.public_id))
+        ready = set()
+        for study_id in ids:
+            try:
+                record = self.store.get_study(study_id)
+            except NotFound:
+                continue
+            if record.spec.space.lr != "auto" or record.lr_range is not None:
+                ready.add(study_id)
+            elif only is not None:
+                raise StudyEnded(f"study {study_id} waits for its LR range test (space.lr "
+                                 '"auto"), which one of lrtune\'s own workers runs first',
+                                 "study_id")
+        return ready
+
+    def _lease(self, caller: Principal, record: StudyRecord, claims: Sequence[Any]) -> Lease:
+        spec = record.search_spec
+        space = SearchSpace(spec.space, names.direction(spec))
+        attrs: list[dict[str, Any]] = []
+        leased = []
+        for claim in claims:
+            config = space.sample(claim.trial)
+            attrs.append(_attr(claim.trial_id, names.ATTR_CONFIG, config.to_dict()))
+            if spec.steps_per_epoch is not None:
+                attrs.append(_attr(claim.trial_id, names.ATTR_STEPS_PER_EPOCH,
+                                   spec.steps_per_epoch))
+            leased.append(LeasedTrial(claim.trial.number, claim.trial_id,
+                                      dict(claim.trial.params), config.to_dict(),
+                                      names.derived_seed(spec.seed, claim.trial.number)))
+        params = list({id(c.params): c.params for c in claims if c.params}.values())
+        self.store.write_trials(record, params=params, user_attrs=attrs)
+        with self.store.transaction() as conn:
+            lease_id = int(conn.execute(leases.insert().values(
+                token_id=caller.token_id, study_id=record.id, created_at=now())
+                .returning(leases.c.id)).scalar_one())
+            conn.execute(lease_trials.insert(), [
+                {"trial_id": t.trial_id, "lease_id": lease_id, "number": t.number}
+                for t in leased])
+        return Lease(lease_id, record, leased)
+
+    # -- the lease's trials ----------------------------------------------------------------------
+    def _held(self, caller: Principal, lease_id: int) -> tuple[StudyRecord, dict[int, int]]:
+        """The lease's study and its trials (number -> trial id); NotFound, or Forbidden for
+        another token's lease."""
+        with self.store.transaction() as conn:
+            row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).first()
+            if row is None:
+                raise NotFound(f"no lease {lease_id}", "lease_id")
+            if row.token_id != caller.token_id:
+                raise Forbidden(f"lease {lease_id} belongs to another token", "lease_id")
+            held = {int(n): int(t) for t, n in conn.execute(
+                sa.select(lease_trials.c.trial_id, lease_trials.c.number)
+                .where(lease_trials.c.lease_id == lease_id))}
+        return self.store.get_study(int(row.study_id)), held
+
+    def _running_of(self, held: dict[int, int], numbers: Sequence[int], field: str
+                    ) -> dict[int, int]:
+        """``numbers``' trial ids; Conflict naming the first not in the lease or not running."""
+        for i, number in enumerate(numbers):
+            if number not in held:
+                raise Conflict(f"trial {number} is not in this lease", f"{field}[{i}].number")
+        states = self._states([held[n] for n in numbers])
+        for i, number in enumerate(numbers):
+            state = states.get(held[number])
+            if state != TrialState.RUNNING:
+                why = "it was reaped as lost (its copy is re-run by another claim)" \
+                    if state == TrialState.FAIL else f"it is {state.name if state else 'gone'}"
+                raise Conflict(f"trial {number} is no longer running: {why}",
+                               f"{field}[{i}].number")
+        return {n: held[n] for n in numbers}
+
+    def _states(self, trial_ids: list[int]) -> dict[int, TrialState]:
+        t = internals.TRIALS
+        with self.store.transaction() as conn:
+            return {int(i): TrialState(s) for i, s in conn.execute(
+                sa.select(t.c.trial_id, t.c.state).where(t.c.trial_id.in_(trial_ids)))}
+
+    def heartbeat(self, caller: Principal, lease_id: int) -> list[int]:
+        """Beat the lease's running trials; their numbers. Conflict when none runs."""
+        _, held = self._held(caller, lease_id)
+        states = self._states(list(held.values()))
+        running = {n: t for n, t in held.items() if states.get(t) == TrialState.RUNNING}
+        if not running:
+            raise Conflict(f"lease {lease_id} has no running trial (finished, or reaped as "
+                           "lost: their copies are re-run)", "lease_id")
+        self.store.record_heartbeats(list(running.values()))
+        return sorted(running)
+
+    def report(self, caller: Principal, lease_id: int, epoch: int,
+               reports: Sequence[EpochReport], steps_per_epoch: int | None = None
+               ) -> list[int]:
+        """Record one epoch of the lease's trials (metric, LR, metrics); the numbers of those
+        the study's pruner prunes, which end PRUNED here and now."""
+        record, held = self._held(caller, lease_id)
+        if epoch >= record.spec.epochs:
+            raise SpecError("epoch", f"the study trains {record.spec.epochs} epochs (0 to "
+                            f"{record.spec.epochs - 1}); got {epoch}")
+        numbers = [r.number for r in reports]
+        if len(set(numbers)) != len(numbers):
+            raise SpecError("trials", "a trial is reported twice in one report")
+        ids = self._running_of(held, numbers, "trials")
+        iv, attrs = internals.INTERMEDIATE, internals.USER_ATTRS
+        with self.store.transaction() as conn:
+            seen = set(conn.execute(sa.select(iv.c.trial_id).where(
+                iv.c.trial_id.in_(ids.values()), iv.c.step == epoch)).scalars())
+            for i, r in enumerate(reports):
+                if ids[r.number] in seen:
+                    raise Conflict(f"trial {r.number} has reported epoch {epoch} already",
+                                   f"trials[{i}].number")
+            curves = {int(t): json.loads(v) for t, v in conn.execute(
+                sa.select(attrs.c.trial_id, attrs.c.value_json).where(
+                    attrs.c.trial_id.in_(ids.values()), attrs.c.key == names.ATTR_LR_CURVE))}
+            values, rows = [], []
+            for r in reports:
+                trial_id = ids[r.number]
+                stored, kind = internals.stored_intermediate(r.value)
+                values.append({"trial_id": trial_id, "step": epoch,
+                               "intermediate_value": stored, "intermediate_value_type": kind})
+                if r.lr is not None:  # epochs reported without an LR keep the last one
+                    curve = curves.get(trial_id, [])[:epoch]
+                    curve += [curve[-1] if curve else r.lr] * (epoch - len(curve)) + [r.lr]
+                    rows.append(_attr(trial_id, names.ATTR_LR_CURVE, curve))
+                if r.metrics:
+                    rows.append(_attr(trial_id, names.ATTR_METRICS, r.metrics))
+                if steps_per_epoch is not None:
+                    rows.append(_attr(trial_id, names.ATTR_STEPS_PER_EPOCH, steps_per_epoch))
+            _replace_attrs(conn, rows)
+            bulk_insert(conn, iv, values)
+        if epoch >= record.spec.epochs - 1:  # the last epoch is a result, never pruned
+            return []
+        study = self.store.optuna_study(record)
+        storage = self.store.optuna_storage
+        pruned = self.judge.prune(record, study, [storage.get_trial(ids[n]) for n in numbers])
+        if pruned:
+            self.store.write_trials(
+                record, user_attrs=[_attr(ids[n], names.ATTR_REASON, "pruned") for n in pruned],
+                endings=[Ending(ids[n], n, TrialState.PRUNED) for n in pruned], last_slot=True)
+        return pruned
+
+    def finish(self, caller: Principal, lease_id: int, ends: Sequence[TrialEnd]) -> list[int]:
+        """End the lease's trials as the client says; the numbers ended."""
+        record, held = self._held(caller, lease_id)
+        numbers = [e.number for e in ends]
+        if len(set(numbers)) != len(numbers):
+            raise SpecError("trials", "a trial is finished twice in one request")
+        for i, e in enumerate(ends):
+            if e.state == "COMPLETE" and (e.value is None or not math.isfinite(e.value)):
+                raise SpecError(f"trials[{i}].value", "a COMPLETE trial needs its finite value "
+                                "(a diverged one ends PRUNED with reason \"diverged\")")
+        ids = self._running_of(held, numbers, "trials")
+        rows, endings = [], []
+        for e in ends:
+            trial_id = ids[e.number]
+            if e.state != "COMPLETE":
+                rows.append(_attr(trial_id, names.ATTR_REASON, (e.reason or (
+                    "pruned" if e.state == "PRUNED" else "failed"))[:1000]))
+            if e.metrics:
+                rows.append(_attr(trial_id, names.ATTR_METRICS, e.metrics))
+            endings.append(Ending(trial_id, e.number, ENDED[e.state],
+                                  e.value if e.state == "COMPLETE" else None))
+        with self.store.transaction() as conn:
+            _replace_attrs(conn, rows)
+        applied = self.store.write_trials(record, endings=endings, last_slot=True)
+        return sorted(e.number for e in applied)
+
+    def release(self, caller: Principal, lease_id: int, reason: str) -> list[int]:
+        """Hand the lease's running trials back (re-queued, not counted as failures)."""
+        record, held = self._held(caller, lease_id)
+        states = self._states(list(held.values()))
+        running = [t for t in held.values() if states.get(t) == TrialState.RUNNING]
+        self.store.hand_back_ids(record, running, f"handed back: {reason}"[:1000])
+        return sorted(n for n, t in held.items() if t in running)
+
+    def _running(self, record: StudyRecord) -> list[FrozenTrial]:
+        t = internals.TRIALS
+        with self.store.transaction() as conn:
+            ids = list(conn.execute(sa.select(t.c.trial_id).where(
+                t.c.study_id == self.store.optuna_study_id(record),
+                t.c.state == TrialState.RUNNING)).scalars())
+        return [self.store.optuna_storage.get_trial(i) for i in ids]
+
+
+def _replace_attrs(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    """Set these trial user attributes, replacing any value they had."""
+    attrs = internals.USER_ATTRS
+    for key in {r["key"] for r in rows}:
+        conn.execute(attrs.delete().where(attrs.c.key == key, attrs.c.trial_id.in_(
+            [r["trial_id"] for r in rows if r["key"] == key])))
+    bulk_insert(conn, attrs, rows)
+
+
+def _attr(trial_id: int, key: str, value: Any) -> dict[str, Any]:
+    return {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}

@@ -1,0 +1,202 @@
+"""The trial-lease protocol over the API, on SQLite and PostgreSQL: claims within the budget,
+reports and server-side pruning, endings, hand-backs, and what a lease refuses."""
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from lrtune import study as names
+from lrtune.store import Store
+from lrtune_service.app import create_app
+from tests.conftest import MakeStore, age_trials
+
+OWNER, OTHER, WORKER = "token-owner", "token-other", "token-worker"
+A = {"Authorization": f"Bearer {OWNER}"}
+B = {"Authorization": f"Bearer {OTHER}"}
+W = {"Authorization": f"Bearer {WORKER}"}
+EXTERNAL = {"name": "ext", "task": "external", "epochs": 4, "n_trials": 3,
+            "objective": "val_acc", "direction": "maximize",
+            "space": {"families": ["cosine", "step"], "optimizers": ["adamw"]},
+            "pruner": {"name": "none"}}
+
+
+@pytest.fixture
+def store(make_store: MakeStore) -> Store:
+    return make_store(api_tokens=f"{OWNER},{OTHER}", worker_tokens=WORKER)
+
+
+@pytest.fixture
+def client(store: Store) -> Iterator[TestClient]:
+    with TestClient(create_app(store.settings, store)) as c:
+        yield c
+
+
+def create(client: TestClient, **changes: object) -> dict:
+    r = client.post("/studies", json={**EXTERNAL, **changes}, headers=A)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def claim(client: TestClient, study_id: int | None, count: int = 1, headers: dict = A
+          ) -> dict | None:
+    r = client.post("/v1/leases", json={"study_id": study_id, "count": count}, headers=headers)
+    if r.status_code == 204:
+        return None
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_an_external_study_trained_through_leases_ends_with_its_exact_budget(
+        client: TestClient, store: Store) -> None:
+    study = create(client)
+    first = claim(client, study["id"], count=2)
+    assert first is not None and [t["number"] for t in first["trials"]] == [0, 1]
+    trial = first["trials"][0]
+    assert trial["config"]["schedule"]["family"] in ("cosine", "step")
+    assert trial["config"]["optimizer"]["name"] == "adamw"
+    assert trial["seed"] == names.derived_seed(0, 0)
+    assert first["study"]["direction"] == "maximize" and first["study"]["epochs"] == 4
+    last = claim(client, study["id"], count=5)
+    assert last is not None and [t["number"] for t in last["trials"]] == [2]  # the budget
+    assert claim(client, study["id"]) is None  # 204: all taken, none finished yet
+
+    for lease in (first, last):
+        url = f"/v1/leases/{lease['lease']}"
+        numbers = [t["number"] for t in lease["trials"]]
+        assert client.post(f"{url}/heartbeat", headers=A).json() == {"running": numbers}
+        for epoch in range(4):
+            r = client.post(f"{url}/report", headers=A, json={
+                "epoch": epoch, "steps_per_epoch": 7,
+                "trials": [{"number": n, "value": 0.5 + 0.1 * epoch + 0.01 * n,
+                            "lr": 0.1 / (epoch + 1), "metrics": {"val_acc": 0.5}}
+                           for n in numbers]})
+            assert r.status_code == 200, r.text
+            assert r.json() == {"pruned": []}
+        r = client.post(f"{url}/finish", headers=A, json={"trials": [
+            {"number": n, "state": "COMPLETE", "value": 0.8 + 0.01 * n} for n in numbers]})
+        assert r.status_code == 200 and r.json() == {"ended": numbers}
+
+    shown = client.get(f"/studies/{study['id']}").json()
+    assert shown["status"] == "done" and shown["progress"]["complete"] == 3
+    best = client.get(f"/studies/{study['id']}/best").json()
+    assert best["number"] == 2 and best["value"] == pytest.approx(0.82)  # maximized
+    detail = client.get(f"/studies/{study['id']}/trials/2").json()
+    assert detail["lr_curve"] == pytest.approx([0.1, 0.05, 0.1 / 3, 0.025])
+    assert detail["metric_curve"] == pytest.approx([0.52, 0.62, 0.72, 0.82])
+    code = client.get(f"/studies/{study['id']}/best/code")
+    assert code.status_code == 200 and "STEPS_PER_EPOCH = 7" in code.text
+    r = client.post("/v1/leases", json={"study_id": study["id"]}, headers=A)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "study_ended"
+
+
+def test_the_server_prunes_with_the_studys_history(client: TestClient) -> None:
+    study = create(client, n_trials=8, objective="val_loss", direction="minimize",
+                   pruner={"name": "median"}, epochs=8)
+    for n in range(5):  # five finished trials with a good curve: the median's start-up
+        lease = claim(client, study["id"])
+        assert lease is not None
+        url = f"/v1/leases/{lease['lease']}"
+        for epoch in range(8):
+            client.post(f"{url}/report", headers=A, json={
+                "epoch": epoch, "trials": [{"number": n, "value": 1.0 - 0.1 * epoch}]})
+        client.post(f"{url}/finish", headers=A,
+                    json={"trials": [{"number": n, "state": "COMPLETE", "value": 0.3}]})
+    lease = claim(client, study["id"])
+    assert lease is not None
+    url = f"/v1/leases/{lease['lease']}"
+    answers = [client.post(f"{url}/report", headers=A, json={
+        "epoch": epoch, "trials": [{"number": 5, "value": 5.0}]}).json()
+        for epoch in range(3)]
+    assert answers[0] == {"pruned": []}  # the median's warm-up: epochs // 4 steps
+    assert {"pruned": [5]} in answers  # far worse than every finished trial
+    trial = client.get(f"/studies/{study['id']}/trials/5").json()
+    assert trial["state"] == "PRUNED" and trial["reason"] == "pruned"
+    r = client.post(f"{url}/report", headers=A, json={
+        "epoch": 4, "trials": [{"number": 5, "value": 5.0}]})
+    assert r.status_code == 409  # it has ended: nothing more is taken
+
+
+def test_a_reaped_lease_is_409_and_changes_nothing(client: TestClient, store: Store) -> None:
+    study = create(client)
+    lease = claim(client, study["id"])
+    assert lease is not None
+    url = f"/v1/leases/{lease['lease']}"
+    assert client.post(f"{url}/report", headers=A, json={
+        "epoch": 0, "trials": [{"number": 0, "value": 0.5}]}).status_code == 200
+    age_trials(store)
+    assert store.reap(store.get_study(study["id"])) == 1  # claims reap so, now and then
+    again = claim(client, study["id"])  # its copy comes first
+    assert again is not None and again["trials"][0]["params"] == lease["trials"][0]["params"]
+    for path, body in (("report", {"epoch": 1, "trials": [{"number": 0, "value": 0.4}]}),
+                       ("finish", {"trials": [{"number": 0, "state": "COMPLETE",
+                                               "value": 0.4}]}),
+                       ("heartbeat", None)):
+        r = client.post(f"{url}/{path}", headers=A, json=body)
+        assert r.status_code == 409, (path, r.text)
+    trial = client.get(f"/studies/{study['id']}/trials/0").json()
+    assert trial["state"] == "FAIL" and trial["reason"].startswith("lost")
+    assert trial["metric_curve"] == [0.5]  # the refused report wrote nothing
+
+
+def test_who_may_claim_and_use_a_lease(client: TestClient) -> None:
+    study = create(client)
+    own = create(client, name="own-task", task="linreg", epochs=2, n_trials=2,
+                 objective="val_loss", direction=None, space={"lr": {"low": 1e-3,
+                                                                     "high": 1e-2}})
+    r = client.post("/v1/leases", json={"study_id": study["id"]}, headers=B)
+    assert r.status_code == 403  # another principal's study
+    r = client.post("/v1/leases", json={"study_id": study["id"]}, headers=W)
+    assert r.status_code == 403 and "external" in r.json()["error"]["message"]
+    assert client.post("/v1/leases", json={}, headers=B).status_code == 204  # owns nothing
+    r = client.post("/v1/leases", json={"study_id": study["id"]})
+    assert r.status_code == 401
+    worker = claim(client, None, headers=W)  # a worker token: lrtune's own tasks only
+    assert worker is not None and worker["study"]["id"] == own["id"]
+    mine = claim(client, study["id"])
+    assert mine is not None
+    url = f"/v1/leases/{mine['lease']}"
+    r = client.post(f"{url}/report", headers=B, json={
+        "epoch": 0, "trials": [{"number": 0, "value": 1.0}]})
+    assert r.status_code == 403
+    r = client.post(f"{url}/report", headers=A, json={
+        "epoch": 0, "trials": [{"number": 99, "value": 1.0}]})
+    assert r.status_code == 409 and r.json()["error"]["field"] == "trials[0].number"
+    r = client.post(f"{url}/report", headers=A, json={
+        "epoch": 9, "trials": [{"number": 0, "value": 1.0}]})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "epoch"
+    for verb, path in (("post", "/studies"), ("post", f"/studies/{study['id']}/cancel"),
+                       ("delete", f"/studies/{own['id']}")):
+        r = client.request(verb.upper(), path, json=EXTERNAL, headers=W)
+        assert r.status_code == 403, (path, r.text)  # a worker token does nothing else
+    r = client.post("/login", json={"token": WORKER})
+    assert r.status_code == 403
+
+
+def test_release_hands_trials_back_and_another_version_is_told_so(
+        client: TestClient) -> None:
+    study = create(client, n_trials=2)
+    lease = claim(client, study["id"], count=2)
+    assert lease is not None
+    r = client.post(f"/v1/leases/{lease['lease']}/release", headers=A,
+                    json={"reason": "ctrl-c"})
+    assert r.json() == {"handed_back": [0, 1]}
+    again = claim(client, study["id"], count=2)
+    assert again is not None and [t["number"] for t in again["trials"]] == [2, 3]
+    trials = client.get(f"/studies/{study['id']}/trials").json()["items"]
+    assert [(t["state"], t["reason"], t["retry_of"]) for t in trials] == [
+        ("FAIL", "handed back: ctrl-c", None)] * 2 + [("RUNNING", None, 0), ("RUNNING", None, 1)]
+    r = client.post("/v2/leases", json={}, headers=A)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "protocol_version"
+    assert "v1" in r.json()["error"]["message"]
+
+
+def test_external_spec_errors_name_the_field(client: TestClient) -> None:
+    for changes, field in (({"space": {"lr": "auto"}}, "space.lr"),
+                           ({"pack": 4}, "pack"),
+                           ({"task": "linreg", "steps_per_epoch": 5, "objective": "val_loss",
+                             "direction": None}, "steps_per_epoch"),
+                           ({"task": "linreg", "objective": "val_loss"}, "direction")):
+        r = client.post("/studies", json={**EXTERNAL, **changes}, headers=A)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["field"] == field
