@@ -447,3 +447,25 @@ def plot(study_id: int,
         path = out / f"study{study_id}_{kind}.png"
         path.write_bytes(_api(lambda kind=kind: client.plot(study_id, kind)))
         typer.echo(path)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def agent(ctx: typer.Context, study_id: int,
+          count: Annotated[int | None, typer.Option(
+              min=1, help="trials to run, then exit (default: until the study ends)")] = None
+          ) -> None:
+    """Run your training script once per trial of an external study:
+    `lrtune agent STUDY_ID -- python train.py ARGS…` (LRTUNE_URL, LRTUNE_TOKEN). The script
+    gets its trial from `lrtune.current_trial()`."""
+    from lrtune.agent import run_agent
+
+    command = list(ctx.args)
+    if not command:
+        fail("give the command to run after --, e.g. lrtune agent 3 -- python train.py")
+    _logging()
+    try:
+        ran = _api(lambda: run_agent(_client(), study_id, command, count))
+    except KeyboardInterrupt:
+        err.print("agent interrupted")
+        raise typer.Exit(130) from None
+    err.print(f"agent ran {ran} trial(s) of study {study_id}")
