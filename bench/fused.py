@@ -133,8 +133,8 @@ def fused_rates(task_name: str, k: int, epochs: int, device: torch.device, repea
         block = block_setting(blocking, k)
         runs[blocking], warmups[blocking] = fused_run(task_name, k, epochs, device, compiled,
                                                       block)
-        blocks[blocking] = block_size(task, data, SPACE["optimizers"][0],
-                                      task.info.batch_size, k, block)
+        first = data.x_train[:task.info.batch_size], data.y_train[:task.info.batch_size]
+        blocks[blocking] = block_size(task, first, SPACE["optimizers"][0], k, block)
     if sequential:
         runs["sequential"] = sequential_run(task_name, sequential, epochs, device)
     timings = best_of(runs, repeats, device)

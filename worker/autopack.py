@@ -15,6 +15,7 @@ from lrtune.space import TrialConfig
 from lrtune.spec import StudySpec
 from lrtune_worker.blocking import trial_bytes
 from lrtune_worker.device import synchronize
+from lrtune_worker.feed import Feed
 from lrtune_worker.fused import _Pack, train_step
 from lrtune_worker.schedulers import build_optimizer
 from lrtune_worker.tasks import get_task
@@ -49,13 +50,19 @@ def _per_second(step: Callable[[], object], device: torch.device) -> float:
 
 
 def _rate(task_name: str, k: int, device: torch.device) -> float:
-    """Trial-steps per second of a K-trial fused pack (probe with SGD, constant LR)."""
+    """Trial-steps per second of a K-trial fused pack (probe with SGD, constant LR), each
+    trial on its own batch, or a streaming task's first batch shared as a pack shares it."""
     task = get_task(task_name)
-    data = task.data().to(device)
+    feed = Feed(task, device)
     config = TrialConfig(Schedule.build("constant"), OptimizerChoice.build("sgd", 1e-3))
     pack = _Pack(task, [config] * k, list(range(k)), device)
-    idx = torch.randint(0, len(data.x_train), (k, task.info.batch_size), device=device)
     lr = torch.full((k,), 1e-3, device=device)
+    if feed.streams:
+        x, y = feed.first_batch(task.info.batch_size)
+        return k * _per_second(lambda: train_step(pack, x, y, lr, shared=True), device)
+    assert feed.data is not None
+    data = feed.data
+    idx = torch.randint(0, len(data.x_train), (k, task.info.batch_size), device=device)
     return k * _per_second(lambda: train_step(pack, data.x_train[idx], data.y_train[idx], lr),
                            device)
 
@@ -63,9 +70,14 @@ def _rate(task_name: str, k: int, device: torch.device) -> float:
 def _sequential_rate(task_name: str, device: torch.device) -> float:
     """Trial-steps per second of one trial trained alone, as ``train_trial`` steps it."""
     task = get_task(task_name)
-    data = task.data().to(device)
+    feed = Feed(task, device)
     model = task.model().to(device)
     optimizer = build_optimizer(model.parameters(), OptimizerChoice.build("sgd", 1e-3))
+    if feed.streams:
+        x, y = feed.first_batch(task.info.batch_size)
+        return _per_second(lambda: train_batch(task, model, optimizer, x, y), device)
+    assert feed.data is not None
+    data = feed.data
     idx = torch.randint(0, len(data.x_train), (task.info.batch_size,), device=device)
     return _per_second(
         lambda: train_batch(task, model, optimizer, data.x_train[idx], data.y_train[idx]), device)
@@ -77,7 +89,8 @@ def _auto(task_name: str, device_name: str, cap: int) -> int:
     task = get_task(task_name)
     # twice a step's working set with the largest optimizer state (measured): the
     # activations' gradients and the step's temporaries come on top of what it keeps
-    per_trial = 2 * trial_bytes(task, task.data(), "adam", task.info.batch_size)
+    per_trial = 2 * trial_bytes(task, Feed(task, device).first_batch(task.info.batch_size),
+                                "adam")
     by_memory = max(1, int(free_bytes(device) * 0.5 // per_trial))
     best_k, best_rate = 1, _rate(task_name, 1, device)
     k = 2

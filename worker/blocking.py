@@ -12,24 +12,26 @@ from __future__ import annotations
 import torch
 
 from lrtune_worker.stacked_optim import STATE
-from lrtune_worker.tasks import Task, TaskData
+from lrtune_worker.tasks import Task
+from lrtune_worker.tasks.base import Batch
 
 BLOCK_BYTES = 64 * 2**20  # working set of one block (measured sweet spot, see bench/README)
 _measured: dict[tuple[type, str, str, int], int] = {}
 
 
-def trial_bytes(task: Task, data: TaskData, optimizer: str, batch_size: int) -> int:
+def trial_bytes(task: Task, batch: Batch, optimizer: str) -> int:
     """One trial's working set in a step: parameters, gradients and optimizer state, plus the
-    activations autograd saves for one batch (measured once by a forward of one batch)."""
-    key = (type(task), task.info.name, optimizer, batch_size)
+    activations autograd saves for one ``batch`` (measured once by a forward of it)."""
+    key = (type(task), task.info.name, optimizer, len(batch[0]))
     if key not in _measured:
         with torch.random.fork_rng(devices=[]):  # the model's initialisation draws
-            _measured[key] = _working_set(task, data, optimizer, batch_size)
+            _measured[key] = _working_set(task, batch, optimizer)
     return _measured[key]
 
 
-def _working_set(task: Task, data: TaskData, optimizer: str, batch_size: int) -> int:
-    model = task.model().to(data.x_train.device)
+def _working_set(task: Task, batch: Batch, optimizer: str) -> int:
+    x, y = batch
+    model = task.model().to(x.device)
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved = [0]
 
@@ -39,20 +41,20 @@ def _working_set(task: Task, data: TaskData, optimizer: str, batch_size: int) ->
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
-        task.loss(model(data.x_train[:batch_size]), data.y_train[:batch_size])
+        task.loss(model(x), y)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     return size * (2 + len(STATE[optimizer])) + saved[0]
 
 
-def block_size(task: Task, data: TaskData, optimizer: str, batch_size: int, k: int,
-               setting: int = 0) -> int:
+def block_size(task: Task, batch: Batch, optimizer: str, k: int, setting: int = 0) -> int:
     """Trials per block: ``setting`` when positive; else, on a CPU, the largest power of two
-    whose working set fits ``BLOCK_BYTES``; on other devices the whole pack."""
+    whose working set (on a training ``batch`` on the pack's device) fits ``BLOCK_BYTES``; on
+    other devices the whole pack."""
     if setting > 0:
         return min(setting, k)
-    if data.x_train.device.type != "cpu":
+    if batch[0].device.type != "cpu":
         return k
-    fits = max(1, BLOCK_BYTES // trial_bytes(task, data, optimizer, batch_size))
+    fits = max(1, BLOCK_BYTES // trial_bytes(task, batch, optimizer))
     return min(k, 1 << (fits.bit_length() - 1))
 
 

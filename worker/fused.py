@@ -4,7 +4,10 @@ Every trial keeps what it would have alone: initial weights (seeded as ``train_t
 them), data order, optimizer state and hyper-parameters, LR schedule (the catalogue's pure
 formulas, plateau on its own metric) and its own end: a pruned or diverged trial is reported
 and finished at once, and the stack is compacted at the end of that epoch so it stops costing
-compute.
+compute. A streaming task (``Task.train_batches`` overridden) is the exception to the data
+order: its batches are drawn once per step for the whole pack, in the order of the pack's first
+trial's seed, and every trial trains on the same batch (``train_trial(..., order_seed=)``
+reproduces one of them alone).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -23,10 +26,11 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 
 from lrtune.space import TrialConfig
 from lrtune_worker.blocking import block_size, blocks
+from lrtune_worker.feed import Feed, MetricMean
 from lrtune_worker.stacked_optim import StackedOptimizer
-from lrtune_worker.tasks import Task, TaskData
-from lrtune_worker.tasks.base import metric_rows
-from lrtune_worker.train import NullReporter, Reporter, TrainResult, steps_per_epoch
+from lrtune_worker.tasks import Task
+from lrtune_worker.tasks.base import Batch, metric_rows
+from lrtune_worker.train import NullReporter, Reporter, TrainResult
 
 NARROW = 32  # a Linear layer with fewer outputs than this is computed transposed
 EVAL_CHUNK = 64  # trials evaluated at once (bounds the memory of validation outputs)
@@ -86,6 +90,7 @@ class _Pack:
         self.rows = list(rows) if rows is not None else list(range(len(configs)))
         self.live = list(range(len(configs)))
         self.loss = vmap(task.loss)
+        self.shared_loss = vmap(task.loss, in_dims=(0, None))
         self.optimizer = StackedOptimizer(self.params, [c.optimizer for c in configs])
 
     def forward(self, x: Tensor, shared_input: bool = False, rows: slice = slice(None)
@@ -125,9 +130,12 @@ class _Pack:
                 h = layer(h)
         return h
 
-    def loss_sum(self, params: list[Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Summed loss of every trial (its gradient is each trial's own) and the losses."""
-        losses = self.loss(self.apply(params, self.buffers, x), y)
+    def loss_sum(self, params: list[Tensor], x: Tensor, y: Tensor, shared: bool = False
+                 ) -> tuple[Tensor, Tensor]:
+        """Summed loss of every trial (its gradient is each trial's own) and the losses;
+        ``x, y`` per trial, or one batch ``shared`` by all."""
+        loss = self.shared_loss if shared else self.loss
+        losses = loss(self.apply(params, self.buffers, x, shared), y)
         return losses.sum(), losses.detach()
 
     def keep(self, rows: list[int]) -> None:
@@ -145,9 +153,10 @@ def _affine(a: Tensor, b: Tensor, bias: Tensor | None, bias_dim: int) -> Tensor:
     return torch.bmm(a, b) if bias is None else torch.baddbmm(bias.unsqueeze(bias_dim), a, b)
 
 
-def train_step(pack: _Pack, x: Tensor, y: Tensor, lr: Tensor) -> Tensor:
-    """One optimizer step of every trial in the pack; returns each trial's batch loss."""
-    grads, losses = grad(pack.loss_sum, has_aux=True)(pack.params, x, y)
+def train_step(pack: _Pack, x: Tensor, y: Tensor, lr: Tensor, shared: bool = False) -> Tensor:
+    """One optimizer step of every trial in the pack (on its own batch, or one ``shared``
+    batch); returns each trial's batch loss."""
+    grads, losses = grad(pack.loss_sum, has_aux=True)(pack.params, x, y, shared)
     pack.optimizer.step(lr, pack.params, grads)
     return losses
 
@@ -178,8 +187,9 @@ class _Stepper:
     def compile(self) -> None:
         self.compiled = not _Stepper.broken
 
-    def __call__(self, pack: _Pack, x: Tensor, y: Tensor, lr: Tensor) -> Tensor:
-        return self._run(train_step, pack, x, y, lr)
+    def __call__(self, pack: _Pack, x: Tensor, y: Tensor, lr: Tensor, shared: bool = False
+                 ) -> Tensor:
+        return self._run(train_step, pack, x, y, lr, shared)
 
     def metrics(self, pack: _Pack, task: Task, rows: slice, x: Tensor, y: Tensor
                 ) -> dict[str, Tensor]:
@@ -210,22 +220,30 @@ def chunk_metrics(pack: _Pack, task: Task, params: list[Tensor], buffers: dict[s
     return task.stacked_metric_tensors(pack.apply(params, buffers, x, shared_input=True), y)
 
 
-def evaluate(pack: _Pack, task: Task, data: TaskData, positions: Sequence[int],
+def evaluate(pack: _Pack, task: Task, batches: Iterable[Batch], positions: Sequence[int],
              step: _Stepper) -> list[tuple[int, dict[str, float]]]:
-    """Validation metrics of the given stack positions, ``EVAL_CHUNK`` trials at a time;
-    each chunk's metrics come back from the device in one transfer (compiled with the step,
-    for a task whose metrics are tensors; stopped rows awaiting compaction are left out)."""
-    out: list[tuple[int, dict[str, float]]] = []
+    """Validation metrics of the given stack positions over the validation batches, averaged
+    as ``MetricMean`` says, ``EVAL_CHUNK`` trials at a time (stopped rows awaiting compaction
+    are left out). For a task whose metrics are tensors each chunk's are computed with the
+    step (compiled, when it is) and come back from the device in one transfer."""
+    chunks = [slice(start, start + EVAL_CHUNK) for start in range(0, len(pack.rows), EVAL_CHUNK)
+              if any(start <= j < start + EVAL_CHUNK for j in positions)]
+    tensors = task.has_metric_tensors()
+    stacked = [MetricMean[Tensor]() for _ in chunks]
+    each = [[MetricMean[float]() for _ in pack.rows[chunk]] for chunk in chunks]
     with torch.no_grad():
-        for start in range(0, len(pack.rows), EVAL_CHUNK):
-            chosen = [j for j in positions if start <= j < start + EVAL_CHUNK]
-            if not chosen:
-                continue
-            rows = slice(start, start + EVAL_CHUNK)
-            metrics = metric_rows(step.metrics(pack, task, rows, data.x_val, data.y_val)) \
-                if task.has_metric_tensors() else task.stacked_metrics(
-                    pack.forward(data.x_val, shared_input=True, rows=rows), data.y_val)
-            out += ((j, metrics[j - start]) for j in chosen)
+        for x, y in batches:
+            for c, chunk in enumerate(chunks):
+                if tensors:
+                    stacked[c].add(step.metrics(pack, task, chunk, x, y), len(y))
+                    continue
+                outputs = pack.forward(x, shared_input=True, rows=chunk)
+                for mean, values in zip(each[c], task.stacked_metrics(outputs, y), strict=True):
+                    mean.add(values, len(y))
+    out: list[tuple[int, dict[str, float]]] = []
+    for c, chunk in enumerate(chunks):
+        metrics = metric_rows(stacked[c].mean()) if tensors else [m.mean() for m in each[c]]
+        out += ((j, metrics[j - chunk.start]) for j in positions if chunk.start <= j < chunk.stop)
     return out
 
 
@@ -233,10 +251,11 @@ class _Epoch:
     """One block's epoch: every step's LR for each of its trials, their data orders, and their
     summed batch losses."""
 
-    def __init__(self, lrs: list[list[float]], device: torch.device, perms: Tensor) -> None:
+    def __init__(self, lrs: list[list[float]], device: torch.device, perms: Tensor | None
+                 ) -> None:
         self.lrs = lrs
         self.lr_table = torch.tensor(lrs, dtype=torch.float64, device=device)
-        self.perms = perms.to(device)
+        self.perms = perms.to(device) if perms is not None else None  # None: shared batches
         self.loss_sums = torch.zeros(len(lrs), device=device)
 
 
@@ -246,33 +265,52 @@ class _Run:
 
     def __init__(self, task: Task, configs: Sequence[TrialConfig], seeds: Sequence[int],
                  epochs: int, objective: str, reporters: Sequence[Reporter],
-                 on_done: Callable[[int, TrainResult], None] | None, data: TaskData) -> None:
-        self.task, self.data, self.epochs, self.objective = task, data, epochs, objective
+                 on_done: Callable[[int, TrainResult], None] | None, feed: Feed) -> None:
+        self.task, self.feed, self.epochs, self.objective = task, feed, epochs, objective
         self.reporters, self.on_done = reporters, on_done
         self.batch = configs[0].batch_size or task.info.batch_size
-        self.spe = steps_per_epoch(len(data.x_train), self.batch)
+        self.spe = feed.steps_per_epoch(self.batch)
         for config in configs:
             config.schedule.check_horizon(epochs * self.spe, self.spe)
         self.functions = [c.schedule.function() for c in configs]
         self.base_lrs = [c.optimizer.lr for c in configs]
-        self.orders = [torch.Generator().manual_seed(s) for s in seeds]
+        # a streaming task's batches are drawn once for the whole pack: the first trial's order
+        self.orders = [torch.Generator().manual_seed(s)
+                       for s in (seeds[:1] if feed.streams else seeds)]
         self.results = [TrainResult("complete", None, 0) for _ in configs]
         self.metric_history: list[list[float]] = [[] for _ in configs]
 
     def begin(self, pack: _Pack, epoch: int) -> _Epoch:
         """LRs and data orders of the block's epoch; stopped rows awaiting compaction get LR 0."""
-        n, spe, total = len(self.data.x_train), self.spe, self.epochs * self.spe
+        spe, total = self.spe, self.epochs * self.spe
         training = set(pack.live)
         lrs = [[self.functions[i](epoch * spe + s, total, spe, self.base_lrs[i],
                                   self.metric_history[i]) if j in training else 0.0
                 for s in range(spe)] for j, i in enumerate(pack.rows)]
+        if self.feed.streams:
+            return _Epoch(lrs, self.feed.device, None)
+        assert self.feed.data is not None
+        n = len(self.feed.data.x_train)
         perms = torch.stack([torch.randperm(n, generator=self.orders[i]) if j in training
                              else torch.arange(n) for j, i in enumerate(pack.rows)])
-        return _Epoch(lrs, self.data.x_train.device, perms)
+        return _Epoch(lrs, self.feed.device, perms)
 
-    def step(self, pack: _Pack, state: _Epoch, s: int, step: _Stepper) -> None:
+    def batches(self) -> Iterable[Batch | None]:
+        """One epoch's steps: a streaming task's batch shared by every block and trial, or
+        None (each trial slices its own batch from the task's tensors)."""
+        if self.feed.streams:
+            return self.feed.train(self.batch, self.orders[0], self.spe)
+        return [None] * self.spe
+
+    def step(self, pack: _Pack, state: _Epoch, s: int, step: _Stepper, shared: Batch | None
+             ) -> None:
+        if shared is not None:
+            state.loss_sums += step(pack, *shared, state.lr_table[:, s], shared=True)
+            return
+        assert state.perms is not None and self.feed.data is not None
+        data = self.feed.data
         idx = state.perms[:, s * self.batch:(s + 1) * self.batch]
-        state.loss_sums += step(pack, self.data.x_train[idx], self.data.y_train[idx],
+        state.loss_sums += step(pack, data.x_train[idx], data.y_train[idx],
                                 state.lr_table[:, s])
 
     def end(self, pack: _Pack, epoch: int, state: _Epoch, step: _Stepper) -> list[int]:
@@ -280,7 +318,7 @@ class _Run:
         or complete after the last epoch) go to ``on_done``. Returns the stopped positions."""
         train_losses = (state.loss_sums / self.spe).tolist()
         stopped: list[int] = []
-        for j, metrics in evaluate(pack, self.task, self.data, pack.live, step):
+        for j, metrics in evaluate(pack, self.task, self.feed.val(), pack.live, step):
             i = pack.rows[j]
             metrics["train_loss"] = train_losses[j]
             value = metrics[self.objective]
@@ -326,18 +364,19 @@ def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objectiv
     if len(seeds) != len(configs):
         raise ValueError(f"{len(configs)} trials but {len(seeds)} seeds")
     reporters = list(reporters) if reporters is not None else [NullReporter() for _ in configs]
-    data = task.data().to(device)
-    run = _Run(task, configs, seeds, epochs, objective, reporters, on_done, data)
-    size = block_size(task, data, configs[0].optimizer.name, run.batch, len(configs), block)
+    feed = Feed(task, device)
+    run = _Run(task, configs, seeds, epochs, objective, reporters, on_done, feed)
+    size = block_size(task, feed.first_batch(run.batch), configs[0].optimizer.name,
+                      len(configs), block)
     packs = [_Pack(task, [configs[i] for i in rows], [seeds[i] for i in rows], device, rows)
              for rows in blocks(len(configs), size)]
     step = _Stepper(compile_after == 0)
     for epoch in range(epochs):
         started = time.perf_counter()
         states = [run.begin(pack, epoch) for pack in packs]
-        for s in range(run.spe):
+        for s, shared in enumerate(run.batches()):
             for pack, state in zip(packs, states, strict=True):
-                run.step(pack, state, s, step)
+                run.step(pack, state, s, step, shared)
         stopped = [run.end(pack, epoch, state, step)
                    for pack, state in zip(packs, states, strict=True)]
         if after_epoch is not None:

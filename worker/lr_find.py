@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -20,8 +20,10 @@ from lrtune.lr_range import (
 )
 from lrtune.optimizers import OptimizerChoice
 from lrtune.spec import StudySpec
+from lrtune_worker.feed import Feed
 from lrtune_worker.schedulers import build_optimizer
 from lrtune_worker.tasks import Task, get_task
+from lrtune_worker.tasks.base import Batch
 
 log = logging.getLogger("lrtune.worker")
 
@@ -31,25 +33,20 @@ def sweep(task: Task, optimizer: str, device: torch.device, seed: int = 0,
           batch_size: int | None = None) -> RangeTest:
     """One sweep with ``optimizer`` (its default parameters); stops once the loss blows up."""
     torch.manual_seed(seed)
-    data = task.data().to(device)
+    feed = Feed(task, device)
     model = task.model().to(device)
     lrs = exponential_lrs(min_lr, max_lr, steps)
     opt = build_optimizer(model.parameters(), OptimizerChoice.build(optimizer, min_lr))
-    batch = batch_size or task.info.batch_size
-    n = len(data.x_train)
-    order = torch.Generator().manual_seed(seed)
-    perm, pos = torch.randperm(n, generator=order), 0
+    batches = _endless(feed, batch_size or task.info.batch_size,
+                       torch.Generator().manual_seed(seed))
     losses: list[float] = []
     best = math.inf
     model.train()
     for lr in lrs:
-        if pos + batch > n:
-            perm, pos = torch.randperm(n, generator=order), 0
-        idx = perm[pos:pos + batch].to(device)
-        pos += batch
+        x, y = next(batches)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = task.loss(model(data.x_train[idx]), data.y_train[idx])
+        loss = task.loss(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -60,6 +57,24 @@ def sweep(task: Task, optimizer: str, device: torch.device, seed: int = 0,
             break
     losses += [math.inf] * (len(lrs) - len(losses))
     return analyse(optimizer, lrs, losses)
+
+
+def _endless(feed: Feed, batch: int, order: torch.Generator) -> Iterator[Batch]:
+    """Training batches without end: a tensor task's full batches of one permutation after
+    another (a short last batch skipped), a streaming task's epochs one after another."""
+    if feed.streams:
+        steps = feed.steps_per_epoch(batch)
+        while True:
+            yield from feed.train(batch, order, steps)
+    assert feed.data is not None
+    x, y, n = feed.data.x_train, feed.data.y_train, len(feed.data.x_train)
+    perm, pos = torch.randperm(n, generator=order), 0
+    while True:
+        if pos + batch > n:
+            perm, pos = torch.randperm(n, generator=order), 0
+        idx = perm[pos:pos + batch].to(x.device)
+        pos += batch
+        yield x[idx], y[idx]
 
 
 def find_bounds(spec: StudySpec, device: torch.device,

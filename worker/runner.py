@@ -14,7 +14,7 @@ from lrtune.errors import DatabaseUnavailable
 from lrtune.space import SearchSpace, TrialConfig
 from lrtune.spec import StudySpec
 from lrtune_worker.tasks import Task, get_task
-from lrtune_worker.train import TrainResult, steps_per_epoch, train_trial
+from lrtune_worker.train import TrainResult, train_trial
 
 LOST_MEANWHILE = "lost: finished under the worker (reaped, or its study deleted)"
 
@@ -63,7 +63,7 @@ def prepare(trial: optuna.Trial, spec: StudySpec, task: Task,
     config = SearchSpace(spec.space, names.direction(spec)).sample(trial)
     batch = config.batch_size or task.info.batch_size
     set_attr(names.ATTR_CONFIG, config.to_dict())
-    set_attr(names.ATTR_STEPS_PER_EPOCH, steps_per_epoch(len(task.data().x_train), batch))
+    set_attr(names.ATTR_STEPS_PER_EPOCH, task.steps_per_epoch(batch))
     return config
 
 

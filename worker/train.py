@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import torch
 
 from lrtune.space import TrialConfig
+from lrtune_worker.feed import Feed, MetricMean
 from lrtune_worker.schedulers import build_optimizer, build_scheduler
 from lrtune_worker.tasks import Task
+from lrtune_worker.tasks.base import Batch
 
 Outcome = Literal["complete", "pruned", "diverged"]
 
@@ -44,6 +47,15 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return math.ceil(n_train / batch_size)
 
 
+def validate(task: Task, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+    """``task.metrics`` over the validation batches, averaged as ``MetricMean`` says."""
+    mean = MetricMean[float]()
+    with torch.no_grad():
+        for x, y in batches:
+            mean.add(task.metrics(model(x), y), len(y))
+    return mean.mean()
+
+
 def train_batch(task: Task, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """One optimizer step of one trial on a batch; returns the batch loss."""
@@ -55,33 +67,32 @@ def train_batch(task: Task, model: torch.nn.Module, optimizer: torch.optim.Optim
 
 
 def train_trial(task: Task, config: TrialConfig, epochs: int, objective: str, seed: int,
-                device: torch.device, reporter: Reporter | None = None) -> TrainResult:
-    """Train ``config`` on ``task`` for ``epochs``; NaN/inf loss ends it as ``diverged``."""
+                device: torch.device, reporter: Reporter | None = None,
+                order_seed: int | None = None) -> TrainResult:
+    """Train ``config`` on ``task`` for ``epochs``; NaN/inf loss ends it as ``diverged``.
+    ``seed`` seeds the model's initialisation and the data order; ``order_seed``, when
+    given, the data order alone (a fused pack of a streaming task shares one order)."""
     reporter = reporter or NullReporter()
     torch.manual_seed(seed)
-    data = task.data().to(device)
+    feed = Feed(task, device)
     model = task.model().to(device)
     batch = config.batch_size or task.info.batch_size
-    n = len(data.x_train)
-    spe = steps_per_epoch(n, batch)
+    spe = feed.steps_per_epoch(batch)
     optimizer = build_optimizer(model.parameters(), config.optimizer)
     driver = build_scheduler(optimizer, config.schedule, epochs * spe, spe)
-    order = torch.Generator().manual_seed(seed)
+    order = torch.Generator().manual_seed(seed if order_seed is None else order_seed)
     result = TrainResult("complete", None, 0)
     for epoch in range(epochs):
         lr = float(optimizer.param_groups[0]["lr"])
         model.train()
-        perm = torch.randperm(n, generator=order).to(device)
         total = torch.zeros((), device=device)
-        for i in range(spe):
-            idx = perm[i * batch:(i + 1) * batch]
-            loss = train_batch(task, model, optimizer, data.x_train[idx], data.y_train[idx])
+        for x, y in feed.train(batch, order, spe):
+            loss = train_batch(task, model, optimizer, x, y)
             driver.after_batch()
             total += loss.detach()
         train_loss = float(total) / spe
         model.eval()
-        with torch.no_grad():
-            metrics = task.metrics(model(data.x_val), data.y_val)
+        metrics = validate(task, model, feed.val())
         metrics["train_loss"] = train_loss
         value = metrics[objective]
         result.epochs_run = epoch + 1
