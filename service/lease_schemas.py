@@ -14,7 +14,9 @@ Metrics = Annotated[dict[Annotated[str, Field(max_length=100)], Finite],
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Strict: a number is a JSON number, not a string or a boolean that looks like one."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ClaimIn(Body):
@@ -23,7 +25,7 @@ class ClaimIn(Body):
     count: int = Field(1, ge=1, le=1_000_000, description="trials to claim at once (a pack; "
                        "at most the server's max_pack)")
 
-    model_config = ConfigDict(extra="forbid",
+    model_config = ConfigDict(extra="forbid", strict=True,
                               json_schema_extra={"examples": [{"study_id": 1, "count": 1}]})
 
 
@@ -72,8 +74,8 @@ class ReportIn(Body):
     trials: list[EpochItem] = Field(min_length=1, max_length=1024)
     steps_per_epoch: int | None = Field(None, ge=1, le=10_000_000)
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"epoch": 0, "trials": [{"number": 0, "value": 1.0, "lr": 0.01}]}]})
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"epoch": 0, "trials": [{"number": 7, "value": 1.0, "lr": 0.01}]}]})
 
 
 class PrunedOut(BaseModel):
@@ -91,8 +93,8 @@ class EndItem(Body):
 class FinishIn(Body):
     trials: list[EndItem] = Field(min_length=1, max_length=1024)
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"trials": [{"number": 0, "state": "COMPLETE", "value": 0.5}]}]})
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"trials": [{"number": 5, "state": "COMPLETE", "value": 0.5}]}]})
 
 
 class EndedOut(BaseModel):

@@ -30,12 +30,12 @@ from lrtune_service.lease_schemas import (
 
 router = APIRouter(prefix=f"/v{PROTOCOL}/leases", tags=["trial leases"])
 LeaseId = Annotated[int, Path(ge=1, le=2**31 - 1, description="lease id")]
-ON_LEASE = responses(401, 403, 404, 409, 413, 422)
+ON_LEASE = responses(400, 401, 403, 404, 409, 413, 422)
 
 
 @router.post("", status_code=201, response_model=LeaseOut,
              responses={204: {"description": "nothing to claim now: ask again after a pause"},
-                        **responses(401, 403, 404, 409, 413, 422)})
+                        **responses(400, 401, 403, 404, 409, 413, 422)})
 def claim(body: ClaimIn, store: StoreDep, settings: SettingsDep, caller: Leaser) -> Response:
     """Claim ``count`` trials of a study (or of any study this token may train) as one lease:
     each trial's parameters, schedule and optimizer config and seed. 409 ``study_ended``

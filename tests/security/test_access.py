@@ -356,3 +356,44 @@ def test_the_standalone_dashboard_is_gated_alike(db_url: str, tmp_path: Path,
         assert proc.poll() is None
     finally:
         stop(proc)
+
+
+def test_a_worker_token_claims_and_reports_and_does_nothing_else(served: Served) -> None:
+    store = Store(Settings(database_url=served.db_url))
+    worker = store.create_token("fleet", "worker")
+    store.db.engine.dispose()
+    store.optuna_storage.engine.dispose()
+    external = httpx.post(f"{served.url}/studies", headers=bearer(served.alice), timeout=30,
+                          json={"name": f"ext-{uuid.uuid4().hex[:8]}", "task": "external",
+                                "epochs": 2, "n_trials": 2})
+    assert external.status_code == 201, external.text
+    before = digest(served)
+    client = httpx.Client(base_url=served.url, headers=bearer(worker), timeout=30)
+    spec = {"name": "by-a-worker", "task": "linreg", "epochs": 2, "n_trials": 2}
+    for method, path, body in (("POST", "/studies", spec),
+                               ("POST", f"/studies/{served.study}/cancel", None),
+                               ("DELETE", f"/studies/{served.study}", None),
+                               ("POST", "/api/studies", BODIES["/api/studies"]),
+                               ("POST", "/v1/leases", {"study_id": external.json()["id"]})):
+        r = client.request(method, path, json=body)
+        assert r.status_code == 403, (path, r.text)
+    assert httpx.post(f"{served.url}/login", data={"token": worker},
+                      timeout=30).status_code == 403
+    for path in ("/studies", f"/studies/{served.study}", "/api/studies"):
+        assert client.get(path).status_code == (403 if served.closed and path[1] == "s"
+                                                else 401 if served.closed else 200), path
+    assert digest(served) == before
+    mine = httpx.post(f"{served.url}/v1/leases", headers=bearer(served.alice), timeout=30,
+                      json={"study_id": external.json()["id"]})
+    assert mine.status_code == 201, mine.text
+    lease = mine.json()["lease"]
+    for token in (worker, served.bob):  # another token's lease: refused, whoever holds it
+        r = httpx.post(f"{served.url}/v1/leases/{lease}/finish", headers=bearer(token),
+                       timeout=30, json={"trials": [{"number": 0, "state": "COMPLETE",
+                                                     "value": 1.0}]})
+        assert r.status_code == 403 and r.json()["error"]["field"] == "lease_id"
+    assert httpx.post(f"{served.url}/v1/leases/{lease}/heartbeat",
+                      timeout=30).status_code == 401
+    httpx.post(f"{served.url}/v1/leases/{lease}/release", headers=bearer(served.alice),
+               timeout=30)
+    client.close()
