@@ -1,18 +1,34 @@
 """The Python client of the lrtune API: studies (create, get, list, watch, cancel, best, best
-code) and, through ``Study.trials()``, the trials your own training code runs.
+code) and, through ``Study.trials()``, the trials your own training code runs. With
+``lrtune serve`` running and ``LRTUNE_URL`` and ``LRTUNE_TOKEN`` set, this runs as it is:
 
->>> import lrtune
->>> client = lrtune.Client()  # LRTUNE_URL and LRTUNE_TOKEN, else http://127.0.0.1:8000
->>> study = client.create(name="my-cnn", task="external", objective="val_loss",
-...                       epochs=10, n_trials=12)                    # doctest: +SKIP
->>> for trial in study.trials():                                     # doctest: +SKIP
+>>> import torch, lrtune
+>>> client = lrtune.Client()
+>>> study = client.create(name="client-example", task="external", objective="val_loss",
+...                       epochs=3, n_trials=4, pruner={"name": "none"},
+...                       space={"families": ["cosine", "onecycle", "step"],
+...                              "lr": {"low": 1e-3, "high": 1e-1}})
+>>> x, y = torch.randn(256, 8), torch.randn(256, 1)
+>>> for trial in study.trials():
 ...     with trial:  # an error ends the trial FAIL; a pruned trial stops here
+...         _ = torch.manual_seed(trial.seed)
+...         model = torch.nn.Linear(8, 1)
 ...         optimizer = trial.optimizer(model.parameters())
-...         scheduler = trial.scheduler(optimizer, steps_per_epoch=len(loader))
+...         scheduler = trial.scheduler(optimizer, steps_per_epoch=8)
 ...         for epoch in range(trial.epochs):
-...             ...  # train, calling scheduler.step() after each optimizer.step()
-...             trial.report(epoch, val_loss)  # raises lrtune.TrialPruned when pruned
-...         trial.complete(val_loss)
+...             for batch in range(8):
+...                 rows = slice(32 * batch, 32 * (batch + 1))
+...                 loss = torch.nn.functional.mse_loss(model(x[rows]), y[rows])
+...                 optimizer.zero_grad()
+...                 loss.backward()
+...                 optimizer.step()
+...                 scheduler.step()  # after every optimizer step
+...             trial.report(epoch, loss.item())  # raises lrtune.TrialPruned when pruned
+...         trial.complete(loss.item())
+>>> study.refresh().status
+'done'
+>>> "optimizer = torch.optim." in study.best_code()
+True
 
 Everything here but ``Trial.optimizer`` and ``Trial.scheduler`` (which build torch objects)
 imports without torch.
@@ -36,24 +52,35 @@ ENDED = ("done", "failed", "cancelled")
 
 class Client:
     """``Client(url=None, token=None)``: ``url`` and ``token`` default to ``LRTUNE_URL`` and
-    ``LRTUNE_TOKEN`` (then to a local ``lrtune serve`` without a token)."""
+    ``LRTUNE_TOKEN`` (then to a local ``lrtune serve`` without a token). A refused connection
+    is tried again for ``connect_wait`` seconds (an API starting or restarting)."""
 
     def __init__(self, url: str | None = None, token: str | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, connect_wait: float = 15.0) -> None:
         url = url or os.environ.get("LRTUNE_URL") or DEFAULT_URL
         token = token if token is not None else os.environ.get("LRTUNE_TOKEN", "")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url, self.token = url.rstrip("/"), token
+        self.connect_wait = connect_wait  # seconds to keep trying while the API starts
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request; ``ClientError`` with the API's message on a 4xx/5xx, or status 0 when
         the API cannot be reached."""
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as error:
-            raise ClientError(0, f"cannot reach the lrtune API at {self.url} ({error}): is "
-                              "`lrtune serve` running there? (LRTUNE_URL)") from None
+        deadline = time.monotonic() + self.connect_wait
+        while True:
+            try:
+                response = self.http.request(method, path, **kwargs)
+                break
+            except httpx.ConnectError as error:  # nothing was sent: safe to try again
+                if time.monotonic() >= deadline:
+                    raise ClientError(0, f"cannot reach the lrtune API at {self.url} "
+                                      f"({error}): is `lrtune serve` running there? "
+                                      "(LRTUNE_URL)") from None
+                time.sleep(0.5)
+            except httpx.HTTPError as error:
+                raise ClientError(0, f"no answer from the lrtune API at {self.url} ({error})"
+                                  ) from None
         if response.status_code >= 400:
             try:
                 body = response.json()["error"]

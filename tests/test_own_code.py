@@ -126,3 +126,12 @@ def test_a_killed_script_loses_its_trial_and_another_reruns_it(api: Api) -> None
     assert gone["state"] == "FAIL" and gone["reason"].startswith("lost")
     assert any(t["retry_of"] == lost and t["state"] in ("COMPLETE", "PRUNED") for t in trials)
     assert study.refresh().status == "done"
+
+
+def test_the_client_docstring_example_runs(api: Api) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", "import doctest, sys, lrtune.client; "
+         "sys.exit(min(doctest.testmod(lrtune.client).failed, 1))"],
+        env=api.env, cwd=api.tmp, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert api.client().list()[0].status == "done"
