@@ -116,6 +116,16 @@ class Trial:
         self._epoch_lr = float(optimizer.param_groups[0]["lr"])
         return self._driver.batch_stepper
 
+    def hf_optimizers(self, model: Any, steps_per_epoch: int | None = None
+                      ) -> tuple[Any, Any]:
+        """``transformers.Trainer(optimizers=...)``: the optimizer over ``model``'s trainable
+        parameters and the schedule, which ``Trainer`` steps after every optimizer step (see
+        ``lrtune_worker.integrations.transformers``: ``hf_steps_per_epoch`` and the callback
+        that reports each evaluation). Built here, with ``optimizer`` and ``scheduler``: the
+        core imports nothing of the worker's but ``lrtune_worker.leased``."""
+        optimizer = self.optimizer([p for p in model.parameters() if p.requires_grad])
+        return optimizer, self.scheduler(optimizer, steps_per_epoch)
+
     # -- the protocol -----------------------------------------------------------------------------
     def _post(self, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = self.caller.call(

@@ -11,16 +11,19 @@ from lrtune.ledger import PackLedger
 from lrtune.spec import StudySpec
 from lrtune.store import Claim
 from lrtune_worker.fused import split_pack, train_pack
+from lrtune_worker.integrations import NO_LOG, TrialLog
 from lrtune_worker.runner import (
     OptunaReporter,
     SetAttr,
     Stopping,
     TrialOutcome,
     failed,
+    open_log,
     outcome_of,
     prepare,
     run_trial,
     trial_seed,
+    unfinished,
 )
 from lrtune_worker.tasks import get_task
 from lrtune_worker.train import Reporter, TrainResult, train_trial
@@ -29,14 +32,17 @@ Finish = Callable[[Claim, TrialOutcome], None]
 
 
 class LedgerReporter:
-    """Reports one packed trial through the pack's ledger (batched writes, in-memory pruning)."""
+    """Reports one packed trial through the pack's ledger (batched writes, in-memory pruning),
+    and to its ``log`` (W&B, when enabled)."""
 
     def __init__(self, ledger: PackLedger, number: int,
-                 between_epochs: Callable[[], None]) -> None:
+                 between_epochs: Callable[[], None], log: TrialLog = NO_LOG) -> None:
         self.ledger, self.number, self.between_epochs = ledger, number, between_epochs
+        self.log = log
 
     def report(self, epoch: int, value: float, lr: float, metrics: dict[str, float]) -> None:
         self.ledger.report(self.number, epoch, value)
+        self.log.epoch(epoch, value, lr, metrics)
         self.between_epochs()
 
     def should_prune(self) -> bool:
@@ -56,14 +62,31 @@ def run_pack(claims: Sequence[Claim], spec: StudySpec, device: torch.device,
     """
     ended = ended if ended is not None else set()
     inner = finish
+    logs: dict[int, TrialLog] = {}  # the open logs of the trials trained fused, by number
 
     def finish(claim: Claim, outcome: TrialOutcome) -> None:
         inner(claim, outcome)
         ended.add(claim.trial.number)
+        log = logs.pop(claim.trial.number, NO_LOG)
+        log.end(outcome.state.name, outcome.value, outcome.reason)
 
     if len(claims) == 1:
         finish(claims[0], run_trial(claims[0].trial, spec, device, between_epochs))
         return
+    try:
+        _run_fused(claims, spec, device, between_epochs, finish, ended, ledger, compile_after,
+                   block, logs)
+    except (Stopping, DatabaseUnavailable) as error:
+        for log in logs.values():
+            log.end("UNFINISHED", None, unfinished(error))
+        raise
+
+
+def _run_fused(claims: Sequence[Claim], spec: StudySpec, device: torch.device,
+               between_epochs: Callable[[], None], finish: Finish, ended: set[int],
+               ledger: PackLedger | None, compile_after: float | None, block: int,
+               logs: dict[int, TrialLog]) -> None:
+    """``run_pack`` of two trials or more; each prepared trial's log is opened in ``logs``."""
     task = get_task(spec.task)
     ready: list[Claim] = []
     configs = []
@@ -76,6 +99,7 @@ def run_pack(claims: Sequence[Claim], spec: StudySpec, device: torch.device,
         try:
             configs.append(prepare(claim.trial, spec, task, attrs(claim)))
             ready.append(claim)
+            logs[claim.trial.number] = open_log(claim.trial, spec, configs[-1])
         except DatabaseUnavailable:
             raise
         except Exception as error:
@@ -89,8 +113,10 @@ def run_pack(claims: Sequence[Claim], spec: StudySpec, device: torch.device,
             finish(members[i], outcome_of(members[i].trial, result, attrs(members[i])))
 
         reporters: list[Reporter] = (
-            [OptunaReporter(c.trial, between_epochs) for c in members] if ledger is None
-            else [LedgerReporter(ledger, c.trial.number, between_epochs) for c in members])
+            [OptunaReporter(c.trial, between_epochs, logs[c.trial.number]) for c in members]
+            if ledger is None
+            else [LedgerReporter(ledger, c.trial.number, between_epochs, logs[c.trial.number])
+                  for c in members])
         try:
             if len(members) == 1:  # vmap's fixed cost buys nothing for one trial
                 done(0, train_trial(task, configs[group[0]], spec.epochs, spec.objective,

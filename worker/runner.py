@@ -13,6 +13,7 @@ from lrtune import study as names
 from lrtune.errors import DatabaseUnavailable
 from lrtune.space import SearchSpace, TrialConfig
 from lrtune.spec import StudySpec
+from lrtune_worker.integrations import NO_LOG, TrialLog, trial_log
 from lrtune_worker.tasks import Task, get_task
 from lrtune_worker.train import TrainResult, train_trial
 
@@ -27,17 +28,21 @@ class OptunaReporter:
     """Reports each epoch's value to the trial (pruning, dashboard) and keeps the LR curve.
 
     ``between_epochs`` runs after each report; it may raise to stop the trial (worker exit).
+    ``log`` gets each epoch too (W&B, when enabled).
     """
 
     def __init__(self, trial: optuna.Trial,
-                 between_epochs: Callable[[], None] | None = None) -> None:
+                 between_epochs: Callable[[], None] | None = None,
+                 log: TrialLog = NO_LOG) -> None:
         self.trial = trial
         self.between_epochs = between_epochs
+        self.log = log
         self.lrs: list[float] = []
 
     def report(self, epoch: int, value: float, lr: float, metrics: dict[str, float]) -> None:
         self.trial.report(value, epoch)
         self.lrs.append(lr)
+        self.log.epoch(epoch, value, lr, metrics)
         if self.between_epochs is not None:
             self.between_epochs()
 
@@ -69,6 +74,25 @@ def prepare(trial: optuna.Trial, spec: StudySpec, task: Task,
 
 def trial_seed(spec: StudySpec, trial: optuna.Trial) -> int:
     return names.derived_seed(spec.seed, trial.number)
+
+
+def open_log(trial: optuna.Trial, spec: StudySpec, config: TrialConfig) -> TrialLog:
+    """The trial's log besides the database (a W&B run when enabled, else nothing)."""
+    return trial_log(spec.name, trial.number, config.to_dict(), trial.params,
+                     task=spec.task, objective=spec.objective, epochs=spec.epochs,
+                     seed=trial_seed(spec, trial))
+
+
+def logged(log: TrialLog, outcome: TrialOutcome) -> TrialOutcome:
+    """``outcome``, ended in ``log`` too."""
+    log.end(outcome.state.name, outcome.value, outcome.reason)
+    return outcome
+
+
+def unfinished(error: Exception) -> str:
+    """Why a trial left unended (it runs again): the reason in its log."""
+    return "handed back: worker stopping" if isinstance(error, Stopping) else (
+        f"abandoned: {type(error).__name__}")
 
 
 def failed(trial: optuna.Trial, error: Exception, set_attr: SetAttr | None = None
@@ -108,21 +132,24 @@ def outcome_of(trial: optuna.Trial, result: TrainResult, set_attr: SetAttr | Non
 def run_trial(trial: optuna.Trial, spec: StudySpec, device: torch.device,
               between_epochs: Callable[[], None] | None = None) -> TrialOutcome:
     """Train one trial; divergence is PRUNED ``diverged``, any task error FAIL with its text."""
+    log: TrialLog = NO_LOG
     try:
         task = get_task(spec.task)
         config = prepare(trial, spec, task)
+        log = open_log(trial, spec, config)
         result = train_trial(task, config, spec.epochs, spec.objective, trial_seed(spec, trial),
-                             device, OptunaReporter(trial, between_epochs))
-    except (Stopping, DatabaseUnavailable):
+                             device, OptunaReporter(trial, between_epochs, log))
+    except (Stopping, DatabaseUnavailable) as error:
+        log.end("UNFINISHED", None, unfinished(error))
         raise
     except Exception as error:  # the trial's own failure; the worker goes on
-        return failed(trial, error)
+        return logged(log, failed(trial, error))
     try:
-        return outcome_of(trial, result)
+        return logged(log, outcome_of(trial, result))
     except optuna.exceptions.UpdateFinishedTrialError:
         # Reaped as lost meanwhile (a heartbeat came too late): its re-queued copy runs; the
         # worker's finish is refused and logged, and the worker goes on.
-        return outcome_of(trial, result, lambda key, value: None)
+        return logged(log, outcome_of(trial, result, lambda key, value: None))
 
 
 def objective_for(spec: StudySpec, device: torch.device) -> Any:
