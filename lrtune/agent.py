@@ -9,11 +9,10 @@ import json
 import logging
 import os
 import subprocess
-import time
 from collections.abc import Sequence
 
 from lrtune.client import Client
-from lrtune.leasing import ENV_LEASE, LEASE_PATH, ClientError, Heartbeat
+from lrtune.leasing import ENV_LEASE, LEASE_PATH, ClientError, Heartbeat, leases
 
 log = logging.getLogger("lrtune.agent")
 
@@ -25,20 +24,7 @@ def run_agent(client: Client, study_id: int, command: Sequence[str],
     ended FAIL (killed by a signal: left to be reaped as lost and re-run); Ctrl-C stops the
     agent after the script, handing an unfinished trial back."""
     done = 0
-    pause = idle
-    while count is None or done < count:
-        try:
-            lease = client.claim(study_id)
-        except ClientError as error:
-            if error.code == "study_ended":
-                log.info("study %d has ended: %s", study_id, error)
-                break
-            raise
-        if lease is None:
-            time.sleep(pause)
-            pause = min(pause * 1.5, 10.0)
-            continue
-        pause = idle
+    for lease in leases(client, study_id, count, idle):
         lease_id, number = int(lease["lease"]), lease["trials"][0]["number"]
         log.info("study %d trial %d: running %s", study_id, number, " ".join(command))
         env = {**os.environ, ENV_LEASE: json.dumps(lease), "LRTUNE_URL": client.url,

@@ -248,17 +248,18 @@ class Claimer(Caller, Protocol):
     def claim(self, study_id: int | None = None, count: int = 1) -> dict[str, Any] | None: ...
 
 
-def lease_trials(client: Claimer, study_id: int, max_trials: int | None = None,
-                 idle: float = 1.0) -> Iterator[Trial]:
-    """Claim, yield and keep alive one trial at a time until the study ends. While every
-    remaining trial is taken by others it waits (a lost one comes back to be claimed)."""
-    done = 0
+def leases(client: Claimer, study_id: int, max_leases: int | None = None,
+           idle: float = 1.0) -> Iterator[dict[str, Any]]:
+    """Leases of one trial of the study until it ends (or ``max_leases``). While every
+    remaining trial is held by others it waits, backing off (a lost one comes back)."""
+    taken = 0
     pause = idle
-    while max_trials is None or done < max_trials:
+    while max_leases is None or taken < max_leases:
         try:
             lease = client.claim(study_id)
         except ClientError as error:
             if error.code == "study_ended":
+                log.info("study %d has ended: %s", study_id, error)
                 return
             raise
         if lease is None:
@@ -266,6 +267,14 @@ def lease_trials(client: Claimer, study_id: int, max_trials: int | None = None,
             pause = min(pause * 1.5, 10.0)
             continue
         pause = idle
+        taken += 1
+        yield lease
+
+
+def lease_trials(client: Claimer, study_id: int, max_trials: int | None = None,
+                 idle: float = 1.0) -> Iterator[Trial]:
+    """Claim, yield and keep alive one trial at a time until the study ends."""
+    for lease in leases(client, study_id, max_trials, idle):
         trial = Trial(client, lease)
         beat = Heartbeat(client, trial.lease_id, float(lease["heartbeat_interval"]))
         try:
@@ -277,7 +286,6 @@ def lease_trials(client: Claimer, study_id: int, max_trials: int | None = None,
             beat.stop()
         if trial.ended is None:
             trial.__exit__(None, None, None)
-        done += 1
 
 
 def current_trial() -> Trial:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +41,10 @@ class Api:
                                 stdout=handle, stderr=subprocess.STDOUT)
 
 
-@pytest.fixture
-def api(db_url: str, tmp_path: Path) -> Iterator[Api]:
-    env = lrtune_env(db_url)
+@contextmanager
+def serve_api(db_url: str, tmp_path: Path, **settings: str) -> Iterator[Api]:
+    """`lrtune serve --workers 0` on ``db_url`` with a user's token, its logs printed after."""
+    env = lrtune_env(db_url, **settings)
     token = subprocess.run([sys.executable, "-m", "lrtune", "token", "create", "--name", "me"],
                            env=env, capture_output=True, text=True, check=True,
                            timeout=120).stdout.strip()
@@ -57,6 +59,12 @@ def api(db_url: str, tmp_path: Path) -> Iterator[Api]:
         stop(server)
         for log in sorted(tmp_path.glob("*.log")):
             print(f"--- {log.name}\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def api(db_url: str, tmp_path: Path) -> Iterator[Api]:
+    with serve_api(db_url, tmp_path) as served:
+        yield served
 
 
 def wait_all(*procs: subprocess.Popen, timeout: float = 300) -> None:
@@ -135,3 +143,19 @@ def test_the_client_docstring_example_runs(api: Api) -> None:
         env=api.env, cwd=api.tmp, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert api.client().list()[0].status == "done"
+
+
+def test_the_agent_ends_what_a_script_left_running(api: Api) -> None:
+    study = api.client().create({**SPEC, "name": "left-running", "n_trials": 2})
+    crash = "import lrtune, sys; t = lrtune.current_trial(); t.report(0, 1.0); sys.exit(3)"
+    out = subprocess.run([sys.executable, "-m", "lrtune", "agent", str(study.id), "--count",
+                          "1", "--", sys.executable, "-c", crash], env=api.env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "agent ran 1 trial(s)" in out.stderr
+    trial = api.client().trials(study.id)["items"][0]
+    assert trial["state"] == "FAIL"
+    assert trial["reason"] == "failed: the script exited with code 3 without ending trial 0"
+    no_command = subprocess.run([sys.executable, "-m", "lrtune", "agent", str(study.id)],
+                                env=api.env, capture_output=True, text=True, timeout=60)
+    assert no_command.returncode != 0 and "after --" in no_command.stderr

@@ -3,15 +3,13 @@ tests of tests/test_own_code.py run both databases; the integrations only add ca
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, lrtune_env, spawn, stop, wait_ready
-from tests.test_own_code import Api
+from tests.test_own_code import Api, serve_api
 
 # never a download: no hub, no telemetry; W&B offline, quiet
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -29,23 +27,10 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
-    env = lrtune_env(f"sqlite:///{tmp_path / 'lrtune.db'}", **OFFLINE, WANDB_DIR=str(tmp_path),
-                     HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1")
-    token = subprocess.run([sys.executable, "-m", "lrtune", "token", "create", "--name", "me"],
-                           env=env, capture_output=True, text=True, check=True,
-                           timeout=120).stdout.strip()
-    port = free_port()
-    server = spawn(["serve", "--port", str(port), "--workers", "0"], env,
-                   tmp_path / "server.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, server)
-        yield Api(url, {**env, "LRTUNE_URL": url, "LRTUNE_TOKEN": token}, tmp_path)
-    finally:
-        stop(server)
-        for log in sorted(tmp_path.glob("*.log")):
-            print(f"--- {log.name}\n{log.read_text()[-3000:]}")
-
+    with serve_api(f"sqlite:///{tmp_path / 'lrtune.db'}", tmp_path, **OFFLINE,
+                   WANDB_DIR=str(tmp_path), HF_HOME=str(tmp_path / "hf"),
+                   OMP_NUM_THREADS="1") as served:
+        yield served
 
 
 @pytest.fixture(autouse=True)
