@@ -107,8 +107,13 @@ def tune(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
 ) -> None:
     """Run a local study with a live progress bar; print the best trial and its PyTorch code."""
+    from lrtune.tasks import EXTERNAL
     from lrtune_worker.local import run_local_study
 
+    if task == EXTERNAL:
+        fail('task "external" is trained by your own code: create the study through the API '
+             "and train it with lrtune.Client or `lrtune agent` (README: Tune your own "
+             "training code)")
     space: dict[str, Any] = {}
     if families:
         space["families"] = [f.strip() for f in families.split(",") if f.strip()]
