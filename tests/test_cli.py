@@ -59,6 +59,9 @@ def test_tune_unknown_task_is_a_clear_error(tmp_path: Path) -> None:
     proc = run("tune", "--task", "nope", "--storage", f"sqlite:///{tmp_path / 'x.db'}",
                check=False)
     assert proc.returncode == 2 and "unknown task" in proc.stderr
+    proc = run("tune", "--task", "external", "--storage", f"sqlite:///{tmp_path / 'x.db'}",
+               check=False)
+    assert proc.returncode == 2 and "lrtune.Client" in proc.stderr
 
 
 def test_core_and_service_import_without_torch() -> None:
