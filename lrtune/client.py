@@ -53,34 +53,44 @@ ENDED = ("done", "failed", "cancelled")
 class Client:
     """``Client(url=None, token=None)``: ``url`` and ``token`` default to ``LRTUNE_URL`` and
     ``LRTUNE_TOKEN`` (then to a local ``lrtune serve`` without a token). A refused connection
-    is tried again for ``connect_wait`` seconds (an API starting or restarting)."""
+    is tried again for ``connect_wait`` seconds (an API starting or restarting), a 503 or 429
+    (overloaded, database away: nothing was done) for ``busy_wait`` seconds, as Retry-After
+    says."""
 
     def __init__(self, url: str | None = None, token: str | None = None,
-                 timeout: float = 30.0, connect_wait: float = 15.0) -> None:
+                 timeout: float = 30.0, connect_wait: float = 15.0,
+                 busy_wait: float = 120.0) -> None:
         url = url or os.environ.get("LRTUNE_URL") or DEFAULT_URL
         token = token if token is not None else os.environ.get("LRTUNE_TOKEN", "")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url, self.token = url.rstrip("/"), token
         self.connect_wait = connect_wait  # seconds to keep trying while the API starts
+        self.busy_wait = busy_wait  # seconds to keep trying while it answers 503/429
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request; ``ClientError`` with the API's message on a 4xx/5xx, or status 0 when
         the API cannot be reached."""
         deadline = time.monotonic() + self.connect_wait
+        busy_until = time.monotonic() + self.busy_wait
         while True:
             try:
                 response = self.http.request(method, path, **kwargs)
-                break
             except httpx.ConnectError as error:  # nothing was sent: safe to try again
                 if time.monotonic() >= deadline:
                     raise ClientError(0, f"cannot reach the lrtune API at {self.url} "
                                       f"({error}): is `lrtune serve` running there? "
                                       "(LRTUNE_URL)") from None
                 time.sleep(0.5)
+                continue
             except httpx.HTTPError as error:
                 raise ClientError(0, f"no answer from the lrtune API at {self.url} ({error})"
                                   ) from None
+            # 503/429: shed before any work, or the database away (rolled back): try again
+            if response.status_code in (429, 503) and time.monotonic() < busy_until:
+                time.sleep(_retry_after(response))
+                continue
+            break
         if response.status_code >= 400:
             try:
                 body = response.json()["error"]
@@ -146,8 +156,16 @@ class Client:
     def claim(self, study_id: int | None = None, count: int = 1) -> dict[str, Any] | None:
         """A lease of ``count`` trials (the protocol's JSON), or None when there is nothing
         to claim now; ``ClientError`` with code ``study_ended`` when the study has ended."""
-        response = self.call("POST", LEASE_PATH, json={"study_id": study_id, "count": count})
+        response = self.call("POST", LEASE_PATH, json={"study_id": study_id, "count": count},
+                             timeout=max(self.http.timeout.read or 0, 600.0))  # a big pack
         return None if response.status_code == 204 else dict(response.json())
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return min(max(float(response.headers.get("Retry-After", "1")), 0.1), 30.0)
+    except ValueError:
+        return 1.0
 
 
 class Study:

@@ -213,6 +213,9 @@ class Trial:
             try:
                 if isinstance(error, KeyboardInterrupt):
                     self.release("interrupted (Ctrl-C)")
+                elif isinstance(error, ClientError) and (error.status == 0
+                                                          or error.status >= 500):
+                    self.release(f"the lrtune API failed the client: {error}")  # not the trial
                 elif isinstance(error, Exception):
                     self.fail(f"failed: {type(error).__name__}: {error}")
             except ClientError as refused:

@@ -149,7 +149,7 @@ class ProtocolVersion:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found = re.match(r"/v(\d+)(/|$)", scope.get("path", "")) \
+        found = re.match(r"/v(\d{1,9})(/|$)", scope.get("path", "")) \
             if scope["type"] == "http" else None
         if found is None or int(found.group(1)) == PROTOCOL:
             await self.app(scope, receive, send)

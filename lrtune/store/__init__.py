@@ -7,7 +7,7 @@ A thin facade over modules of one job each: ``db`` (engine, migrations, ``transa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
@@ -116,6 +116,7 @@ class Store:
 
     def delete(self, study_id: int) -> None:
         self.studies.delete(study_id)
+        self.leases.judge.forget(study_id)
 
     def save_lr_bounds(self, study_id: int, bounds: LrBounds) -> StudyRecord:
         return self.studies.save_lr_bounds(study_id, bounds)
@@ -237,10 +238,14 @@ class Store:
     def write_trials(self, record: StudyRecord, *, params: Sequence[PackStorage] = (),
                      intermediate: Sequence[dict[str, Any]] = (),
                      user_attrs: Sequence[dict[str, Any]] = (),
-                     endings: Sequence[Ending] = (), last_slot: bool = False) -> list[Ending]:
+                     endings: Sequence[Ending] = (), last_slot: bool = False,
+                     end_attrs: Mapping[int, Sequence[dict[str, Any]]] | None = None
+                     ) -> list[Ending]:
         """A batch of claimed trials' rows in one transaction (sampled params first, then
-        reported values, attributes and endings); the endings applied. A new best rewrites
-        the study's note; with ``last_slot``, a complete budget makes the study ``done``."""
+        reported values, attributes and endings); the endings applied. ``end_attrs``: user
+        attributes by trial id, set (replacing) only on the trials whose ending applied. A
+        new best rewrites the study's note; with ``last_slot``, a complete budget makes the
+        study ``done``."""
         optuna_id = self.optuna_study_id(record)
         with self.db.transaction() as conn:
             for buffered in params:
@@ -248,6 +253,9 @@ class Store:
             trials.bulk_insert(conn, internals.INTERMEDIATE, list(intermediate))
             trials.bulk_insert(conn, internals.USER_ATTRS, list(user_attrs))
             applied = trials.end_trials(conn, optuna_id, endings, record.name)
+            if end_attrs:
+                trials.replace_attrs(conn, [row for e in applied
+                                            for row in end_attrs.get(e.trial_id, ())])
         completed = [e.value for e in applied
                      if e.state == TrialState.COMPLETE and e.value is not None]
         if completed:

@@ -10,6 +10,7 @@ successive-halving rungs) goes to the database.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Container
 from typing import Any
 
@@ -23,6 +24,7 @@ from lrtune.study import make_pruner
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 Finished = Callable[[StudyRecord, set[int]], list[FrozenTrial]]
 Running = Callable[[StudyRecord], list[FrozenTrial]]
+AllFinished = Callable[[StudyRecord], list[FrozenTrial]]
 
 
 class JudgedView:
@@ -51,22 +53,35 @@ class JudgedView:
 
 
 class PruneJudge:
-    """``prune(record, study, trials)``: the numbers of ``trials`` the study's pruner prunes."""
+    """``prune(record, study, trials)``: the numbers of ``trials`` the study's pruner prunes.
 
-    def __init__(self, finished: Finished, running: Running) -> None:
-        self._finished, self._running = finished, running
-        self._cache: dict[int, tuple[set[int], list[FrozenTrial]]] = {}
+    Keeps the finished trials of the ``studies`` studies judged last (least recently judged
+    dropped first); a study's history is fetched by one request at a time, the first time in
+    bulk."""
+
+    def __init__(self, finished: Finished, running: Running, all_finished: AllFinished,
+                 studies: int = 16) -> None:
+        self._finished, self._running, self._all_finished = finished, running, all_finished
+        self._cache: OrderedDict[int, tuple[set[int], list[FrozenTrial]]] = OrderedDict()
+        self._locks: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
+        self.studies = studies
 
     def _history(self, record: StudyRecord) -> list[FrozenTrial]:
         with self._lock:
-            known, trials = self._cache.get(record.id, (set(), []))
-        fresh = self._finished(record, known)
-        with self._lock:
-            known, trials = self._cache.get(record.id, (set(), []))
-            new = [t for t in fresh if t.number not in known]
+            study_lock = self._locks.setdefault(record.id, threading.Lock())
+        with study_lock:
+            with self._lock:
+                known, trials = self._cache.get(record.id, (set(), []))
+            new = self._finished(record, known) if known else self._all_finished(record)
+            new = [t for t in new if t.number not in known]
             trials = trials + new
-            self._cache[record.id] = (known | {t.number for t in new}, trials)
+            with self._lock:
+                self._cache[record.id] = (known | {t.number for t in new}, trials)
+                self._cache.move_to_end(record.id)
+                while len(self._cache) > self.studies:
+                    dropped, _ = self._cache.popitem(last=False)
+                    self._locks.pop(dropped, None)
             return trials
 
     def forget(self, study_id: int) -> None:

@@ -26,7 +26,7 @@ from lrtune.store.db import now
 from lrtune.store.judging import PruneJudge
 from lrtune.store.studies import RUNNING, StudyRecord
 from lrtune.store.tokens import Principal
-from lrtune.store.trials import Ending, bulk_insert
+from lrtune.store.trials import Ending, bulk_insert, replace_attrs, running_locked
 from lrtune.tables import lease_trials, leases
 from lrtune.tasks import EXTERNAL
 
@@ -84,7 +84,7 @@ class TrialEnd:
 class Leases:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.judge = PruneJudge(store.finished_trials, self._running)
+        self.judge = PruneJudge(store.finished_trials, self._running, self._all_finished)
 
     # -- claim ----------------------------------------------------------------------------------
     def claim(self, caller: Principal, study_id: int | None, count: int) -> Lease | None:
@@ -148,7 +148,10 @@ class Leases:
         space = SearchSpace(spec.space, names.direction(spec))
         attrs: list[dict[str, Any]] = []
         leased = []
-        for claim in claims:
+        beat = [c.trial_id for c in claims]
+        for i, claim in enumerate(claims):
+            if i % 32 == 0:  # sampling a pack takes a while: its trials must not look lost
+                self.store.record_heartbeats(beat)
             config = space.sample(claim.trial)
             attrs.append(_attr(claim.trial_id, names.ATTR_CONFIG, config.to_dict()))
             if spec.steps_per_epoch is not None:
@@ -183,21 +186,27 @@ class Leases:
                 .where(lease_trials.c.lease_id == lease_id))}
         return self.store.get_study(int(row.study_id)), held
 
-    def _running_of(self, held: dict[int, int], numbers: Sequence[int], field: str
-                    ) -> dict[int, int]:
-        """``numbers``' trial ids; Conflict naming the first not in the lease or not running."""
+    @staticmethod
+    def _in_lease(held: dict[int, int], numbers: Sequence[int], field: str) -> dict[int, int]:
+        """``numbers``' trial ids; Conflict naming the first that is not in the lease."""
         for i, number in enumerate(numbers):
             if number not in held:
                 raise Conflict(f"trial {number} is not in this lease", f"{field}[{i}].number")
-        states = self._states([held[n] for n in numbers])
+        return {n: held[n] for n in numbers}
+
+    def _still_running(self, conn: sa.Connection, ids: dict[int, int], numbers: Sequence[int],
+                       field: str) -> None:
+        """Lock the trials' rows; Conflict naming the first that no longer runs."""
+        running = running_locked(conn, list(ids.values()))
         for i, number in enumerate(numbers):
-            state = states.get(held[number])
-            if state != TrialState.RUNNING:
+            if ids[number] not in running:
+                state = next((TrialState(v) for v in conn.execute(
+                    sa.select(internals.TRIALS.c.state).where(
+                        internals.TRIALS.c.trial_id == ids[number])).scalars()), None)
                 why = "it was reaped as lost (its copy is re-run by another claim)" \
                     if state == TrialState.FAIL else f"it is {state.name if state else 'gone'}"
                 raise Conflict(f"trial {number} is no longer running: {why}",
                                f"{field}[{i}].number")
-        return {n: held[n] for n in numbers}
 
     def _states(self, trial_ids: list[int]) -> dict[int, TrialState]:
         t = internals.TRIALS
@@ -219,8 +228,10 @@ class Leases:
     def report(self, caller: Principal, lease_id: int, epoch: int,
                reports: Sequence[EpochReport], steps_per_epoch: int | None = None
                ) -> list[int]:
-        """Record one epoch of the lease's trials (metric, LR, metrics); the numbers of those
-        the study's pruner prunes, which end PRUNED here and now."""
+        """Record one epoch of the lease's trials (metric, LR, metrics), epochs in order;
+        the numbers of those the study's pruner prunes, which end PRUNED here and now. One
+        transaction, the trials' rows locked: a finish or a reap in between waits, then
+        finds them ended (409, nothing written)."""
         record, held = self._held(caller, lease_id)
         if epoch >= record.spec.epochs:
             raise SpecError("epoch", f"the study trains {record.spec.epochs} epochs (0 to "
@@ -228,47 +239,61 @@ class Leases:
         numbers = [r.number for r in reports]
         if len(set(numbers)) != len(numbers):
             raise SpecError("trials", "a trial is reported twice in one report")
-        ids = self._running_of(held, numbers, "trials")
+        ids = self._in_lease(held, numbers, "trials")
         iv, attrs = internals.INTERMEDIATE, internals.USER_ATTRS
-        with self.store.transaction() as conn:
-            seen = set(conn.execute(sa.select(iv.c.trial_id).where(
-                iv.c.trial_id.in_(ids.values()), iv.c.step == epoch)).scalars())
-            for i, r in enumerate(reports):
-                if ids[r.number] in seen:
-                    raise Conflict(f"trial {r.number} has reported epoch {epoch} already",
-                                   f"trials[{i}].number")
-            curves = {int(t): json.loads(v) for t, v in conn.execute(
-                sa.select(attrs.c.trial_id, attrs.c.value_json).where(
-                    attrs.c.trial_id.in_(ids.values()), attrs.c.key == names.ATTR_LR_CURVE))}
-            values, rows = [], []
-            for r in reports:
-                trial_id = ids[r.number]
-                stored, kind = internals.stored_intermediate(r.value)
-                values.append({"trial_id": trial_id, "step": epoch,
-                               "intermediate_value": stored, "intermediate_value_type": kind})
-                if r.lr is not None:  # epochs reported without an LR keep the last one
-                    curve = curves.get(trial_id, [])[:epoch]
-                    curve += [curve[-1] if curve else r.lr] * (epoch - len(curve)) + [r.lr]
-                    rows.append(_attr(trial_id, names.ATTR_LR_CURVE, curve))
-                if r.metrics:
-                    rows.append(_attr(trial_id, names.ATTR_METRICS, r.metrics))
-                if steps_per_epoch is not None:
-                    rows.append(_attr(trial_id, names.ATTR_STEPS_PER_EPOCH, steps_per_epoch))
-            _replace_attrs(conn, rows)
-            bulk_insert(conn, iv, values)
+        try:
+            with self.store.transaction() as conn:
+                self._still_running(conn, ids, numbers, "trials")
+                reported: dict[int, int] = {int(t): int(n) for t, n in conn.execute(
+                    sa.select(iv.c.trial_id, sa.func.count()).where(
+                        iv.c.trial_id.in_(ids.values())).group_by(iv.c.trial_id))}
+                for i, r in enumerate(reports):
+                    done = int(reported.get(ids[r.number], 0))
+                    if epoch != done:
+                        raise Conflict(f"trial {r.number} reports epoch {done} next, not "
+                                       f"{epoch} (epochs are reported once, in order)",
+                                       f"trials[{i}].number")
+                curves = {int(t): json.loads(v) for t, v in conn.execute(
+                    sa.select(attrs.c.trial_id, attrs.c.value_json).where(
+                        attrs.c.trial_id.in_(ids.values()),
+                        attrs.c.key == names.ATTR_LR_CURVE))}
+                values, rows = [], []
+                for r in reports:
+                    trial_id = ids[r.number]
+                    stored, kind = internals.stored_intermediate(r.value)
+                    values.append({"trial_id": trial_id, "step": epoch,
+                                   "intermediate_value": stored,
+                                   "intermediate_value_type": kind})
+                    if r.lr is not None:  # epochs reported without an LR repeat the last
+                        curve = list(curves.get(trial_id, []))[:epoch]
+                        curve += [curve[-1] if curve else r.lr] * (epoch - len(curve))
+                        rows.append(_attr(trial_id, names.ATTR_LR_CURVE, curve + [r.lr]))
+                    if r.metrics:
+                        rows.append(_attr(trial_id, names.ATTR_METRICS, r.metrics))
+                    if steps_per_epoch is not None:
+                        rows.append(_attr(trial_id, names.ATTR_STEPS_PER_EPOCH,
+                                          steps_per_epoch))
+                bulk_insert(conn, iv, values)
+                replace_attrs(conn, rows)
+        except sa.exc.IntegrityError:  # the same epoch written by a request at the same time
+            raise Conflict(f"epoch {epoch} of these trials was reported already",
+                           "epoch") from None
         if epoch >= record.spec.epochs - 1:  # the last epoch is a result, never pruned
             return []
         study = self.store.optuna_study(record)
         storage = self.store.optuna_storage
         pruned = self.judge.prune(record, study, [storage.get_trial(ids[n]) for n in numbers])
-        if pruned:
-            self.store.write_trials(
-                record, user_attrs=[_attr(ids[n], names.ATTR_REASON, "pruned") for n in pruned],
-                endings=[Ending(ids[n], n, TrialState.PRUNED) for n in pruned], last_slot=True)
-        return pruned
+        if not pruned:
+            return []
+        applied = self.store.write_trials(
+            record, endings=[Ending(ids[n], n, TrialState.PRUNED) for n in pruned],
+            end_attrs={ids[n]: [_attr(ids[n], names.ATTR_REASON, "pruned")] for n in pruned},
+            last_slot=True)
+        return sorted(e.number for e in applied)
 
     def finish(self, caller: Principal, lease_id: int, ends: Sequence[TrialEnd]) -> list[int]:
-        """End the lease's trials as the client says; the numbers ended."""
+        """End the lease's trials as the client says; the numbers ended. Conflict when none
+        could end (each had ended already: finished, pruned, reaped or handed back)."""
         record, held = self._held(caller, lease_id)
         numbers = [e.number for e in ends]
         if len(set(numbers)) != len(numbers):
@@ -277,10 +302,14 @@ class Leases:
             if e.state == "COMPLETE" and (e.value is None or not math.isfinite(e.value)):
                 raise SpecError(f"trials[{i}].value", "a COMPLETE trial needs its finite value "
                                 "(a diverged one ends PRUNED with reason \"diverged\")")
-        ids = self._running_of(held, numbers, "trials")
-        rows, endings = [], []
+        ids = self._in_lease(held, numbers, "trials")
+        with self.store.transaction() as conn:
+            self._still_running(conn, ids, numbers, "trials")
+        notes: dict[int, list[dict[str, Any]]] = {}
+        endings = []
         for e in ends:
             trial_id = ids[e.number]
+            rows = notes.setdefault(trial_id, [])
             if e.state != "COMPLETE":
                 rows.append(_attr(trial_id, names.ATTR_REASON, (e.reason or (
                     "pruned" if e.state == "PRUNED" else "failed"))[:1000]))
@@ -288,9 +317,11 @@ class Leases:
                 rows.append(_attr(trial_id, names.ATTR_METRICS, e.metrics))
             endings.append(Ending(trial_id, e.number, ENDED[e.state],
                                   e.value if e.state == "COMPLETE" else None))
-        with self.store.transaction() as conn:
-            _replace_attrs(conn, rows)
-        applied = self.store.write_trials(record, endings=endings, last_slot=True)
+        applied = self.store.write_trials(record, endings=endings, end_attrs=notes,
+                                          last_slot=True)
+        if not applied:  # another request ended them between the check and the ending
+            raise Conflict("these trials ended meanwhile (finished by another request, or "
+                           "reaped as lost)", "trials[0].number")
         return sorted(e.number for e in applied)
 
     def release(self, caller: Principal, lease_id: int, reason: str) -> list[int]:
@@ -299,24 +330,19 @@ class Leases:
         states = self._states(list(held.values()))
         running = [t for t in held.values() if states.get(t) == TrialState.RUNNING]
         self.store.hand_back_ids(record, running, f"handed back: {reason}"[:1000])
-        return sorted(n for n, t in held.items() if t in running)
+        after = self._states(running)
+        handed = {t for t in running if after.get(t) == TrialState.FAIL}
+        return sorted(n for n, t in held.items() if t in handed)
+
+    def _all_finished(self, record: StudyRecord) -> list[FrozenTrial]:
+        """The study's COMPLETE and PRUNED trials in one bulk read."""
+        return self.store.optuna_storage.get_all_trials(
+            self.store.optuna_study_id(record), deepcopy=False,
+            states=(TrialState.COMPLETE, TrialState.PRUNED))
 
     def _running(self, record: StudyRecord) -> list[FrozenTrial]:
-        t = internals.TRIALS
-        with self.store.transaction() as conn:
-            ids = list(conn.execute(sa.select(t.c.trial_id).where(
-                t.c.study_id == self.store.optuna_study_id(record),
-                t.c.state == TrialState.RUNNING)).scalars())
-        return [self.store.optuna_storage.get_trial(i) for i in ids]
-
-
-def _replace_attrs(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
-    """Set these trial user attributes, replacing any value they had."""
-    attrs = internals.USER_ATTRS
-    for key in {r["key"] for r in rows}:
-        conn.execute(attrs.delete().where(attrs.c.key == key, attrs.c.trial_id.in_(
-            [r["trial_id"] for r in rows if r["key"] == key])))
-    bulk_insert(conn, attrs, rows)
+        return self.store.optuna_storage.get_all_trials(
+            self.store.optuna_study_id(record), deepcopy=False, states=(TrialState.RUNNING,))
 
 
 def _attr(trial_id: int, key: str, value: Any) -> dict[str, Any]:

@@ -102,6 +102,24 @@ def bulk_insert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]
                             for name, to in zip(columns, convert, strict=True)])
 
 
+def replace_attrs(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Set these trial user attributes (``trial_id``, ``key``, ``value_json``), replacing any
+    value they had."""
+    attrs = internals.USER_ATTRS
+    for key in {r["key"] for r in rows}:
+        conn.execute(attrs.delete().where(attrs.c.key == key, attrs.c.trial_id.in_(
+            [r["trial_id"] for r in rows if r["key"] == key])))
+    bulk_insert(conn, attrs, list(rows))
+
+
+def running_locked(conn: sa.Connection, trial_ids: Sequence[int]) -> set[int]:
+    """Which of these trials are RUNNING, their rows locked until the transaction ends (on
+    PostgreSQL a row lock, on SQLite the database's write lock): an ending or a reap waits."""
+    return set(conn.execute(T.update().where(
+        T.c.trial_id.in_(list(trial_ids)), T.c.state == TrialState.RUNNING)
+        .values(datetime_start=T.c.datetime_start).returning(T.c.trial_id)).scalars())
+
+
 def insert_trials(conn: sa.Connection, optuna_study_id: int, k: int) -> list[tuple[int, int]]:
     """Insert ``k`` RUNNING trials; their (trial_id, number) pairs, numbers in order."""
     conn.execute(sa.select(internals.STUDIES.c.study_id).where(

@@ -145,3 +145,13 @@ def test_the_client_imports_without_torch(tmp_path: Path) -> None:
                          env={"PYTHONPATH": str(blocked.parent)}, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["TrialPruned", "Study", "Trial"]
+
+
+def test_trouble_of_the_api_hands_the_trial_back_not_fails_it(client: lrtune.Client) -> None:
+    study = client.create({**SPEC, "name": "api-trouble", "n_trials": 1})
+    trials = study.trials()
+    with pytest.raises(lrtune.ClientError), next(trials) as trial:
+        trial.report(0, 1.0)
+        raise lrtune.ClientError(503, "overloaded")
+    trials.close()
+    assert states(client, study.id)[0][1].startswith("handed back: the lrtune API failed")

@@ -200,3 +200,72 @@ def test_external_spec_errors_name_the_field(client: TestClient) -> None:
         r = client.post("/studies", json={**EXTERNAL, **changes}, headers=A)
         assert r.status_code == 422, r.text
         assert r.json()["error"]["field"] == field
+
+
+def test_racing_requests_end_a_trial_once(client: TestClient, store: Store) -> None:
+    """Two finishes at once, or a report and a finish: one wins whole, the other is 409 and
+    writes nothing (no 500, no attribute of the loser on the winner's trial)."""
+    import threading
+    from collections.abc import Callable
+    from functools import partial
+
+    from lrtune.errors import Conflict
+    from lrtune.store.leases import EpochReport, TrialEnd
+
+    rounds = 4
+    study = create(client, n_trials=rounds, epochs=3)
+    caller = store.principal(OWNER)
+    assert caller is not None
+    for n in range(rounds):
+        lease = claim(client, study["id"])
+        assert lease is not None
+        lease_id = lease["lease"]
+        complete = [TrialEnd(n, "COMPLETE", 0.5, None, {"acc": 1.0})]
+        calls: list[Callable[[], object]] = [
+            partial(store.leases.finish, caller, lease_id, complete),
+            partial(store.leases.finish, caller, lease_id,
+                    [TrialEnd(n, "FAIL", None, "LOSER", {"acc": 2.0})]) if n % 2 else
+            partial(store.leases.report, caller, lease_id, 0, [EpochReport(n, 0.7, 0.1)])]
+        outcomes: list[str] = []
+
+        def run(call: Callable[[], object], outcomes: list[str] = outcomes) -> None:
+            try:
+                call()
+                outcomes.append("ok")
+            except Conflict:
+                outcomes.append("409")
+
+        threads = [threading.Thread(target=run, args=(c,)) for c in calls]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        trial = client.get(f"/studies/{study['id']}/trials/{n}").json()
+        if n % 2:
+            assert sorted(outcomes) == ["409", "ok"], outcomes
+            assert (trial["state"], trial["reason"], trial["metrics"]) in (
+                ("COMPLETE", None, {"acc": 1.0}), ("FAIL", "LOSER", {"acc": 2.0}))
+        else:  # the report before the finish, or refused after it
+            assert outcomes.count("ok") >= 1 and trial["state"] == "COMPLETE"
+            assert trial["metric_curve"] in ([], [0.7])
+
+
+def test_epochs_are_reported_once_in_order(client: TestClient) -> None:
+    study = create(client)
+    lease = claim(client, study["id"])
+    assert lease is not None
+    url = f"/v1/leases/{lease['lease']}/report"
+    ahead = client.post(url, headers=A, json={"epoch": 2, "trials": [{"number": 0,
+                                                                       "value": 1.0}]})
+    assert ahead.status_code == 409 and "epoch 0 next" in ahead.json()["error"]["message"]
+    for epoch, lr in ((0, 0.1), (1, None), (2, 0.3)):
+        r = client.post(url, headers=A, json={"epoch": epoch, "trials": [
+            {"number": 0, "value": 1.0, "lr": lr}]})
+        assert r.status_code == 200, r.text
+    again = client.post(url, headers=A, json={"epoch": 1, "trials": [{"number": 0,
+                                                                       "value": 1.0}]})
+    assert again.status_code == 409
+    detail = client.get(f"/studies/{study['id']}/trials/0").json()
+    assert detail["lr_curve"] == [0.1, 0.1, 0.3] and detail["metric_curve"] == [1.0] * 3
+    long = client.post("/v" + "9" * 5000 + "/leases", json={}, headers=A)
+    assert long.status_code == 404
