@@ -28,7 +28,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[st
     """A fresh server per run: each run's leases hold the trial numbers its examples name."""
     tmp: Path = tmp_path_factory.mktemp("lease-fuzz")
     env = lrtune_env(f"sqlite:///{tmp / 'fuzz.db'}", LRTUNE_WORKER_TOKENS=WORKER,
-                     LRTUNE_HEARTBEAT_GRACE="600", LRTUNE_MAX_PACK="64")
+                     LRTUNE_HEARTBEAT_GRACE="600", LRTUNE_MAX_PACK="8")
     owner = subprocess.run([sys.executable, "-m", "lrtune", "token", "create"], env=env,
                            capture_output=True, text=True, check=True, timeout=60
                            ).stdout.strip()
@@ -38,10 +38,11 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[st
     try:
         wait_ready(url, server)
         headers = {"Authorization": f"Bearer {owner}"}
+        cheap = {"pruner": {"name": "none"}, "sampler": {"name": "random"}}  # claims stay fast
         for spec in ({"name": "fuzz-external", "task": "external", "epochs": 5,
-                      "n_trials": 5000, "pruner": {"name": "none"}},
+                      "n_trials": 5000, **cheap},
                      {"name": "fuzz-linreg", "task": "linreg", "epochs": 5, "n_trials": 5000,
-                      "pruner": {"name": "none"}, "space": {"lr": CONVERGING_LR}}):
+                      "space": {"lr": CONVERGING_LR}, **cheap}):
             r = httpx.post(f"{url}/studies", json=spec, headers=headers, timeout=30)
             assert r.status_code == 201, r.text
         yield url, {"owner": owner, "worker": WORKER}
@@ -50,11 +51,12 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[st
 
 
 def leases(url: str, token: str) -> tuple[int, int]:
-    """Two leases of this token: one the fuzzer reports on, one it may release."""
+    """Two leases of this token of 8 trials each: one the fuzzer reports on (its examples
+    name trials 5 and 7 of the first), one it may release."""
     headers = {"Authorization": f"Bearer {token}"}
     ids = []
     for _ in range(2):
-        r = httpx.post(f"{url}/v1/leases", json={"count": 64}, headers=headers, timeout=60)
+        r = httpx.post(f"{url}/v1/leases", json={"count": 8}, headers=headers, timeout=60)
         assert r.status_code == 201, r.text
         ids.append(r.json()["lease"])
     return ids[0], ids[1]
