@@ -331,13 +331,29 @@ def worker(
     studies: Annotated[str | None, typer.Option(help="comma-separated study ids")] = None,
     max_trials: Annotated[int | None, typer.Option(help="exit after this many trials")] = None,
     exit_when_idle: Annotated[bool, typer.Option(help="exit when no work is left")] = False,
+    url: Annotated[str | None, typer.Option(
+        envvar="LRTUNE_URL", show_envvar=True,
+        help="take trials from the lrtune API at this URL over HTTP (trial leases, with a "
+        "worker token in LRTUNE_TOKEN; no database credentials needed) instead of from the "
+        "database (LRTUNE_DATABASE_URL)")] = None,
 ) -> None:
-    """Pull trials from the database and train them until stopped (SIGTERM hands back)."""
+    """Pull trials from the database, or over HTTP with --url, and train them until stopped
+    (SIGTERM hands back)."""
     from lrtune_worker.loop import Worker
 
     _logging()
+    settings = _settings()
     only = {int(s) for s in studies.split(",")} if studies else None
-    w = Worker(_settings(), device, only, max_trials, exit_when_idle)
+    source = None
+    if url:
+        from lrtune_worker.remote import LeaseSource
+
+        token = settings.token.get_secret_value()
+        if not token:
+            fail("lrtune worker --url needs a worker token in LRTUNE_TOKEN (`lrtune token "
+                 "create --worker`, or one of the API's LRTUNE_WORKER_TOKENS)")
+        source = LeaseSource.connect(url, token, settings.max_body_bytes)
+    w = Worker(settings, device, only, max_trials, exit_when_idle, source)
     w.install_signals()
     w.run()
 

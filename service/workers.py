@@ -3,12 +3,15 @@
 A worker that dies is logged with its exit code and started again after a backoff that
 doubles up to a minute (and starts over once a worker has lived a minute). ``/readyz`` says
 not ready while a slot has no live worker. Workers are started with ``python -P`` so a user's
-own ``worker.py`` in the current directory never shadows lrtune's.
+own ``worker.py`` in the current directory never shadows lrtune's, and without ``LRTUNE_URL``:
+they share the API's database (a shell that set ``LRTUNE_URL`` for the CLI would otherwise make
+them workers over HTTP, ``lrtune worker --url``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -46,7 +49,8 @@ class WorkerPool:
             self._thread.start()
 
     def _spawn(self, slot: Slot) -> None:
-        slot.proc = subprocess.Popen(self.command)
+        env = {k: v for k, v in os.environ.items() if k != "LRTUNE_URL"}
+        slot.proc = subprocess.Popen(self.command, env=env)
         slot.started = time.monotonic()
 
     def check(self) -> None:

@@ -1,4 +1,5 @@
-"""End to end: a real API process, real worker processes, real HTTP, both databases."""
+"""End to end: a real API process, real worker processes, real HTTP, both databases; workers
+over the database, and (the tests parametrized with ``deployment``) over HTTP as well."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, lrtune_env, spawn, stop, wait_ready
+from tests.faults.common import NO_DATABASE, OVER, WORKER_TOKEN
 
 
 @dataclass
@@ -53,18 +55,30 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(db_url: str, tmp_path: Path) -> Iterator[Deployment]:
+def deployment(request: pytest.FixtureRequest, db_url: str, tmp_path: Path
+               ) -> Iterator[Deployment]:
+    """The API and two workers: over the database, or (``request.param`` "http") over HTTP
+    with a worker token and no database, one told by ``--url``, one by ``LRTUNE_URL``."""
+    over = getattr(request, "param", "database")
     env = lrtune_env(db_url)
     token = subprocess.run([sys.executable, "-m", "lrtune", "token", "create", "--name", "e2e"],
                            env=env, capture_output=True, text=True, check=True,
                            timeout=120).stdout.strip()
     port = free_port()
-    server = spawn(["serve", "--port", str(port)], env, tmp_path / "server.log")
     url = f"http://127.0.0.1:{port}"
+    server = spawn(["serve", "--port", str(port)],
+                   env if over == "database" else {**env, "LRTUNE_WORKER_TOKENS": WORKER_TOKEN},
+                   tmp_path / "server.log")
     workers: list[subprocess.Popen] = []
     try:
         wait_ready(url, server)
-        workers = [spawn(["worker"], env, tmp_path / f"worker{i}.log") for i in range(2)]
+        if over == "database":
+            workers = [spawn(["worker"], env, tmp_path / f"worker{i}.log") for i in range(2)]
+        else:
+            remote = lrtune_env(NO_DATABASE, LRTUNE_TOKEN=WORKER_TOKEN)
+            workers = [spawn(["worker", "--url", url], remote, tmp_path / "worker0.log"),
+                       spawn(["worker"], {**remote, "LRTUNE_URL": url},
+                             tmp_path / "worker1.log")]
         yield Deployment(url, token, env, tmp_path, workers)
     finally:
         stop(*workers, server)
@@ -98,6 +112,7 @@ def assert_exact(trials: list[dict], n: int) -> None:
     assert not [t for t in trials if t["state"] in ("RUNNING", "WAITING")]
 
 
+@pytest.mark.parametrize("deployment", OVER, indirect=True)
 def test_linreg_study_finishes_with_its_exact_budget(deployment: Deployment) -> None:
     sid = deployment.submit(name="e2e-linreg", task="linreg", epochs=4, n_trials=12,
                             space={"families": ["cosine", "step", "onecycle", "plateau"]})
@@ -170,6 +185,7 @@ def test_cli_submit_and_watch(deployment: Deployment, tmp_path: Path) -> None:
     assert bad.returncode == 1 and "401" in bad.stderr
 
 
+@pytest.mark.parametrize("deployment", OVER, indirect=True)
 def test_packed_study_looks_like_an_unpacked_one(deployment: Deployment) -> None:
     sid = deployment.submit(name="packed", task="linreg", epochs=5, n_trials=40, pack=16,
                             space={"families": ["cosine", "step", "plateau"],
@@ -196,6 +212,7 @@ def test_packed_study_looks_like_an_unpacked_one(deployment: Deployment) -> None
     assert_dashboard_extras(deployment, study)
 
 
+@pytest.mark.parametrize("deployment", OVER, indirect=True)
 def test_auto_pack_is_sized_by_the_worker_and_keeps_the_budget(deployment: Deployment) -> None:
     sid = deployment.submit(name="auto-pack", task="linreg", epochs=3, n_trials=24,
                             pack="auto")

@@ -313,11 +313,13 @@ class _Run:
         state.loss_sums += step(pack, data.x_train[idx], data.y_train[idx],
                                 state.lr_table[:, s])
 
-    def end(self, pack: _Pack, epoch: int, state: _Epoch, step: _Stepper) -> list[int]:
-        """Validate and report the block's live trials; those that ended (pruned, diverged,
-        or complete after the last epoch) go to ``on_done``. Returns the stopped positions."""
+    def report(self, pack: _Pack, epoch: int, state: _Epoch, step: _Stepper
+               ) -> list[tuple[int, bool]]:
+        """Validate the block's live trials and report each that did not diverge. Returns
+        their positions in order, each with whether it diverged; ``judge`` then asks the
+        reported ones whether to stop, once every block of the pack has reported."""
         train_losses = (state.loss_sums / self.spe).tolist()
-        stopped: list[int] = []
+        seen: list[tuple[int, bool]] = []
         for j, metrics in evaluate(pack, self.task, self.feed.val(), pack.live, step):
             i = pack.rows[j]
             metrics["train_loss"] = train_losses[j]
@@ -327,15 +329,26 @@ class _Run:
             result.metrics = metrics
             if not (math.isfinite(train_losses[j]) and math.isfinite(value)):
                 result.outcome = "diverged"
-                stopped.append(j)
+                seen.append((j, True))
                 continue
             result.values.append(value)
             result.lrs.append(state.lrs[j][0])
             result.value = value
             self.reporters[i].report(epoch, value, state.lrs[j][0], metrics)
             self.metric_history[i].append(value)
-            if epoch < self.epochs - 1 and self.reporters[i].should_prune():
-                result.outcome = "pruned"
+            seen.append((j, False))
+        return seen
+
+    def judge(self, pack: _Pack, epoch: int, seen: list[tuple[int, bool]]) -> list[int]:
+        """The block's trials that ended (diverged, pruned, or complete after the last epoch)
+        go to ``on_done``. Returns the stopped positions."""
+        stopped: list[int] = []
+        for j, diverged in seen:
+            i = pack.rows[j]
+            if diverged:
+                stopped.append(j)
+            elif epoch < self.epochs - 1 and self.reporters[i].should_prune():
+                self.results[i].outcome = "pruned"
                 stopped.append(j)
         gone = set(stopped)
         pack.live = [j for j in pack.live if j not in gone]
@@ -350,12 +363,15 @@ def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objectiv
                reporters: Sequence[Reporter] | None = None,
                on_done: Callable[[int, TrainResult], None] | None = None,
                after_epoch: Callable[[], None] | None = None,
-               compile_after: float | None = None, block: int = 0) -> list[TrainResult]:
+               compile_after: float | None = None, block: int = 0,
+               after_reports: Callable[[], None] | None = None) -> list[TrainResult]:
     """Train K trials (one optimizer kind, one batch size) at once; results in input order.
 
     ``on_done(i, result)`` runs as soon as trial ``i`` ends (pruned or diverged mid-way, or
-    complete after the last epoch), so its result can be recorded at once; ``after_epoch()``
-    runs once every trial has reported the epoch (batched bookkeeping writes then).
+    complete after the last epoch), so its result can be recorded at once. Each epoch every
+    live trial reports first; then ``after_reports()`` runs (the epoch's reports sent at
+    once); then each is asked whether to stop; then ``after_epoch()`` runs (batched
+    bookkeeping writes).
     ``compile_after``: compile the training step once the pack's remaining work, estimated
     from its last epoch, is at least this many seconds (0: from the start; None: never).
     ``block``: trials stepped at once (0: ``blocking.block_size`` picks, by the device's cache);
@@ -377,8 +393,12 @@ def train_pack(task: Task, configs: Sequence[TrialConfig], epochs: int, objectiv
         for s, shared in enumerate(run.batches()):
             for pack, state in zip(packs, states, strict=True):
                 run.step(pack, state, s, step, shared)
-        stopped = [run.end(pack, epoch, state, step)
-                   for pack, state in zip(packs, states, strict=True)]
+        seen = [run.report(pack, epoch, state, step)
+                for pack, state in zip(packs, states, strict=True)]
+        if after_reports is not None:
+            after_reports()
+        stopped = [run.judge(pack, epoch, reported)
+                   for pack, reported in zip(packs, seen, strict=True)]
         if after_epoch is not None:
             after_epoch()
         for pack, gone in zip(packs, stopped, strict=True):

@@ -1,4 +1,7 @@
-"""The pull worker: claim a trial, train it under a heartbeat, record it, repeat."""
+"""The pull worker: claim a trial (or a pack), train it under a heartbeat, record it, repeat.
+
+Trials come from a ``Source``: the database (the default, ``LRTUNE_DATABASE_URL``) or the
+API's trial leases over HTTP (``lrtune worker --url``); the loop sees only the interface."""
 
 from __future__ import annotations
 
@@ -11,25 +14,27 @@ from typing import Any
 
 import torch
 
-from lrtune.errors import DatabaseUnavailable
-from lrtune.ledger import PackLedger
 from lrtune.settings import Settings
 from lrtune.spec import StudySpec
-from lrtune.store import Claim, Store, StudyRecord
+from lrtune.store import Store
 from lrtune_worker.device import pick_device
-from lrtune_worker.heartbeat import Heartbeat
-from lrtune_worker.pack import run_pack
-from lrtune_worker.runner import Stopping, TrialOutcome, failed
+from lrtune_worker.heartbeat import first_line
+from lrtune_worker.pack import LEAVE, run_pack
+from lrtune_worker.runner import Stopping, TrialOutcome, failure
+from lrtune_worker.source import UNAVAILABLE, Lot, Slot, Source
+from lrtune_worker.stored import StoreSource
 
 log = logging.getLogger("lrtune.worker")
 
 
 class Worker:
-    """``run()`` loops until ``stop()`` (SIGTERM/SIGINT) or, with ``max_trials``, enough work."""
+    """``run()`` loops until ``stop()`` (SIGTERM/SIGINT) or, with ``max_trials``, enough work.
+    ``source``: where trials come from; None: the database of ``settings`` (opened at the
+    first claim, or ``store`` when one is set)."""
 
     def __init__(self, settings: Settings, device: str | None = None,
                  studies: set[int] | None = None, max_trials: int | None = None,
-                 exit_when_idle: bool = False) -> None:
+                 exit_when_idle: bool = False, source: Source | None = None) -> None:
         self.settings = settings
         self.device = pick_device(device or settings.device)
         self.only = studies
@@ -37,6 +42,7 @@ class Worker:
         self.exit_when_idle = exit_when_idle
         self.stopping = False
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.source = source
         self.store: Store | None = None
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
@@ -48,10 +54,12 @@ class Worker:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
 
-    def _connect(self) -> Store:
-        if self.store is None:
-            self.store = Store(self.settings)
-        return self.store
+    def _source(self) -> Source:
+        if self.source is None:
+            if self.store is None:
+                self.store = Store(self.settings)
+            self.source = StoreSource(self.store, self.settings)
+        return self.source
 
     def run(self) -> int:
         """Returns the number of trials this worker finished."""
@@ -60,37 +68,38 @@ class Worker:
         log.info("worker %s up on %s", self.name, self.device)
         while not self.stopping and (self.max_trials is None or done < self.max_trials):
             try:
-                claims = self._connect().claim_pack(None, self.only, self.pack_size)
-            except DatabaseUnavailable as error:  # database away: back off, reconnect
-                log.warning("database unavailable (%s); retrying in %.1fs",
-                            str(error).splitlines()[0], idle)
-                claims = []
+                lot = self._source().claim(self.only, self.pack_size)
+            except UNAVAILABLE as error:  # database or API away: back off, try again
+                log.warning("%s unavailable (%s); retrying in %.1fs",
+                            self.source.name if self.source else "database",
+                            first_line(error), idle)
+                lot = None
             except Exception:  # noqa: BLE001 - nothing but shutdown ends the loop
                 log.exception("claiming failed; retrying in %.1fs", idle)
-                claims = []
-            if not claims:
+                lot = None
+            if lot is None:
                 if self.exit_when_idle:
                     break
                 self._sleep(idle)
                 idle = min(idle * 2, self.settings.idle_max)
                 continue
             idle = self.settings.idle_min
+            numbers = [s.number for s in lot.slots]
             try:
-                self._work(claims)
-            except DatabaseUnavailable as error:
+                self._work(lot)
+            except UNAVAILABLE as error:
                 # The trials stay RUNNING without heartbeats: they are reaped as lost, re-run.
-                log.warning("study %s trials %s abandoned, database error: %s",
-                            claims[0].record.name, [c.trial.number for c in claims],
-                            str(error).splitlines()[0])
+                log.warning("study %s trials %s abandoned, %s unavailable: %s", lot.study,
+                            numbers, self._source().name, first_line(error))
                 self._sleep(idle)
                 continue
             except Exception:  # noqa: BLE001 - e.g. the study deleted under its trials
                 log.exception("study %s trials %s abandoned after an unexpected error (they "
                               "are reaped as lost and re-run if the study still exists)",
-                              claims[0].record.name, [c.trial.number for c in claims])
+                              lot.study, numbers)
                 self._sleep(idle)
                 continue
-            done += len(claims)
+            done += len(numbers)
         log.info("worker %s stopping after %d trials", self.name, done)
         return done
 
@@ -102,66 +111,50 @@ class Worker:
                 return
             time.sleep(min(0.1, left))
 
-    def pack_size(self, record: StudyRecord) -> int:
+    def pack_size(self, spec: StudySpec) -> int:
         """Trials to claim at once for this study: its ``pack``, or ``auto`` sized here."""
-        pack = record.spec.pack
-        if isinstance(pack, int):
-            return pack
+        if isinstance(spec.pack, int):
+            return spec.pack
         from lrtune_worker.autopack import auto_pack
 
-        return auto_pack(record.spec, self.device, self.settings.max_pack)
+        return auto_pack(spec, self.device, self.settings.max_pack)
 
-    def _search_spec(self, store: Store, record: StudyRecord) -> StudySpec:
-        """The spec to sample from; runs the study's LR range test first when ``lr`` is
-        "auto" and no worker has yet (racing workers keep the first one saved)."""
-        if record.spec.space.lr != "auto" or record.lr_range is not None:
-            return record.search_spec
-        from lrtune_worker.lr_find import find_bounds
-
-        return store.save_lr_bounds(record.id, find_bounds(record.spec, self.device)).search_spec
-
-    def _work(self, claims: list[Claim]) -> None:
-        store = self._connect()
-        name = claims[0].record.name
-        numbers = [c.trial.number for c in claims]
-        log.info("study %s trials %s claimed by %s", name, numbers, self.name)
+    def _work(self, lot: Lot) -> None:
+        name = lot.study
+        log.info("study %s trials %s claimed by %s", name, [s.number for s in lot.slots],
+                 self.name)
         started = time.monotonic()
         ended: set[int] = set()
-        ledger = PackLedger(store, claims) if len(claims) > 1 else None
 
         def should_stop() -> None:
             if self.stopping:
                 raise Stopping
 
-        def finish(claim: Claim, outcome: TrialOutcome) -> None:
-            if ledger is not None:  # written with the epoch's batch
-                ledger.finish(claim.trial.number, outcome.state, outcome.value)
-            elif not store.finish(claim, outcome.state, outcome.value):
-                return  # reaped as lost meanwhile (logged by the store): its copy re-runs
+        def finish(slot: Slot, outcome: TrialOutcome) -> None:
+            if not lot.finish(slot, outcome):
+                return  # ended under the worker (reaped as lost): its copy re-runs
             value = "" if outcome.value is None else f" value={outcome.value:.6g}"
             reason = f" reason={outcome.reason}" if outcome.reason else ""
-            log.info("study %s trial %d %s%s%s in %.1fs", name, claim.trial.number,
+            log.info("study %s trial %d %s%s%s in %.1fs", name, slot.number,
                      outcome.state.name, value, reason, time.monotonic() - started)
 
-        ids = [c.trial_id for c in claims]
-        with Heartbeat(store, ids, self.settings.heartbeat_interval):
+        with lot.heartbeat():
             try:
                 try:
-                    spec = self._search_spec(store, claims[0].record)
-                except (Stopping, DatabaseUnavailable):
+                    spec = lot.search_spec(self.device)
+                except LEAVE:
                     raise
                 except Exception as error:  # the task's own failure, as in a trial
-                    for claim in claims:
-                        finish(claim, failed(claim.trial, error))
+                    for slot in lot.slots:
+                        ended.add(slot.number)
+                        finish(slot, failure(error))
                 else:
-                    run_pack(claims, spec, self.device, should_stop, finish, ended, ledger,
+                    run_pack(lot, spec, self.device, should_stop, finish, ended,
                              self.settings.compile_after, self.settings.fused_block)
-                if ledger is not None:
-                    ledger.flush()
+                lot.flush()
             except Stopping:
-                if ledger is not None:
-                    ledger.flush()
-                rest = [c for c in claims if c.trial.number not in ended]
-                store.hand_back(rest, f"handed back: worker {self.name} stopping")
+                lot.flush()
+                rest = [s for s in lot.slots if s.number not in ended]
+                lot.hand_back(rest, f"worker {self.name} stopping")
                 log.info("study %s trials %s handed back (worker stopping)", name,
-                         [c.trial.number for c in rest])
+                         [s.number for s in rest])

@@ -1,4 +1,5 @@
-"""Run one Optuna trial of a study spec: sample, train, and say how it ended."""
+"""One trial's pieces: its config sampled through Optuna, its outcome from training, and the
+Optuna-trial runner of ``lrtune tune`` (``run_trial``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from lrtune.errors import DatabaseUnavailable
 from lrtune.space import SearchSpace, TrialConfig
 from lrtune.spec import StudySpec
 from lrtune_worker.integrations import NO_LOG, TrialLog, trial_log
+from lrtune_worker.source import Slot
 from lrtune_worker.tasks import Task, get_task
 from lrtune_worker.train import TrainResult, train_trial
 
@@ -66,27 +68,24 @@ def prepare(trial: optuna.Trial, spec: StudySpec, task: Task,
     """Sample the trial's config and record it (and the steps per epoch) on the trial."""
     set_attr = set_attr or trial.set_user_attr
     config = SearchSpace(spec.space, names.direction(spec)).sample(trial)
-    batch = config.batch_size or task.info.batch_size
     set_attr(names.ATTR_CONFIG, config.to_dict())
-    set_attr(names.ATTR_STEPS_PER_EPOCH, task.steps_per_epoch(batch))
+    set_attr(names.ATTR_STEPS_PER_EPOCH, task.steps_per_epoch(batch_size(config, task)))
     return config
+
+
+def batch_size(config: TrialConfig, task: Task) -> int:
+    return config.batch_size or task.info.batch_size
 
 
 def trial_seed(spec: StudySpec, trial: optuna.Trial) -> int:
     return names.derived_seed(spec.seed, trial.number)
 
 
-def open_log(trial: optuna.Trial, spec: StudySpec, config: TrialConfig) -> TrialLog:
-    """The trial's log besides the database (a W&B run when enabled, else nothing)."""
-    return trial_log(spec.name, trial.number, config.to_dict(), trial.params,
+def open_log(slot: Slot, spec: StudySpec, config: TrialConfig) -> TrialLog:
+    """The trial's log besides lrtune's records (a W&B run when enabled, else nothing)."""
+    return trial_log(spec.name, slot.number, config.to_dict(), slot.params,
                      task=spec.task, objective=spec.objective, epochs=spec.epochs,
-                     seed=trial_seed(spec, trial))
-
-
-def logged(log: TrialLog, outcome: TrialOutcome) -> TrialOutcome:
-    """``outcome``, ended in ``log`` too."""
-    log.end(outcome.state.name, outcome.value, outcome.reason)
-    return outcome
+                     seed=slot.seed)
 
 
 def unfinished(error: Exception) -> str:
@@ -95,10 +94,19 @@ def unfinished(error: Exception) -> str:
         f"abandoned: {type(error).__name__}")
 
 
-def failed(trial: optuna.Trial, error: Exception, set_attr: SetAttr | None = None
-           ) -> TrialOutcome:
-    """A task's own error: FAIL with the reason stored (out-of-memory named as such).
-    A trial finished under the worker (reaped as lost, its study deleted) is not written."""
+def ending(result: TrainResult) -> TrialOutcome:
+    """How a finished training ends the trial: divergence is PRUNED ``diverged``."""
+    if result.outcome == "diverged":
+        return TrialOutcome(optuna.trial.TrialState.PRUNED, None, "diverged", result)
+    if result.outcome == "pruned":
+        return TrialOutcome(optuna.trial.TrialState.PRUNED, result.value, "pruned", result)
+    return TrialOutcome(optuna.trial.TrialState.COMPLETE, result.value, None, result)
+
+
+def failure(error: Exception) -> TrialOutcome:
+    """A task's own error: FAIL with the reason (out-of-memory named as such). Optuna's
+    refusal to write a trial finished under the worker is no failure of the trial: it was
+    lost meanwhile (``LOST_MEANWHILE``), and nothing is to be written."""
     if isinstance(error, optuna.exceptions.UpdateFinishedTrialError):
         return TrialOutcome(optuna.trial.TrialState.FAIL, None, LOST_MEANWHILE, None)
     kind = "failed"
@@ -107,49 +115,67 @@ def failed(trial: optuna.Trial, error: Exception, set_attr: SetAttr | None = Non
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     reason = f"{kind}: {type(error).__name__}: {error}"[:1000]
-    try:
-        (set_attr or trial.set_user_attr)(names.ATTR_REASON, reason)
-    except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
-        return TrialOutcome(optuna.trial.TrialState.FAIL, None, LOST_MEANWHILE, None)
     return TrialOutcome(optuna.trial.TrialState.FAIL, None, reason, None)
+
+
+def record(set_attr: SetAttr, outcome: TrialOutcome) -> None:
+    """The trial's user attributes for its outcome: metrics and LR curve (once, not a write
+    per epoch) of a training, then the reason of an ending that has one."""
+    if outcome.result is not None:
+        set_attr(names.ATTR_METRICS, outcome.result.metrics)
+        set_attr(names.ATTR_LR_CURVE, outcome.result.lrs)
+    if outcome.reason is not None:
+        set_attr(names.ATTR_REASON, outcome.reason)
+
+
+def recorded(trial: optuna.Trial, outcome: TrialOutcome, set_attr: SetAttr | None = None
+             ) -> TrialOutcome:
+    """``outcome``, its attributes written on ``trial``; a trial finished under the worker
+    (reaped as lost, its study deleted) is not written, and its outcome says so when it was a
+    failure."""
+    if outcome.reason == LOST_MEANWHILE:
+        return outcome
+    try:
+        record(set_attr or trial.set_user_attr, outcome)
+    except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
+        if outcome.state == optuna.trial.TrialState.FAIL:
+            return TrialOutcome(optuna.trial.TrialState.FAIL, None, LOST_MEANWHILE, None)
+    return outcome
+
+
+def failed(trial: optuna.Trial, error: Exception, set_attr: SetAttr | None = None
+           ) -> TrialOutcome:
+    """``failure(error)``, its reason stored on the trial."""
+    return recorded(trial, failure(error), set_attr)
 
 
 def outcome_of(trial: optuna.Trial, result: TrainResult, set_attr: SetAttr | None = None
                ) -> TrialOutcome:
-    """Record a finished training's metrics and LR curve; divergence is PRUNED ``diverged``."""
-    set_attr = set_attr or trial.set_user_attr
-    set_attr(names.ATTR_METRICS, result.metrics)
-    set_attr(names.ATTR_LR_CURVE, result.lrs)  # once, not a write per epoch
-    if result.outcome == "diverged":
-        set_attr(names.ATTR_REASON, "diverged")
-        return TrialOutcome(optuna.trial.TrialState.PRUNED, None, "diverged", result)
-    if result.outcome == "pruned":
-        set_attr(names.ATTR_REASON, "pruned")
-        return TrialOutcome(optuna.trial.TrialState.PRUNED, result.value, "pruned", result)
-    return TrialOutcome(optuna.trial.TrialState.COMPLETE, result.value, None, result)
+    """``ending(result)``, its metrics, LR curve and reason stored on the trial."""
+    return recorded(trial, ending(result), set_attr)
 
 
 def run_trial(trial: optuna.Trial, spec: StudySpec, device: torch.device,
               between_epochs: Callable[[], None] | None = None) -> TrialOutcome:
-    """Train one trial; divergence is PRUNED ``diverged``, any task error FAIL with its text."""
+    """Train one Optuna trial; divergence is PRUNED ``diverged``, any task error FAIL with
+    its text (``lrtune tune``'s objective; lrtune's workers run ``run_pack``)."""
     log: TrialLog = NO_LOG
     try:
         task = get_task(spec.task)
         config = prepare(trial, spec, task)
-        log = open_log(trial, spec, config)
-        result = train_trial(task, config, spec.epochs, spec.objective, trial_seed(spec, trial),
-                             device, OptunaReporter(trial, between_epochs, log))
+        slot = Slot(trial.number, trial_seed(spec, trial), dict(trial.params))
+        log = open_log(slot, spec, config)
+        result = train_trial(task, config, spec.epochs, spec.objective, slot.seed, device,
+                             OptunaReporter(trial, between_epochs, log))
     except (Stopping, DatabaseUnavailable) as error:
         log.end("UNFINISHED", None, unfinished(error))
         raise
     except Exception as error:  # the trial's own failure; the worker goes on
-        return logged(log, failed(trial, error))
-    try:
-        return logged(log, outcome_of(trial, result))
-    except optuna.exceptions.UpdateFinishedTrialError:
-        # Reaped as lost meanwhile (a heartbeat came too late): its re-queued copy runs; the
-        # worker's finish is refused and logged, and the worker goes on.
-        return logged(log, outcome_of(trial, result, lambda key, value: None))
+        outcome = failed(trial, error)
+    else:
+        outcome = outcome_of(trial, result)
+    log.end(outcome.state.name, outcome.value, outcome.reason)
+    return outcome
 
 
 def objective_for(spec: StudySpec, device: torch.device) -> Any:

@@ -1,14 +1,19 @@
-"""Helpers for fault tests: a study's trials straight from the store."""
+"""Helpers for fault tests: a study's trials straight from the store; workers over the
+database or over HTTP."""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
 
 from lrtune.store import Store, StudyRecord
+from tests.conftest import free_port, lrtune_env, spawn, stop, wait_ready
 
 PLUGINS = str(Path(__file__).resolve().parents[1] / "plugins")
 if PLUGINS not in sys.path:  # the fault tasks' entry points, as an installed plugin would be
@@ -39,3 +44,37 @@ def assert_exact_budget(store: Store, record: StudyRecord) -> None:
     assert states.count("COMPLETE") + states.count("PRUNED") == record.n_trials, {
         s: states.count(s) for s in set(states)}
     assert "RUNNING" not in states and "WAITING" not in states
+
+
+# Workers over the database, or over HTTP (`lrtune worker --url`): the real-worker tests run
+# with each. Over HTTP the API runs alone (`serve --workers 0`) and takes a worker token; the
+# workers hold that token and a database URL that leads nowhere, so they can only train through
+# the lease protocol.
+OVER = ["database", "http"]
+WORKER_TOKEN = "lrt_test_worker_token"
+NO_DATABASE = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+Start = Callable[..., subprocess.Popen]
+
+
+@contextlib.contextmanager
+def workers_over(over: str, db_url: str, tmp: Path, **extra: str) -> Iterator[Start]:
+    """``start(log_name, *args)`` starts ``lrtune worker *args`` over ``over``; ``extra``:
+    settings of the workers (and of the API, over HTTP). The API and its log are stopped and
+    printed at the end; the workers are the caller's to stop."""
+    if over == "database":
+        env = lrtune_env(db_url, **extra)
+        yield lambda name, *args: spawn(["worker", *args], env, tmp / f"{name}.log")
+        return
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = spawn(["serve", "--port", str(port), "--workers", "0"],
+                   lrtune_env(db_url, LRTUNE_WORKER_TOKENS=WORKER_TOKEN, **extra),
+                   tmp / "api.log")
+    env = lrtune_env(NO_DATABASE, LRTUNE_TOKEN=WORKER_TOKEN, **extra)
+    try:
+        wait_ready(url, server)
+        yield lambda name, *args: spawn(["worker", "--url", url, *args], env,
+                                        tmp / f"{name}.log")
+    finally:
+        stop(server)
+        print(f"--- api.log\n{(tmp / 'api.log').read_text()[-3000:]}")

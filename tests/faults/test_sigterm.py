@@ -1,4 +1,5 @@
-"""SIGTERM to a busy worker: it exits 0 within the grace time and its trial is re-run."""
+"""SIGTERM to a busy worker, over the database or over HTTP: it exits 0 within the grace time
+and its trial is re-run."""
 
 from __future__ import annotations
 
@@ -7,19 +8,29 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 
 from lrtune.spec import StudySpec
-from tests.conftest import MakeStore, lrtune_env, spawn, stop
+from lrtune.store import Store, StudyRecord
+from tests.conftest import MakeStore, stop
+from tests.faults.common import OVER, Start, workers_over
 
 
-def test_sigterm_hands_the_trial_back(db_url: str, make_store: MakeStore, tmp_path: Path) -> None:
+@pytest.mark.parametrize("over", OVER)
+def test_sigterm_hands_the_trial_back(over: str, db_url: str, make_store: MakeStore,
+                                      tmp_path: Path) -> None:
     store = make_store(heartbeat_interval=10, heartbeat_grace=60)
     record = store.create_study(StudySpec(
         name="slow", task="digits-mlp", epochs=40, n_trials=2, pruner={"name": "none"},
         space={"families": ["cosine"], "optimizers": ["momentum"],
                "lr": {"low": 0.01, "high": 0.02}}), "me")
-    env = lrtune_env(db_url)
-    busy = spawn(["worker"], env, tmp_path / "busy.log")
+    with workers_over(over, db_url, tmp_path) as start:
+        hand_back_and_finish(store, record, start, tmp_path)
+
+
+def hand_back_and_finish(store: Store, record: StudyRecord, start: Start, tmp_path: Path
+                         ) -> None:
+    busy = start("busy")
     try:
         deadline = time.monotonic() + 60
         while store.trial_counts(record)["RUNNING"] == 0:
@@ -38,7 +49,7 @@ def test_sigterm_hands_the_trial_back(db_url: str, make_store: MakeStore, tmp_pa
     assert len(handed) == 1 and handed[0].user_attrs["reason"].startswith("handed back")
     waiting = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
     assert len(waiting) == 1 and waiting[0].params == handed[0].params
-    finisher = spawn(["worker", "--exit-when-idle"], env, tmp_path / "finisher.log")
+    finisher = start("finisher", "--exit-when-idle")
     try:
         assert finisher.wait(timeout=300) == 0
     finally:

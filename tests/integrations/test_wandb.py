@@ -113,9 +113,9 @@ def test_a_stopping_worker_ends_its_runs_unfinished(
     need("wandb")
     import torch
 
-    from lrtune.ledger import PackLedger
     from lrtune_worker.pack import run_pack
     from lrtune_worker.runner import Stopping
+    from lrtune_worker.stored import StoreLot
 
     monkeypatch.setenv("LRTUNE_WANDB_PROJECT", "lrtune-workers")
     store = Store(Settings(database_url=f"sqlite:///{tmp_path / 'lrtune.db'}"))
@@ -128,10 +128,10 @@ def test_a_stopping_worker_ends_its_runs_unfinished(
     try:
         claims = store.claim_pack(pack)
         assert len(claims) == pack
-        ledger = PackLedger(store, claims) if pack > 1 else None
+        lot = StoreLot(store, claims, store.settings.heartbeat_interval)
         with pytest.raises(Stopping):
-            run_pack(claims, claims[0].record.search_spec, torch.device("cpu"), stop,
-                     lambda claim, outcome: None, ledger=ledger)
+            run_pack(lot, claims[0].record.search_spec, torch.device("cpu"), stop,
+                     lambda slot, outcome: None)
         runs = offline_runs(tmp_path)
         assert len(runs) == pack
         for r in runs:
