@@ -59,15 +59,26 @@ def unavailable(error: Exception) -> DatabaseUnavailable:
 @dataclass(frozen=True)
 class Pool:
     """Database connections of one engine (PostgreSQL; SQLite keeps its own): ``size`` kept,
-    ``overflow`` more when busy, ``timeout`` seconds to wait for one (then unavailable)."""
+    ``overflow`` more when busy, ``timeout`` seconds to wait for one (then unavailable).
+
+    psycopg prepares no statement on the server (``prepare_threshold=None``), so the same URL
+    works through PgBouncer in transaction mode, where one client connection's transactions
+    run on different server connections. lrtune keeps no other session state: its locks are
+    row locks and ``pg_advisory_xact_lock``, held for one transaction, and it sets nothing
+    with ``SET``. ``prepared=True`` keeps psycopg's default (prepare a query from its fifth
+    run on a connection) for a direct connection to PostgreSQL."""
 
     size: int = 5
     overflow: int = 10
     timeout: float = 30.0
+    prepared: bool = False
 
-    def kwargs(self) -> dict[str, Any]:
-        return {"pool_pre_ping": True, "pool_size": self.size, "max_overflow": self.overflow,
-                "pool_timeout": self.timeout}
+    def kwargs(self, url: str) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": self.size,
+                                  "max_overflow": self.overflow, "pool_timeout": self.timeout}
+        if not self.prepared and sa.engine.make_url(url).get_driver_name() == "psycopg":
+            kwargs["connect_args"] = {"prepare_threshold": None}
+        return kwargs
 
 
 def engine_for(url: str, pool: Pool | None = None) -> Engine:
@@ -81,7 +92,7 @@ def engine_for(url: str, pool: Pool | None = None) -> Engine:
             dbapi_conn.execute("PRAGMA busy_timeout=60000")
 
         return engine
-    return sa.create_engine(url, **(pool or Pool()).kwargs())
+    return sa.create_engine(url, **(pool or Pool()).kwargs(url))
 
 
 class Database:
@@ -151,7 +162,7 @@ def optuna_storage(url: str, heartbeat_interval: int, grace_period: int,
     url = sqlalchemy_url(url)
     engine_kwargs: dict[str, Any] = (
         {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else
-        (pool or Pool()).kwargs())
+        (pool or Pool()).kwargs(url))
     with warnings.catch_warnings():  # heartbeats are "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
