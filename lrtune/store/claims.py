@@ -55,6 +55,7 @@ class ClaimLock:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._thread_lock = threading.Lock()
+        self._study_locks: dict[int, threading.Lock] = {}
 
     @contextlib.contextmanager
     def hold(self, study_id: int, wait: bool = False) -> Iterator[Held | None]:
@@ -66,9 +67,19 @@ class ClaimLock:
         """
         query = sa.select(studies).where(studies.c.id == study_id)
         if not self.db.is_sqlite:
-            with self.db.transaction() as conn:
-                row = conn.execute(query.with_for_update(skip_locked=not wait)).first()
-                yield (StudyRecord.from_row(row), conn) if row is not None else None
+            # Threads of one process queue here, holding no connection: a pool full of
+            # claimers waiting on the row lock would starve the holder of the connection
+            # it needs to create trials.
+            local = self._study_locks.setdefault(study_id, threading.Lock())
+            if not local.acquire(blocking=wait):
+                yield None
+                return
+            try:
+                with self.db.transaction() as conn:
+                    row = conn.execute(query.with_for_update(skip_locked=not wait)).first()
+                    yield (StudyRecord.from_row(row), conn) if row is not None else None
+            finally:
+                local.release()
             return
         path = self.db.engine.url.database
         with self._thread_lock, contextlib.ExitStack() as stack:

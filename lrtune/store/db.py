@@ -27,6 +27,7 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError,
     optuna.exceptions.StorageInternalError)
 _MIGRATE_LOCK = threading.Lock()  # Alembic's command API keeps module globals
+SCHEMA_LOCK = 0x6C72_7475_6E65  # pg_advisory_xact_lock key: "lrtune"
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -130,6 +131,26 @@ class Database:
                 if attempt == 4:
                     raise
                 time.sleep(0.5 * (attempt + 1))
+
+    @contextlib.contextmanager
+    def schema_lock(self) -> Iterator[None]:
+        """Serialise creating and migrating the schema across processes (API replicas starting
+        together on an empty database race in Optuna's ``CREATE TYPE``). A transaction-level
+        advisory lock on a connection of its own, so it also holds through PgBouncer."""
+        if self.is_sqlite:
+            yield
+            return
+        kwargs = Pool().kwargs(self.url)
+        engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool,
+                                  connect_args=kwargs.get("connect_args", {}))
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(SCHEMA_LOCK)))
+                yield
+        except UNAVAILABLE as error:
+            raise unavailable(error) from error
+        finally:
+            engine.dispose()
 
     def ping(self) -> None:
         with self.transaction() as conn:

@@ -26,7 +26,13 @@ from lrtune.store.db import now
 from lrtune.store.judging import PruneJudge
 from lrtune.store.studies import RUNNING, StudyRecord
 from lrtune.store.tokens import Principal
-from lrtune.store.trials import Ending, bulk_insert, replace_attrs, running_locked
+from lrtune.store.trials import (
+    Ending,
+    bulk_insert,
+    record_heartbeats,
+    replace_attrs,
+    running_locked,
+)
 from lrtune.tables import lease_trials, leases
 from lrtune.tasks import EXTERNAL
 
@@ -228,9 +234,9 @@ class Leases:
     def report(self, caller: Principal, lease_id: int, epoch: int,
                reports: Sequence[EpochReport], steps_per_epoch: int | None = None
                ) -> list[int]:
-        """Record one epoch of the lease's trials (metric, LR, metrics), epochs in order;
-        the numbers of those the study's pruner prunes, which end PRUNED here and now. One
-        transaction, the trials' rows locked: a finish or a reap in between waits, then
+        """Record one epoch of the lease's trials (metric, LR, metrics), epochs in order, and
+        beat them; the numbers of those the study's pruner prunes, which end PRUNED here and
+        now. One transaction, the trials' rows locked: a finish or a reap in between waits, then
         finds them ended (409, nothing written)."""
         record, held = self._held(caller, lease_id)
         if epoch >= record.spec.epochs:
@@ -275,6 +281,7 @@ class Leases:
                                           steps_per_epoch))
                 bulk_insert(conn, iv, values)
                 replace_attrs(conn, rows)
+                record_heartbeats(conn, list(ids.values()))  # a report is a sign of life
         except sa.exc.IntegrityError:  # the same epoch written by a request at the same time
             raise Conflict(f"epoch {epoch} of these trials was reported already",
                            "epoch") from None

@@ -111,32 +111,49 @@ class Tokens:
                 tokens.c.token_hash == digest))
             known = found is not None or conn.execute(sa.select(tokens.c.id).where(
                 tokens.c.token_hash == digest)).first() is not None
-        if known or digest not in self.env:
+        if found is not None or digest not in self.env:
             return found
+        if known:  # revoked, or first seen by another request between the two reads
+            return self._by_hash(digest)
         return self._first_sight(digest)
+
+    def _by_hash(self, digest: str) -> Principal | None:
+        with self.db.transaction() as conn:
+            return self._acting(conn, sa.select(tokens.c.name).where(
+                tokens.c.token_hash == digest))
 
     def _first_sight(self, digest: str) -> Principal | None:
         """An ``LRTUNE_API_TOKENS`` token seen for the first time: its row and principal, and
         the studies it owned under the old owner id (its hash prefix) re-owned."""
-        try:
-            with self.db.transaction() as conn:
-                n = conn.execute(sa.select(sa.func.count()).select_from(tokens).where(
-                    tokens.c.source == ENV)).scalar_one()
-                name = f"env-{'worker' if digest in self.env_workers else 'token'}-{n + 1}"
-                principal_id = self._principal(conn, name)
-                conn.execute(tokens.insert().values(
-                    name=name, token_hash=digest, created_at=now(), source=ENV,
-                    principal_id=principal_id,
-                    role=WORKER if digest in self.env_workers else OWNER))
-                public_id = conn.execute(sa.select(principals.c.public_id).where(
-                    principals.c.id == principal_id)).scalar_one()
-                conn.execute(studies.update().where(studies.c.owner == digest[:16])
-                             .values(owner=public_id))
-        except sa.exc.IntegrityError:  # another process saw it at the same moment
-            pass
+        for _ in range(8):
+            try:
+                self._insert_env_token(digest)
+                break
+            except sa.exc.IntegrityError:
+                # Another request saw this token at the same moment (done), or another new
+                # token took the same name (count again).
+                with self.db.transaction() as conn:
+                    if conn.execute(sa.select(tokens.c.id).where(
+                            tokens.c.token_hash == digest)).first() is not None:
+                        break
+        return self._by_hash(digest)
+
+    def _insert_env_token(self, digest: str) -> None:
         with self.db.transaction() as conn:
-            return self._acting(conn, sa.select(tokens.c.name).where(
-                tokens.c.token_hash == digest))
+            n = conn.execute(sa.select(sa.func.count()).select_from(tokens).where(
+                tokens.c.source == ENV)).scalar_one()
+            name = f"env-{'worker' if digest in self.env_workers else 'token'}-{n + 1}"
+            principal_id = int(conn.execute(principals.insert().values(  # its own, never shared
+                name=name, public_id="p_" + secrets.token_hex(8), created_at=now())
+                .returning(principals.c.id)).scalar_one())
+            conn.execute(tokens.insert().values(
+                name=name, token_hash=digest, created_at=now(), source=ENV,
+                principal_id=principal_id,
+                role=WORKER if digest in self.env_workers else OWNER))
+            public_id = conn.execute(sa.select(principals.c.public_id).where(
+                principals.c.id == principal_id)).scalar_one()
+            conn.execute(studies.update().where(studies.c.owner == digest[:16])
+                         .values(owner=public_id))
 
     def owner(self, token: str) -> str | None:
         """The owner id (principal's public id) of a valid token, or None."""

@@ -1,4 +1,7 @@
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -294,3 +297,76 @@ def test_delete_waits_for_a_worker_writing_a_trial(make_store: MakeStore) -> Non
             assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 0
     with pytest.raises(NotFound):
         store.get_study(record.id)
+
+
+def test_env_tokens_first_seen_at_once_each_get_their_own_principal(
+        make_store: MakeStore) -> None:
+    """Settings' tokens seen for the first time by requests at once: none is refused, and no
+    two share a principal (they would read and cancel each other's studies)."""
+    secrets_ = [f"env-secret-{i}-{'x' * 24}" for i in range(6)]
+    store = make_store(api_tokens=",".join(secrets_[:3]), worker_tokens=",".join(secrets_[3:]))
+    barrier = threading.Barrier(12)
+    seen: list[object] = []
+
+    def first_sight(secret: str) -> None:
+        barrier.wait()
+        seen.append((secret, store.tokens.principal(secret)))
+
+    threads = [threading.Thread(target=first_sight, args=(s,)) for s in secrets_ * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    by_secret: dict[str, set[str]] = {}
+    for secret, principal in seen:  # type: ignore[misc]
+        assert principal is not None, secret
+        by_secret.setdefault(secret, set()).add(principal.public_id)
+    assert all(len(ids) == 1 for ids in by_secret.values()), by_secret
+    assert len(set().union(*by_secret.values())) == 6, by_secret
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_replicas_starting_together_on_an_empty_database(db_url: str, tmp_path: Path) -> None:
+    """API replicas created at the same moment on an empty PostgreSQL database all start
+    (creating Optuna's and lrtune's schema once, not racing in CREATE TYPE)."""
+    go = tmp_path / "go"
+    script = (
+        "import pathlib, sys, time\n"
+        "from lrtune.settings import Settings\n"
+        "from lrtune.store import Store\n"
+        "while not pathlib.Path(sys.argv[2]).exists(): time.sleep(0.005)\n"
+        "Store(Settings(database_url=sys.argv[1]))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, db_url, str(go)],
+                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    time.sleep(4)  # every process imported and polling
+    go.touch()
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, "\n".join(errors)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_claimers_waiting_on_a_study_hold_no_connection(make_store: MakeStore) -> None:
+    """More threads of one process claiming packs of one study than its pool has connections:
+    the waiting ones hold none, so the claimer holding the study's lock gets the connection
+    it needs to create the pack's trials (no wait for the pool, no DatabaseUnavailable)."""
+    store = make_store(db_pool_size=2, db_max_overflow=0, db_pool_timeout=3)
+    store.create_study(spec(n=48), "me")
+    taken: list[int] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def claim_packs() -> None:
+        barrier.wait()
+        try:
+            while claims := store.claims.claim_pack(want=3):
+                taken.extend(c.trial.number for c in claims)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=claim_packs) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert sorted(taken) == list(range(48))
