@@ -79,6 +79,37 @@ class ParamsSource:
         return int(self._get(name))
 
 
+class FittingSource(ParamsSource):
+    """Stored params read as this space would suggest them: ``used`` collects those asked
+    for; a value outside the space's choices or range raises ``OutOfSpace``."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        super().__init__(params)
+        self.used: dict[str, Any] = {}
+
+    def _take(self, name: str, fits: bool) -> Any:
+        if not fits:
+            raise OutOfSpace(name)
+        self.used[name] = self.params[name]
+        return self.params[name]
+
+    def categorical(self, name: str, choices: list[Any]) -> Any:
+        return self._take(name, self._get(name) in choices)
+
+    def float(self, name: str, low: float, high: float, log: bool) -> float:
+        value = self._get(name)
+        fits = isinstance(value, int | float) and (low == high == 0.0 or low <= value <= high)
+        return float(self._take(name, fits))
+
+    def int(self, name: str, low: int, high: int, log: bool) -> int:
+        value = self._get(name)
+        return int(self._take(name, isinstance(value, int) and low <= value <= high))
+
+
+class OutOfSpace(Exception):
+    """A stored parameter this space does not hold."""
+
+
 def _param_of(key: str) -> Param | None:
     prefix, _, name = key.partition(".")
     if prefix in FAMILIES:
@@ -141,6 +172,16 @@ class SearchSpace:
 
     def decode(self, params: dict[str, Any]) -> TrialConfig:
         return self.choose(ParamsSource(params))
+
+    def fitting(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        """The parameters this space would ask for, taken from ``params`` (another study's
+        trial), or None when one is missing or outside this space."""
+        source = FittingSource(params)
+        try:
+            self.choose(source)
+        except (OutOfSpace, SpecError):
+            return None
+        return source.used
 
     def choose(self, src: Source) -> TrialConfig:
         spec, fixed = self.spec, self.fixed

@@ -159,6 +159,23 @@ class PrunerSpec(Strict):
         "percentile"
 
 
+class WarmStartSpec(Strict):
+    """Start from earlier studies: their best ``top`` configurations become this study's first
+    trials (of its budget)."""
+
+    studies: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Field(
+        ..., min_length=1, max_length=20, description="ids of earlier studies")
+    top: int | None = Field(None, ge=1, le=1000, description="configurations taken, best "
+                            "first (default: 5, at most n_trials)")
+
+    @field_validator("studies")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("a study is listed twice")
+        return v
+
+
 class StudySpec(Strict):
     """The body of ``POST /studies``."""
 
@@ -178,9 +195,10 @@ class StudySpec(Strict):
     steps_per_epoch: int | None = Field(
         None, ge=1, le=10_000_000, description='external studies: optimizer steps per epoch '
         "of the user's loop, if fixed (else each trial's client says it)")
+    warm_start: WarmStartSpec | None = None
 
     @model_validator(mode="after")
-    def _external(self) -> StudySpec:
+    def _consistent(self) -> StudySpec:
         from lrtune.tasks import EXTERNAL
 
         if self.task == EXTERNAL:
@@ -190,7 +208,11 @@ class StudySpec(Strict):
             if self.pack != 1:
                 raise SpecError("pack", "an external study is trained by your own code, one "
                                 "trial per client at a time: leave pack at 1")
-        elif self.steps_per_epoch is not None:
+        warm = self.warm_start
+        if warm is not None and warm.top is not None and warm.top > self.n_trials:
+            raise SpecError("warm_start.top", f"{warm.top} configurations would "
+                            f"pass the budget of {self.n_trials} trials")
+        if self.task != EXTERNAL and self.steps_per_epoch is not None:
             raise SpecError("steps_per_epoch", f"task {self.task!r} knows its own steps per "
                             'epoch; steps_per_epoch is for task "external"')
         return self

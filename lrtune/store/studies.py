@@ -18,7 +18,7 @@ from lrtune import study as names
 from lrtune.errors import Conflict, NotFound, OverQuota
 from lrtune.lr_range import LrBounds, resolved
 from lrtune.spec import StudySpec
-from lrtune.store import reads
+from lrtune.store import reads, warm
 from lrtune.store.db import Database, aware, now, utc
 from lrtune.tables import lease_trials, leases, principals, studies
 from lrtune.tasks import EXTERNAL
@@ -154,7 +154,8 @@ class Studies:
                 if conn.execute(sa.select(internals.STUDIES.c.study_id).where(
                         internals.STUDIES.c.study_name == spec.name)).first():
                     raise Conflict(f"an Optuna study named {spec.name!r} exists")
-                self._insert_optuna_study(conn, spec)
+                optuna_id = self._insert_optuna_study(conn, spec)
+                warm.queue(conn, optuna_id, warm.warm_configs(conn, spec))
                 sid = conn.execute(studies.insert().values(
                     name=spec.name, task=spec.task, spec=spec.model_dump(mode="json"),
                     status=RUNNING, owner=owner, n_trials=spec.n_trials, created_at=stamp,

@@ -52,6 +52,10 @@ BAD = [
     ({"objective": "val_acc"}, "objective"),
     ({"name": ""}, "name"),
     ({"surprise": 1}, "surprise"),
+    ({"warm_start": {"studies": []}}, "warm_start.studies"),
+    ({"warm_start": {"studies": [7, 7]}}, "warm_start.studies"),
+    ({"warm_start": {"studies": [7], "top": 5}}, "warm_start.top"),
+    ({"warm_start": {"studies": [424242]}}, "warm_start.studies.0"),
 ]
 
 
