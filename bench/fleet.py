@@ -286,17 +286,14 @@ def run(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     done, (mine, theirs) = ctx.Event(), ctx.Pipe()
     sampler = ctx.Process(target=sample_connections, args=(dsn, done, theirs))
     sampler.start()
-    try:  # one after the other: two first starts on an empty database race in Optuna's
-        # CREATE TYPE (a deployment migrates first); each replica sees the worker token once
-        # before the fleet (two first sights at once can answer 401)
-        for url, port in zip(urls, ports, strict=True):
+    try:  # replicas start together on the empty database, as a Deployment's pods do
+        for port in ports:
             with (tmp / f"api{port}.log").open("a") as log:
                 procs.append(spawn([sys.executable, "-m", "lrtune", "serve", "--workers", "0",
                                     "--port", str(port)], env=env, cwd=ROOT, stdout=log,
                                    stderr=subprocess.STDOUT))
-            wait_ready(url, procs[-1], tmp)
-            httpx.post(f"{url}/v1/leases", json={"study_id": None, "count": 1}, timeout=60,
-                       headers={"Authorization": f"Bearer {WORKER}"}).raise_for_status()
+        for url, proc in zip(urls, procs, strict=True):
+            wait_ready(url, proc, tmp)
         for i in range(args.studies):
             httpx.post(f"{urls[0]}/studies", headers={"Authorization": f"Bearer {OWNER}"},
                        timeout=60, json={
@@ -354,8 +351,9 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--studies", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--pool", type=int, default=4)
-    parser.add_argument("--overflow", type=int, default=2)
+    parser.add_argument("--pool", type=int, default=6,
+                        help="LRTUNE_DB_POOL_SIZE: connections kept per engine (2 per replica)")
+    parser.add_argument("--overflow", type=int, default=0, help="LRTUNE_DB_MAX_OVERFLOW")
     parser.add_argument("--inflight", type=int, default=4,
                         help="LRTUNE_MAX_INFLIGHT: below pool + overflow (bench/README.md)")
     parser.add_argument("--out", type=Path, default=RESULTS)

@@ -316,6 +316,7 @@ def serve(
     settings = _settings()
     pool = WorkerPool(workers)
     app_ = create_app(settings, workers=pool)
+    app_.state.store.open_pools()  # connections a constant of the settings, not of the load
     pool.start()
     err.print(f"lrtune API on http://{host}:{port}/docs, dashboard on "
               f"http://{host}:{port}/dashboard/, database {settings.printable_url()}, "

@@ -27,7 +27,16 @@ from lrtune.settings import Settings
 from lrtune.spec import StudySpec
 from lrtune.store import reads, stats, trials
 from lrtune.store.claims import Claim, ClaimLock, Claims
-from lrtune.store.db import Database, GuardedStorage, Pool, optuna_storage, sqlalchemy_url
+from lrtune.store.db import (
+    UNAVAILABLE,
+    Database,
+    GuardedStorage,
+    Pool,
+    open_pool,
+    optuna_storage,
+    sqlalchemy_url,
+    unavailable,
+)
 from lrtune.store.leases import Leases
 from lrtune.store.pack_storage import PackStorage
 from lrtune.store.reads import Summary, TrialRow
@@ -89,6 +98,14 @@ class Store:
 
     def migrate(self) -> None:
         self.db.migrate()
+
+    def open_pools(self) -> None:
+        """Open both engines' kept connections now (see ``db.open_pool``)."""
+        try:
+            open_pool(self.db.engine)
+            open_pool(self.optuna_storage.engine)
+        except UNAVAILABLE as error:
+            raise unavailable(error) from error
 
     def ping(self) -> None:
         self.db.ping()

@@ -96,6 +96,17 @@ def engine_for(url: str, pool: Pool | None = None) -> Engine:
     return sa.create_engine(url, **(pool or Pool()).kwargs(url))
 
 
+def open_pool(engine: Engine) -> None:
+    """Open the pool's kept connections now (PostgreSQL): a server's connections are then a
+    constant of its settings from its first request on, not a function of its load (with
+    no overflow, exactly the pool size), and a database that refuses them fails the start."""
+    if engine.dialect.name == "sqlite":
+        return
+    held = [engine.connect() for _ in range(engine.pool.size())]  # type: ignore[attr-defined]
+    for conn in held:
+        conn.close()
+
+
 class Database:
     """One engine; ``transaction()`` commits or rolls back and turns a lost database into
     ``DatabaseUnavailable``."""

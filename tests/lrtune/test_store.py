@@ -370,3 +370,14 @@ def test_claimers_waiting_on_a_study_hold_no_connection(make_store: MakeStore) -
         thread.join()
     assert not errors, errors
     assert sorted(taken) == list(range(48))
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_servers_connections_are_its_pool_sizes_from_the_start(make_store: MakeStore) -> None:
+    store = make_store(db_pool_size=3, db_max_overflow=0)
+    store.open_pools()
+    with store.transaction() as conn:  # one of the pool's own
+        others = conn.execute(sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()")).scalar_one()
+    assert others + 1 == 2 * 3  # lrtune's engine and Optuna's, 3 kept each
