@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, lrtune_env, spawn, stop, wait_ready
-from tests.faults.common import NO_DATABASE, OVER, WORKER_TOKEN
+from tests.faults.common import DEPLOYMENTS, NO_DATABASE, WORKER_TOKEN
 
 
 @dataclass
@@ -112,7 +112,7 @@ def assert_exact(trials: list[dict], n: int) -> None:
     assert not [t for t in trials if t["state"] in ("RUNNING", "WAITING")]
 
 
-@pytest.mark.parametrize("deployment", OVER, indirect=True)
+@pytest.mark.parametrize(("db_url", "deployment"), DEPLOYMENTS, indirect=True)
 def test_linreg_study_finishes_with_its_exact_budget(deployment: Deployment) -> None:
     sid = deployment.submit(name="e2e-linreg", task="linreg", epochs=4, n_trials=12,
                             space={"families": ["cosine", "step", "onecycle", "plateau"]})
@@ -185,7 +185,7 @@ def test_cli_submit_and_watch(deployment: Deployment, tmp_path: Path) -> None:
     assert bad.returncode == 1 and "401" in bad.stderr
 
 
-@pytest.mark.parametrize("deployment", OVER, indirect=True)
+@pytest.mark.parametrize(("db_url", "deployment"), DEPLOYMENTS, indirect=True)
 def test_packed_study_looks_like_an_unpacked_one(deployment: Deployment) -> None:
     sid = deployment.submit(name="packed", task="linreg", epochs=5, n_trials=40, pack=16,
                             space={"families": ["cosine", "step", "plateau"],
@@ -212,7 +212,7 @@ def test_packed_study_looks_like_an_unpacked_one(deployment: Deployment) -> None
     assert_dashboard_extras(deployment, study)
 
 
-@pytest.mark.parametrize("deployment", OVER, indirect=True)
+@pytest.mark.parametrize(("db_url", "deployment"), DEPLOYMENTS, indirect=True)
 def test_auto_pack_is_sized_by_the_worker_and_keeps_the_budget(deployment: Deployment) -> None:
     sid = deployment.submit(name="auto-pack", task="linreg", epochs=3, n_trials=24,
                             pack="auto")

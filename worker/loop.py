@@ -132,7 +132,9 @@ class Worker:
 
         def finish(slot: Slot, outcome: TrialOutcome) -> None:
             if not lot.finish(slot, outcome):
-                return  # ended under the worker (reaped as lost): its copy re-runs
+                log.warning("study %s trial %d is no longer running (reaped as lost, or its "
+                            "study deleted): dropped; a copy re-runs it", name, slot.number)
+                return
             value = "" if outcome.value is None else f" value={outcome.value:.6g}"
             reason = f" reason={outcome.reason}" if outcome.reason else ""
             log.info("study %s trial %d %s%s%s in %.1fs", name, slot.number,

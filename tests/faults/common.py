@@ -51,6 +51,9 @@ def assert_exact_budget(store: Store, record: StudyRecord) -> None:
 # workers hold that token and a database URL that leads nowhere, so they can only train through
 # the lease protocol.
 OVER = ["database", "http"]
+# Database workers on both databases; HTTP workers on PostgreSQL, the database a fleet reaching
+# the API over HTTP runs on (``parametrize(("db_url", "over"), DEPLOYMENTS, ...)``).
+DEPLOYMENTS = [("sqlite", "database"), ("postgresql", "database"), ("postgresql", "http")]
 WORKER_TOKEN = "lrt_test_worker_token"
 NO_DATABASE = "postgresql+psycopg://nobody@127.0.0.1:1/none"
 Start = Callable[..., subprocess.Popen]

@@ -16,14 +16,14 @@ import pytest
 from lrtune.spec import StudySpec
 from lrtune.store import Store, StudyRecord
 from tests.conftest import MakeStore, stop
-from tests.faults.common import OVER, assert_exact_budget, trials, workers_over
+from tests.faults.common import DEPLOYMENTS, assert_exact_budget, trials, workers_over
 
 N_TRIALS = 40
 TIME_LIMIT = 600
 MAX_KILLS = 14
 
 
-@pytest.mark.parametrize("over", OVER)
+@pytest.mark.parametrize(("db_url", "over"), DEPLOYMENTS, indirect=["db_url"])
 def test_sigkilled_workers_lose_no_trial(over: str, db_url: str, make_store: MakeStore,
         tmp_path: Path) -> None:
     store = make_store(heartbeat_interval=1, heartbeat_grace=4)

@@ -13,10 +13,10 @@ import pytest
 from lrtune.spec import StudySpec
 from lrtune.store import Store, StudyRecord
 from tests.conftest import MakeStore, stop
-from tests.faults.common import OVER, Start, workers_over
+from tests.faults.common import DEPLOYMENTS, Start, workers_over
 
 
-@pytest.mark.parametrize("over", OVER)
+@pytest.mark.parametrize(("db_url", "over"), DEPLOYMENTS, indirect=["db_url"])
 def test_sigterm_hands_the_trial_back(over: str, db_url: str, make_store: MakeStore,
                                       tmp_path: Path) -> None:
     store = make_store(heartbeat_interval=10, heartbeat_grace=60)
