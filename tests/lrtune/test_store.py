@@ -15,6 +15,13 @@ from lrtune.store import CANCELLED, DONE, RUNNING, Conflict, NotFound
 from tests.conftest import MakeStore, age_trials
 
 
+def run_all(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def spec(name: str = "s", n: int = 4) -> StudySpec:
     return StudySpec(name=name, task="linreg", epochs=2, n_trials=n)
 
@@ -57,11 +64,7 @@ def test_claims_never_exceed_the_budget(make_store: MakeStore) -> None:
             with lock:
                 claims.append(claim)
 
-    threads = [threading.Thread(target=grab) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_all([threading.Thread(target=grab) for _ in range(3)])
     assert len(claims) == 5
     assert sorted(c.trial.number for c in claims) == list(range(5))
     for c in claims:
@@ -312,11 +315,7 @@ def test_env_tokens_first_seen_at_once_each_get_their_own_principal(
         barrier.wait()
         seen.append((secret, store.tokens.principal(secret)))
 
-    threads = [threading.Thread(target=first_sight, args=(s,)) for s in secrets_ * 2]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_all([threading.Thread(target=first_sight, args=(s,)) for s in secrets_ * 2])
     by_secret: dict[str, set[str]] = {}
     for secret, principal in seen:  # type: ignore[misc]
         assert principal is not None, secret
@@ -363,11 +362,7 @@ def test_claimers_waiting_on_a_study_hold_no_connection(make_store: MakeStore) -
         except BaseException as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
-    threads = [threading.Thread(target=claim_packs) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_all([threading.Thread(target=claim_packs) for _ in range(8)])
     assert not errors, errors
     assert sorted(taken) == list(range(48))
 
