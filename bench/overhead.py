@@ -13,6 +13,19 @@ not coordination, and are left out of both sides.
 ``--pack K`` adds lrtune's packed path (claims of K trials, the ledger's batched reports and
 endings) to the same table.
 
+The HTTP sides run the same no-op trials through the worker's own HTTP code
+(``lrtune_worker.remote.LeaseSource``, what ``lrtune worker --url`` runs, with a worker token made
+as ``lrtune token create --worker`` makes it) against a real ``lrtune serve --workers 0`` on
+loopback, started on the same database before the clock: "http" takes one trial per lease,
+"http-packK" (with ``--pack K``) leases of K trials, after the one-trial lease that sizes the
+study's pack, as the worker does. The server samples each trial's config and records what the
+protocol carries (the LR curve, the config at the claim): part of this path's cost, as it is of
+the users' workers. ``vs_direct`` is http / lrtune and http-packK / packK, both from one run;
+``requests`` the HTTP requests the workers sent, ``request_ms`` their mean round trip, and
+``server_ms`` the server's own time per lease route (requests, mean ms; from its /metrics).
+
+    python bench/overhead.py --db postgresql --workers 1 --trials 512 --pack 64
+
 One JSON line per (database, sampler, workers, side) goes to bench/results/overhead.jsonl;
 ``cost_ms`` is wall time × workers / trials (worker-milliseconds per trial), and
 ``first_ms`` / ``last_ms`` the mean per-trial time over the first and last 10 % of each
@@ -25,7 +38,9 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import re
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -38,6 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optuna  # noqa: E402
 import psycopg  # noqa: E402
 
+from bench.api_load import free_port, spawn, stop  # noqa: E402
+from bench.fleet import wait_ready  # noqa: E402
 from bench.machine import machine  # noqa: E402
 from lrtune.settings import Settings  # noqa: E402
 from lrtune.space import SearchSpace  # noqa: E402
@@ -46,6 +63,7 @@ from lrtune.store import Store  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 RESULTS = Path(__file__).parent / "results" / "overhead.jsonl"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def fresh_database(kind: str, tmp: Path) -> str:
@@ -84,6 +102,11 @@ def start_line(ready: Any, go: Any) -> None:
 def lrtune_side(url: str, study_spec: StudySpec, ready: Any, go: Any
                 ) -> tuple[Store, SearchSpace]:
     """The store and space an lrtune-side worker uses, ready before the clock starts."""
+    # the first COMPLETE trial writes the study's dashboard note, whose first use imports
+    # optuna_dashboard (scikit-learn, SciPy: seconds, once per process): an import, set up
+    # before the clock, as the HTTP sides' server has it loaded before theirs
+    import optuna_dashboard  # noqa: F401
+
     store = Store(Settings(database_url=url), migrate=False)
     space = SearchSpace(study_spec.space)
     start_line(ready, go)
@@ -162,17 +185,117 @@ def raw_worker(url: str, study_spec: StudySpec, quota: int, ready: Any, go: Any,
     out.put(times)
 
 
+def http_worker(api: str, token: str, study_spec: StudySpec, pack: int, ready: Any, go: Any,
+                out: Any) -> None:
+    """lrtune's worker over HTTP: ``LeaseSource`` and its lots, in the order ``Worker._work``
+    and ``run_pack`` drive them (``train_trial`` for one trial, ``train_pack`` for a pack), the
+    training left out. ``pack``: the pack size the worker's sizer gives the study (1: one trial
+    per lease)."""
+    import httpx
+    import torch
+
+    from lrtune_worker.integrations import NO_LOG
+    from lrtune_worker.remote import LeaseSource
+    from lrtune_worker.runner import TrialOutcome
+    from lrtune_worker.tasks import get_task
+
+    source = LeaseSource.connect(api, token, Settings().max_body_bytes)
+    task, device = get_task(study_spec.task), torch.device("cpu")
+    sent: list[float] = []  # each request's round trip, seconds
+
+    def timed(request: httpx.Request) -> None:
+        request.extensions["bench_start"] = time.perf_counter()
+
+    def took(response: httpx.Response) -> None:
+        sent.append(time.perf_counter() - response.request.extensions["bench_start"])
+
+    source.client.http.event_hooks = {"request": [timed], "response": [took]}
+    start_line(ready, go)
+    times = []
+    while True:
+        start = time.perf_counter()
+        lot = source.claim(None, lambda _spec: pack)
+        if lot is None:
+            break
+        with lot.heartbeat():
+            search = lot.search_spec(device)
+            for slot in lot.slots:
+                lot.configure(slot, search, task)
+            lot.flush()
+            reporters = [lot.reporter(slot, lambda: None, NO_LOG) for slot in lot.slots]
+            for epoch in range(study_spec.epochs):
+                for reporter in reporters:
+                    reporter.report(epoch, 1.0 / (epoch + 1), 0.1, {})
+                lot.reports_done()
+                for reporter in reporters:
+                    reporter.should_prune()
+                lot.flush()
+            for slot in lot.slots:
+                lot.finish(slot, TrialOutcome(optuna.trial.TrialState.COMPLETE, 0.5, None,
+                                              None))
+            lot.flush()
+        per_trial = (time.perf_counter() - start) / len(lot.slots)
+        times.extend([per_trial] * len(lot.slots))
+    out.put((times, sent))
+
+
+def serve(url: str, tmp: Path) -> tuple[str, str, subprocess.Popen[Any]]:
+    """``lrtune serve --workers 0`` on a free loopback port of the database ``url``, ready; its
+    base URL, a worker token (made as ``lrtune token create --worker`` makes it), the process."""
+    from lrtune.store.tokens import WORKER
+
+    store = Store(Settings(database_url=url), migrate=False)
+    token = store.create_token("bench-workers", WORKER)
+    store.engine.dispose()
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    with (tmp / f"overhead-api{port}.log").open("a") as log:
+        proc = spawn([sys.executable, "-m", "lrtune", "serve", "--workers", "0",
+                      "--port", str(port)], env=os.environ | {"LRTUNE_DATABASE_URL": url},
+                     cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(api, proc, tmp)
+    except BaseException:
+        stop(proc)
+        raise
+    return api, token, proc
+
+
+def served(api: str) -> dict[str, list[float]]:
+    """The server's own time per lease route, from its ``/metrics``: route -> [requests, mean
+    ms] (the request from the ASGI app's first byte in to its last byte out)."""
+    import httpx
+
+    text = httpx.get(f"{api}/metrics", timeout=30).text
+    found: dict[str, dict[str, float]] = {}
+    for kind, route, value in re.findall(
+            r'^lrtune_http_request_seconds_(sum|count)\{route="(/v\d+/leases[^"]*)"\} (\S+)$',
+            text, re.M):
+        found.setdefault(route, {})[kind] = float(value)
+    return {route.rsplit("/", 1)[1] if "{" in route else "claim":
+            [int(v["count"]), round(v["sum"] / v["count"] * 1e3, 3)]
+            for route, v in found.items() if v.get("count")}
+
+
 def run(side: str, db: str, workers: int, trials: int, epochs: int, sampler: str,
         tmp: Path) -> dict[str, Any]:
     url = fresh_database(db, tmp)
     study_spec = spec(trials, epochs, sampler)
+    server: subprocess.Popen[Any] | None = None
+    api = ""
     try:
         store = Store(Settings(database_url=url))
         store.create_study(study_spec, "bench")
         store.engine.dispose()
         ctx = mp.get_context("spawn")
         out, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-        if side == "lrtune":
+        if side.startswith("http"):
+            api, token, server = serve(url, tmp)
+            size = int(side[len("http-pack"):]) if side.startswith("http-pack") else 1
+            procs = [ctx.Process(target=http_worker,
+                                 args=(api, token, study_spec, size, ready, go, out))
+                     for _ in range(workers)]
+        elif side == "lrtune":
             procs = [ctx.Process(target=lrtune_worker, args=(url, study_spec, ready, go, out))
                      for _ in range(workers)]
         elif side.startswith("pack"):
@@ -189,10 +312,12 @@ def run(side: str, db: str, workers: int, trials: int, epochs: int, sampler: str
             ready.get()
         start = time.perf_counter()
         go.set()
-        per_worker = [out.get() for _ in procs]
+        answers = [out.get() for _ in procs]
         wall = time.perf_counter() - start
         for p in procs:
             p.join()
+        sent = [x for a in answers if isinstance(a, tuple) for x in a[1]]
+        per_worker = [a[0] if isinstance(a, tuple) else a for a in answers]
         done = sum(len(t) for t in per_worker)
         tenth = [max(1, len(t) // 10) for t in per_worker]
         first = statistics.mean(x for t, k in zip(per_worker, tenth, strict=True)
@@ -202,12 +327,17 @@ def run(side: str, db: str, workers: int, trials: int, epochs: int, sampler: str
         trial_mean = statistics.mean(x for t in per_worker for x in t)
         check = Store(Settings(database_url=url), migrate=False)
         counts = check.trial_counts(check.list_studies()[0][0])
+        check.engine.dispose()
+        http = {"requests": len(sent), "request_ms": round(statistics.mean(sent) * 1e3, 3),
+                "server_ms": served(api)} if sent else {}
         return {"bench": "overhead", "side": side, "db": db, "sampler": sampler,
                 "workers": workers, "trials": done, "epochs": epochs,
                 "wall_s": round(wall, 3), "cost_ms": round(wall * workers / done * 1e3, 3),
                 "trial_ms": round(trial_mean * 1e3, 3), "first_ms": round(first * 1e3, 3),
-                "last_ms": round(last * 1e3, 3), "complete": counts["COMPLETE"]}
+                "last_ms": round(last * 1e3, 3), "complete": counts["COMPLETE"], **http}
     finally:
+        if server is not None:
+            stop(server)
         drop_database(url)
 
 
@@ -220,37 +350,42 @@ def main() -> None:
     parser.add_argument("--sampler", default="random")
     parser.add_argument("--pack", type=int, default=0,
                         help="also measure packed claims of this size (ledger bookkeeping)")
+    parser.add_argument("--sides", default="raw,lrtune,pack,http,http-pack",
+                        help="sides to run (pack and http-pack only with --pack)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
     info = machine()
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    wanted = args.sides.split(",")
+    sides = [s for s in ("raw", "lrtune", "http") if s in wanted] + (
+        [f"{s}{args.pack}" for s in ("pack", "http-pack") if s in wanted] if args.pack else [])
+    # the HTTP side's counterpart in the same run: its cost over it is vs_direct
+    direct = {"http": "lrtune", f"http-pack{args.pack}": f"pack{args.pack}"}
     for db in args.db.split(","):
         for sampler in args.sampler.split(","):
             for workers in (int(w) for w in args.workers.split(",")):
-                sides = ["raw", "lrtune"] + ([f"pack{args.pack}"] if args.pack else [])
                 rows = {side: run(side, db, workers, args.trials, args.epochs, sampler, tmp)
                         for side in sides}
-                ratio = rows["lrtune"]["cost_ms"] / rows["raw"]["cost_ms"]
                 for side, row in rows.items():
-                    row.update(ratio=round(row["cost_ms"] / rows["raw"]["cost_ms"], 3),
-                               machine=info, pack=int(side[4:]) if side.startswith("pack")
-                               else 1)
+                    if "raw" in rows:
+                        row["ratio"] = round(row["cost_ms"] / rows["raw"]["cost_ms"], 3)
+                    if direct.get(side) in rows:
+                        row["vs_direct"] = round(
+                            row["cost_ms"] / rows[direct[side]]["cost_ms"], 3)
+                    row.update(machine=info, pack=int(side.rsplit("pack", 1)[1])
+                               if "pack" in side else 1)
                     with args.out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
-                print(f"{db:10} {sampler:6} workers={workers:2} trials={args.trials} "
-                      f"raw {rows['raw']['cost_ms']:.2f} ms  lrtune "
-                      f"{rows['lrtune']['cost_ms']:.2f} ms  ratio {ratio:.2f}  "
-                      f"(lrtune first/last 10%: {rows['lrtune']['first_ms']:.1f}/"
-                      f"{rows['lrtune']['last_ms']:.1f} ms; raw "
-                      f"{rows['raw']['first_ms']:.1f}/{rows['raw']['last_ms']:.1f} ms)",
-                      flush=True)
-                if args.pack:
-                    packed = rows[f"pack{args.pack}"]
-                    print(f"{'':10} {sampler:6} workers={workers:2} packed K={args.pack}: "
-                          f"{packed['cost_ms']:.2f} ms per trial (claim + {args.epochs} "
-                          f"reports + finish)", flush=True)
-
+                    http = (f"  {row['requests'] / row['trials']:.1f} requests/trial, "
+                            f"{row['request_ms']:.2f} ms each" if "requests" in row else "")
+                    vs = (f"  vs {direct[side]} {row['vs_direct']:.3f}"
+                          if "vs_direct" in row else "")
+                    ratio = f"  ratio to raw {row['ratio']:.3f}" if "ratio" in row else ""
+                    print(f"{db:10} {sampler:6} workers={workers:2} trials={args.trials} "
+                          f"{side:>13} {row['cost_ms']:7.2f} ms/trial (first/last 10%: "
+                          f"{row['first_ms']:.1f}/{row['last_ms']:.1f} ms){ratio}{vs}{http}",
+                          flush=True)
 
 if __name__ == "__main__":
     main()
