@@ -88,14 +88,20 @@ class PruneJudge:
         with self._lock:
             self._cache.pop(study_id, None)
 
-    def prune(self, record: StudyRecord, study: optuna.Study, trials: list[FrozenTrial]
+    def prune(self, record: StudyRecord, study: optuna.Study, trial_ids: Container[int]
               ) -> list[int]:
-        """Judge each trial (each with its latest report) by the study's pruner."""
+        """The numbers of the trials ``trial_ids`` (running, each with its latest report) the
+        study's pruner prunes. Reads nothing for a study without a pruner; else the study's
+        running trials once, in bulk."""
         pruner = make_pruner(record.spec.pruner, record.spec.epochs)
-        if isinstance(pruner, optuna.pruners.NopPruner) or not trials:
+        if isinstance(pruner, optuna.pruners.NopPruner):
+            return []
+        running = self._running(record)
+        trials = [t for t in running if internals.trial_id(t) in trial_ids]
+        if not trials:
             return []
         view = JudgedView(internals.storage_of(study), internals.study_id(study),
-                          self._history(record), lambda: self._running(record))
+                          self._history(record), lambda: running)
         judged = internals.study_view(study, view)
         judged.pruner = pruner
         return [t.number for t in trials if pruner.prune(judged, t)]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,8 @@ from lrtune.store.trials import (
 )
 from lrtune.tables import lease_trials, leases
 from lrtune.tasks import EXTERNAL
+
+KNOWN_LEASES = 4096  # leases kept per process (a lease's token, study and trials never change)
 
 if TYPE_CHECKING:
     from lrtune.store import Store
@@ -91,6 +95,8 @@ class Leases:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.judge = PruneJudge(store.finished_trials, self._running, self._all_finished)
+        self._known: OrderedDict[int, tuple[int, int, dict[int, int]]] = OrderedDict()
+        self._known_lock = threading.Lock()
 
     # -- claim ----------------------------------------------------------------------------------
     def claim(self, caller: Principal, study_id: int | None, count: int) -> Lease | None:
@@ -180,17 +186,27 @@ class Leases:
     # -- the lease's trials ----------------------------------------------------------------------
     def _held(self, caller: Principal, lease_id: int) -> tuple[StudyRecord, dict[int, int]]:
         """The lease's study and its trials (number -> trial id); NotFound, or Forbidden for
-        another token's lease."""
-        with self.store.transaction() as conn:
-            row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).first()
-            if row is None:
-                raise NotFound(f"no lease {lease_id}", "lease_id")
-            if row.token_id != caller.token_id:
-                raise Forbidden(f"lease {lease_id} belongs to another token", "lease_id")
-            held = {int(n): int(t) for t, n in conn.execute(
-                sa.select(lease_trials.c.trial_id, lease_trials.c.number)
-                .where(lease_trials.c.lease_id == lease_id))}
-        return self.store.get_study(int(row.study_id)), held
+        another token's lease. A lease never changes: kept per process once read."""
+        with self._known_lock:
+            known = self._known.get(lease_id)
+            if known is not None:
+                self._known.move_to_end(lease_id)
+        if known is None:
+            with self.store.transaction() as conn:
+                row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).first()
+                if row is None:
+                    raise NotFound(f"no lease {lease_id}", "lease_id")
+                known = (int(row.token_id), int(row.study_id), {int(n): int(t) for t, n in
+                         conn.execute(sa.select(lease_trials.c.trial_id, lease_trials.c.number)
+                                      .where(lease_trials.c.lease_id == lease_id))})
+            with self._known_lock:
+                self._known[lease_id] = known
+                while len(self._known) > KNOWN_LEASES:
+                    self._known.popitem(last=False)
+        token_id, study_id, held = known
+        if token_id != caller.token_id:
+            raise Forbidden(f"lease {lease_id} belongs to another token", "lease_id")
+        return self.store.get_study(study_id), held
 
     @staticmethod
     def _in_lease(held: dict[int, int], numbers: Sequence[int], field: str) -> dict[int, int]:
@@ -288,8 +304,7 @@ class Leases:
         if epoch >= record.spec.epochs - 1:  # the last epoch is a result, never pruned
             return []
         study = self.store.optuna_study(record)
-        storage = self.store.optuna_storage
-        pruned = self.judge.prune(record, study, [storage.get_trial(ids[n]) for n in numbers])
+        pruned = self.judge.prune(record, study, set(ids.values()))
         if not pruned:
             return []
         applied = self.store.write_trials(
