@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 import optuna
@@ -22,6 +22,7 @@ from lrtune.store.studies import StudyRecord
 from lrtune.study import make_pruner
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+FEW = 8  # trials of one report read one by one; more: the study's running trials in one read
 Finished = Callable[[StudyRecord, set[int]], list[FrozenTrial]]
 Running = Callable[[StudyRecord], list[FrozenTrial]]
 AllFinished = Callable[[StudyRecord], list[FrozenTrial]]
@@ -60,8 +61,9 @@ class PruneJudge:
     bulk."""
 
     def __init__(self, finished: Finished, running: Running, all_finished: AllFinished,
-                 studies: int = 16) -> None:
+                 trial: Callable[[int], FrozenTrial], studies: int = 16) -> None:
         self._finished, self._running, self._all_finished = finished, running, all_finished
+        self._trial = trial
         self._cache: OrderedDict[int, tuple[set[int], list[FrozenTrial]]] = OrderedDict()
         self._locks: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -88,20 +90,26 @@ class PruneJudge:
         with self._lock:
             self._cache.pop(study_id, None)
 
-    def prune(self, record: StudyRecord, study: optuna.Study, trial_ids: Container[int]
+    def prune(self, record: StudyRecord, study: optuna.Study, trial_ids: Sequence[int]
               ) -> list[int]:
         """The numbers of the trials ``trial_ids`` (running, each with its latest report) the
-        study's pruner prunes. Reads nothing for a study without a pruner; else the study's
-        running trials once, in bulk."""
+        study's pruner prunes. Reads nothing for a study without a pruner; a few trials one by
+        one, a pack's with the study's running trials in one read; the running trials only
+        when the pruner asks for them (the percentile and median pruners never do)."""
         pruner = make_pruner(record.spec.pruner, record.spec.epochs)
-        if isinstance(pruner, optuna.pruners.NopPruner):
+        if isinstance(pruner, optuna.pruners.NopPruner) or not trial_ids:
             return []
-        running = self._running(record)
-        trials = [t for t in running if internals.trial_id(t) in trial_ids]
-        if not trials:
-            return []
+        running: list[FrozenTrial] | None = None
+        if len(trial_ids) > FEW:
+            running = self._running(record)
+            wanted = set(trial_ids)
+            trials = [t for t in running if internals.trial_id(t) in wanted]
+        else:
+            trials = [self._trial(trial_id) for trial_id in trial_ids]
         view = JudgedView(internals.storage_of(study), internals.study_id(study),
-                          self._history(record), lambda: running)
+                          self._history(record),
+                          (lambda: running) if running is not None
+                          else (lambda: self._running(record)))
         judged = internals.study_view(study, view)
         judged.pruner = pruner
         return [t.number for t in trials if pruner.prune(judged, t)]

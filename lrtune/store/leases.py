@@ -94,7 +94,8 @@ class TrialEnd:
 class Leases:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.judge = PruneJudge(store.finished_trials, self._running, self._all_finished)
+        self.judge = PruneJudge(store.finished_trials, self._running, self._all_finished,
+                                store.optuna_storage.get_trial)
         self._known: OrderedDict[int, tuple[int, int, dict[int, int]]] = OrderedDict()
         self._known_lock = threading.Lock()
 
@@ -304,7 +305,7 @@ class Leases:
         if epoch >= record.spec.epochs - 1:  # the last epoch is a result, never pruned
             return []
         study = self.store.optuna_study(record)
-        pruned = self.judge.prune(record, study, set(ids.values()))
+        pruned = self.judge.prune(record, study, list(ids.values()))
         if not pruned:
             return []
         applied = self.store.write_trials(
