@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,8 @@ def _chunks(path: Path) -> Iterator[bytes]:
         if left < 7 or (kind == 0 and length == 0):  # a block's padding
             pos += left
             continue
+        if pos + 7 + length > len(data):  # a piece still being written
+            return
         piece = data[pos + 7:pos + 7 + length]
         pos += 7 + length
         if kind == 1:
@@ -164,8 +167,19 @@ def _key(item: Any) -> str:
     return str(item.key or ".".join(item.nested_key))
 
 
-def offline_runs(wandb_dir: Path) -> list[OfflineRun]:
-    """Every offline run under ``wandb_dir`` (its ``wandb/offline-run-*`` folders)."""
+def offline_runs(wandb_dir: Path, timeout: float = 30.0) -> list[OfflineRun]:
+    """Every offline run under ``wandb_dir`` (its ``wandb/offline-run-*`` folders), once each
+    has its exit record: W&B's service writes a run's last records after ``finish()``
+    returns. After ``timeout`` seconds, the runs as they are."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = _read_offline_runs(wandb_dir)
+        if all(r.exit_code is not None for r in runs) or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.2)
+
+
+def _read_offline_runs(wandb_dir: Path) -> list[OfflineRun]:
     from wandb.proto import wandb_internal_pb2 as pb
 
     runs = []
