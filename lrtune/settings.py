@@ -92,6 +92,9 @@ class Settings(BaseSettings):
         if self.heartbeat_grace <= self.heartbeat_interval:
             raise ValueError(f"heartbeat_grace ({self.heartbeat_grace} s) must exceed "
                              f"heartbeat_interval ({self.heartbeat_interval} s)")
+        if self.db_pool_size + self.db_max_overflow < 2:
+            raise ValueError("db_pool_size + db_max_overflow must be at least 2: Optuna's "
+                             "first start on a new database takes two connections at once")
         password = self.database_password.get_secret_value() if self.database_password else \
             make_url(self.database_url.get_secret_value()).password
         if password in PLACEHOLDER_PASSWORDS:

@@ -69,14 +69,14 @@ class Store:
         self.settings = settings
         pool = Pool(settings.db_pool_size, settings.db_max_overflow, settings.db_pool_timeout)
         self.db = Database(settings.connection_url(), pool)
-        with self.db.schema_lock():
+        with self.db.schema_lock() as locked:
             if migrate:
-                self.db.migrate()
+                self.db.migrate(locked)
             self.optuna_storage: GuardedStorage = optuna_storage(
                 settings.connection_url(), settings.heartbeat_interval,
                 settings.heartbeat_grace, pool)
             if migrate:
-                stats.install(self.db)
+                stats.install(self.db, locked)
         self.studies = Studies(self.db, self.optuna_storage)
         self.tokens = Tokens(self.db, settings.api_tokens.get_secret_value(),
                              settings.worker_tokens.get_secret_value())

@@ -124,44 +124,46 @@ class Database:
         except UNAVAILABLE as error:
             raise unavailable(error) from error
 
-    def migrate(self) -> None:
-        """Bring lrtune's tables to the latest revision (retrying a concurrent first run)."""
-        from alembic import command
-        from alembic.config import Config
-
-        cfg = Config()
-        cfg.set_main_option("script_location", str(Path(__file__).parents[1] / "migrations"))
-        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+    def migrate(self, conn: sa.Connection | None = None) -> None:
+        """Bring lrtune's tables to the latest revision: in ``conn``'s transaction (one holding
+        ``schema_lock``), else in its own, retrying a concurrent first run."""
+        if conn is not None:
+            self._upgrade(conn)
+            return
         for attempt in range(5):
             try:
-                with _MIGRATE_LOCK, self.transaction() as conn:
-                    cfg.attributes["connection"] = conn
-                    command.upgrade(cfg, "head")
+                with self.transaction() as own:
+                    self._upgrade(own)
                 return
             except (sa.exc.SQLAlchemyError, DatabaseUnavailable):
                 if attempt == 4:
                     raise
                 time.sleep(0.5 * (attempt + 1))
 
+    def _upgrade(self, conn: sa.Connection) -> None:
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parents[1] / "migrations"))
+        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        with _MIGRATE_LOCK:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
     @contextlib.contextmanager
-    def schema_lock(self) -> Iterator[None]:
+    def schema_lock(self) -> Iterator[sa.Connection | None]:
         """Serialise creating and migrating the schema across processes (API replicas starting
-        together on an empty database race in Optuna's ``CREATE TYPE``). A transaction-level
-        advisory lock on a connection of its own, so it also holds through PgBouncer."""
+        together on an empty database race in Optuna's ``CREATE TYPE``): a transaction-level
+        advisory lock (it holds through PgBouncer) on one of the pool's connections, yielded for
+        the migration to run on, so that a starting replica opens no connection beyond its
+        pools. SQLite: None (its writes serialise already)."""
         if self.is_sqlite:
-            yield
+            yield None
             return
-        kwargs = Pool().kwargs(self.url)
-        engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool,
-                                  connect_args=kwargs.get("connect_args", {}))
-        try:
-            with engine.begin() as conn:
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(SCHEMA_LOCK)))
-                yield
-        except UNAVAILABLE as error:
-            raise unavailable(error) from error
-        finally:
-            engine.dispose()
+        with self.transaction() as conn:
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(SCHEMA_LOCK)))
+            yield conn
 
     def ping(self) -> None:
         with self.transaction() as conn:

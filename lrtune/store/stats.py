@@ -150,29 +150,38 @@ def installed(conn: sa.Connection) -> bool:
                         {"name": f"lrtune_{VERSION}_value"}).first() is not None
 
 
-def install(db: Database) -> None:
+def install(db: Database, locked: sa.Connection | None = None) -> None:
     """Create the triggers (once per database) and count what is there already, with
-    writers held off so that no trial is counted twice or missed."""
+    writers held off so that no trial is counted twice or missed. ``locked``: a connection
+    holding the schema lock, to install on (its transaction commits it)."""
+    if locked is not None:
+        if not installed(locked):
+            _install(locked)
+        return
     with db.transaction() as conn:
         if installed(conn):
             return
     with db.transaction() as conn:
-        if conn.dialect.name == "sqlite":
-            conn.execute(sa.text("DELETE FROM lrtune_trial_counts"))  # takes the write lock
-            never_reuse_ids(conn)
-            statements = _sqlite_triggers()
-        else:
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7460991)"))  # one installer
-            if installed(conn):
-                return
-            conn.execute(sa.text("LOCK TABLE trials, trial_values IN SHARE ROW EXCLUSIVE MODE"))
-            statements = _postgresql_triggers()
-        for statement in statements:
-            conn.exec_driver_sql(statement)
-        # a page of a study's trials by number, read without sorting the whole study
-        conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_lrtune_trials_study_number "
-                             "ON trials (study_id, number)")
-        recount(conn)
+        _install(conn)
+
+
+def _install(conn: sa.Connection) -> None:
+    if conn.dialect.name == "sqlite":
+        conn.execute(sa.text("DELETE FROM lrtune_trial_counts"))  # takes the write lock
+        never_reuse_ids(conn)
+        statements = _sqlite_triggers()
+    else:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(7460991)"))  # one installer
+        if installed(conn):
+            return
+        conn.execute(sa.text("LOCK TABLE trials, trial_values IN SHARE ROW EXCLUSIVE MODE"))
+        statements = _postgresql_triggers()
+    for statement in statements:
+        conn.exec_driver_sql(statement)
+    # a page of a study's trials by number, read without sorting the whole study
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_lrtune_trials_study_number "
+                         "ON trials (study_id, number)")
+    recount(conn)
 
 
 def never_reuse_ids(conn: sa.Connection) -> None:

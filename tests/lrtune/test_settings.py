@@ -32,6 +32,9 @@ def test_settings_refuse_what_cannot_work() -> None:
                  database_password="change-me")
     with pytest.raises(ValidationError, match="placeholder"):
         Settings(_env_file=None, database_url="postgresql://lrtune:change-me@db/lrtune")
+    with pytest.raises(ValidationError, match="db_pool_size \\+ db_max_overflow"):
+        Settings(_env_file=None, db_pool_size=1, db_max_overflow=0)
+    assert Settings(_env_file=None, db_pool_size=1, db_max_overflow=1).db_pool_size == 1
 
 
 def test_the_database_password_is_put_in_and_never_shown() -> None:

@@ -327,20 +327,45 @@ def test_env_tokens_first_seen_at_once_each_get_their_own_principal(
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_replicas_starting_together_on_an_empty_database(db_url: str, tmp_path: Path) -> None:
     """API replicas created at the same moment on an empty PostgreSQL database all start
-    (creating Optuna's and lrtune's schema once, not racing in CREATE TYPE)."""
-    go = tmp_path / "go"
+    (creating Optuna's and lrtune's schema once, not racing in CREATE TYPE), and none opens
+    a connection beyond its pools while it starts, even with the smallest pools."""
+    go, done = tmp_path / "go", tmp_path / "done"
     script = (
         "import pathlib, sys, time\n"
         "from lrtune.settings import Settings\n"
         "from lrtune.store import Store\n"
         "while not pathlib.Path(sys.argv[2]).exists(): time.sleep(0.005)\n"
-        "Store(Settings(database_url=sys.argv[1]))\n")
-    procs = [subprocess.Popen([sys.executable, "-c", script, db_url, str(go)],
-                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
-    time.sleep(4)  # every process imported and polling
-    go.touch()
+        "Store(Settings(database_url=sys.argv[1], db_pool_size=2, db_max_overflow=0,\n"
+        "                db_pool_timeout=60)).open_pools()\n"
+        "pathlib.Path(sys.argv[4]).touch()\n"
+        "while not pathlib.Path(sys.argv[3]).exists(): time.sleep(0.005)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script,
+                               f"{db_url}?application_name=replica{i}", str(go), str(done),
+                               str(tmp_path / f"ready{i}")],
+                              stderr=subprocess.PIPE, text=True) for i in range(6)]
+    peaks: dict[str, int] = {}
+    watcher = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    with watcher.connect() as conn:
+        time.sleep(4)  # every process imported and polling
+        go.touch()
+        deadline = time.monotonic() + 120
+        settled: float | None = None  # sampled until half a second after every replica opened its pools
+        while settled is None or time.monotonic() < settled:
+            if settled is None and len(list(tmp_path.glob("ready*"))) == 6:
+                settled = time.monotonic() + 0.5
+            rows = conn.execute(sa.text(
+                "SELECT application_name, count(*) FROM pg_stat_activity "
+                "WHERE application_name LIKE 'replica%' GROUP BY application_name")).all()
+            conn.rollback()  # a fresh snapshot of pg_stat_activity each time
+            for name, count in rows:
+                peaks[name] = max(peaks.get(name, 0), count)
+            if time.monotonic() > deadline:
+                break
+    watcher.dispose()
+    done.touch()
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, "\n".join(errors)
+    assert peaks == {f"replica{i}": 4 for i in range(6)}  # lrtune's pool and Optuna's, 2 each
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
