@@ -349,7 +349,7 @@ def test_replicas_starting_together_on_an_empty_database(db_url: str, tmp_path: 
         time.sleep(4)  # every process imported and polling
         go.touch()
         deadline = time.monotonic() + 120
-        settled: float | None = None  # sampled until half a second after every replica opened its pools
+        settled: float | None = None  # until half a second after all replicas opened pools
         while settled is None or time.monotonic() < settled:
             if settled is None and len(list(tmp_path.glob("ready*"))) == 6:
                 settled = time.monotonic() + 0.5
