@@ -31,7 +31,7 @@ RESULTS = Path(__file__).parent / "results"
 DOC = Path(__file__).parents[1] / "docs" / "benchmarks.md"
 SEARCHES = ["random", "tpe", "tpe+hyperband", "tpe+percentile"]
 TOP = 0.2  # "a winner": in the best fifth of its run's trials by final value
-PRUNERS = ["median", "percentile"]
+PRUNERS = ["median", "percentile", "schedule"]
 TIMING = {"early decay": ("exponential", "inverse_time", "polynomial"),
           "late decay": ("cosine", "step", "multistep", "wsd", "onecycle", "plateau")}
 STAMP = datetime(2026, 1, 1)

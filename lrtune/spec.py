@@ -155,8 +155,8 @@ class SamplerSpec(Strict):
 
 
 class PrunerSpec(Strict):
-    name: Literal["none", "percentile", "median", "hyperband", "successive_halving"] = \
-        "percentile"
+    name: Literal["none", "percentile", "median", "hyperband", "successive_halving",
+                  "schedule"] = "percentile"
 
 
 class WarmStartSpec(Strict):

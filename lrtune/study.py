@@ -7,6 +7,7 @@ import warnings
 import optuna
 
 from lrtune.errors import SpecError
+from lrtune.schedule_pruning import SchedulePruner
 from lrtune.spec import PrunerSpec, SamplerSpec, StudySpec
 from lrtune.tasks import EXTERNAL, Direction, task_info
 from lrtune.tpe import LazyGroupTPESampler
@@ -61,6 +62,10 @@ def make_pruner(spec: PrunerSpec, epochs: int) -> optuna.pruners.BasePruner:
         # their final ranks warrant (docs/benchmarks.md, "Pruning"); the 75th percentile
         # saves nearly as much compute and almost never prunes an eventual winner.
         return optuna.pruners.PercentilePruner(75.0, n_startup_trials=5, n_warmup_steps=warmup)
+    if spec.name == "schedule":
+        # The percentile rule's quantile and warm-up, applied to each trial's final value as
+        # its LR path forecasts it (lrtune/schedule_pruning.py).
+        return SchedulePruner(epochs, 75.0, n_startup_trials=5, n_warmup_steps=warmup)
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup)
 
 

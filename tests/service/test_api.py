@@ -49,6 +49,7 @@ BAD = [
     ({"n_trials": 501}, "n_trials"),
     ({"epochs": 101}, "epochs"),
     ({"pack": 0}, "pack"),
+    ({"pruner": {"name": "schedules"}}, "pruner.name"),
     ({"objective": "val_acc"}, "objective"),
     ({"name": ""}, "name"),
     ({"surprise": 1}, "surprise"),
