@@ -9,6 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
 from lrtune.errors import SpecError
 from lrtune.optimizers import OPTIMIZERS, OptimizerChoice
 from lrtune.schedules import FAMILIES, WARMUP, Param, Schedule
@@ -81,29 +88,33 @@ class ParamsSource:
 
 class FittingSource(ParamsSource):
     """Stored params read as this space would suggest them: ``used`` collects those asked
-    for; a value outside the space's choices or range raises ``OutOfSpace``."""
+    for, ``distributions`` the distributions this space's trials would store them with; a
+    value outside the space's choices or range raises ``OutOfSpace``."""
 
     def __init__(self, params: dict[str, Any]) -> None:
         super().__init__(params)
         self.used: dict[str, Any] = {}
+        self.distributions: dict[str, BaseDistribution] = {}
 
-    def _take(self, name: str, fits: bool) -> Any:
+    def _take(self, name: str, fits: bool, distribution: BaseDistribution) -> Any:
         if not fits:
             raise OutOfSpace(name)
         self.used[name] = self.params[name]
+        self.distributions[name] = distribution
         return self.params[name]
 
     def categorical(self, name: str, choices: list[Any]) -> Any:
-        return self._take(name, self._get(name) in choices)
+        return self._take(name, self._get(name) in choices, CategoricalDistribution(choices))
 
     def float(self, name: str, low: float, high: float, log: bool) -> float:
         value = self._get(name)
         fits = isinstance(value, int | float) and (low == high == 0.0 or low <= value <= high)
-        return float(self._take(name, fits))
+        return float(self._take(name, fits, FloatDistribution(low, high, log=log)))
 
     def int(self, name: str, low: int, high: int, log: bool) -> int:
         value = self._get(name)
-        return int(self._take(name, isinstance(value, int) and low <= value <= high))
+        return int(self._take(name, isinstance(value, int) and low <= value <= high,
+                              IntDistribution(low, high, log=log)))
 
 
 class OutOfSpace(Exception):
@@ -176,12 +187,18 @@ class SearchSpace:
     def fitting(self, params: dict[str, Any]) -> dict[str, Any] | None:
         """The parameters this space would ask for, taken from ``params`` (another study's
         trial), or None when one is missing or outside this space."""
+        fitted = self.fitted(params)
+        return fitted[0] if fitted is not None else None
+
+    def fitted(self, params: dict[str, Any]
+               ) -> tuple[dict[str, Any], dict[str, BaseDistribution]] | None:
+        """``fitting``'s parameters and this space's distributions of them."""
         source = FittingSource(params)
         try:
             self.choose(source)
         except (OutOfSpace, SpecError):
             return None
-        return source.used
+        return source.used, source.distributions
 
     def choose(self, src: Source) -> TrialConfig:
         spec, fixed = self.spec, self.fixed

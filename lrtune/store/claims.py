@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from lrtune import optuna_internals as internals
 from lrtune import study as names
 from lrtune.errors import DatabaseUnavailable, NotFound
+from lrtune.history import replaced
 from lrtune.settings import Settings
 from lrtune.store import trials
 from lrtune.store.db import Database
@@ -227,7 +228,8 @@ class Claims:
         if seed is not None:
             spec = record.spec.sampler.model_copy(
                 update={"seed": names.derived_seed(seed, next_number)})
-            study.sampler = names.make_sampler(spec, previous=study.sampler)
+            study.sampler = replaced(study.sampler,
+                                     lambda base: names.make_sampler(spec, previous=base))
 
     def _new_pack(self, record: StudyRecord, study: optuna.Study, k: int) -> list[Claim]:
         """``k`` new trials in one statement, sampling in memory (see store.pack_storage)."""

@@ -16,6 +16,7 @@ from optuna.study import StudyDirection
 from lrtune import optuna_internals as internals
 from lrtune import study as names
 from lrtune.errors import Conflict, NotFound, OverQuota
+from lrtune.history import with_history
 from lrtune.lr_range import LrBounds, resolved
 from lrtune.spec import StudySpec
 from lrtune.store import reads, warm
@@ -326,8 +327,11 @@ class Studies:
             except KeyError:
                 raise NotFound(f"study {record.id} ({record.name}) has no Optuna study "
                                "any more") from None
-            cached = optuna.load_study(study_name=name, storage=self.storage,
-                                       sampler=names.make_sampler(spec.sampler),
+            sampler = names.make_sampler(spec.sampler)
+            if spec.warm_start is not None:
+                with self.db.transaction() as conn:
+                    sampler = with_history(sampler, warm.history(conn, spec))
+            cached = optuna.load_study(study_name=name, storage=self.storage, sampler=sampler,
                                        pruner=names.make_pruner(spec.pruner, spec.epochs))
             self._optuna[record.id] = cached
         return cached

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import statistics
+
 import pytest
 from optuna.trial import TrialState
 
 from lrtune import optuna_internals as internals
 from lrtune.errors import SpecError
 from lrtune.space import SearchSpace
-from lrtune.spec import StudySpec
+from lrtune.spec import StudySpec, WarmStartSpec
 from lrtune.store import Store
 from lrtune.store.warm import ATTR_WARM_START
 from tests.conftest import MakeStore
@@ -81,3 +84,65 @@ def test_a_study_not_there_is_refused_naming_the_field(make_store: MakeStore) ->
         store.create_study(spec, "me")
     assert refused.value.field == "warm_start.studies.0"
     assert store.list_studies()[1] == 0  # nothing created
+
+
+def lr_study(store: Store, name: str, n: int, epochs: int = 4, **spec: object) -> StudySpec:
+    """A study of ``n`` trials whose value is the LR's distance (in log) from 2e-3: the
+    best LRs are low in the range. Its spec."""
+    made = StudySpec(name=name, task="linreg", epochs=epochs, n_trials=n, space=SPACE,
+                     sampler={"name": "random", "seed": 1}, **spec)  # type: ignore[arg-type]
+    record = store.create_study(made, "me")
+    space = SearchSpace(made.space)
+    while (claim := store.claim({record.id})) is not None:
+        lr = space.sample(claim.trial).optimizer.lr
+        store.finish(claim, TrialState.COMPLETE, abs(math.log(lr / 2e-3)))
+    return made
+
+
+def drawn_lrs(store: Store, spec: StudySpec) -> list[float]:
+    record = store.create_study(spec, "me")
+    space = SearchSpace(spec.space)
+    lrs = []
+    while (claim := store.claim({record.id})) is not None:
+        config = space.sample(claim.trial)
+        if ATTR_WARM_START not in claim.trial.user_attrs:
+            lrs.append(config.optimizer.lr)
+        store.finish(claim, TrialState.COMPLETE, abs(math.log(config.optimizer.lr / 2e-3)))
+    return lrs
+
+
+def test_earlier_results_are_the_samplers_history_not_trials(make_store: MakeStore) -> None:
+    """With the same task, horizon and objective, TPE models from the earlier study's
+    results at once (it samples its first 10 trials at random without them): the new
+    study's first draws crowd where the earlier study did best. They are not its trials."""
+    store = make_store()
+    lr_study(store, "earlier", 30)
+    earlier_id = next(r.id for r in store.list_studies()[0] if r.name == "earlier")
+    tpe = {"name": "tpe", "seed": 3}
+    cold = StudySpec(name="cold", task="linreg", epochs=4, n_trials=9, space=SPACE,
+                     sampler=tpe)
+    warm = cold.model_copy(update={"name": "warm", "warm_start": WarmStartSpec(
+        studies=[earlier_id], top=1)})
+    cold_lrs, warm_lrs = drawn_lrs(store, cold), drawn_lrs(store, warm)
+    assert len(cold_lrs) == 9 and len(warm_lrs) == 8  # the budget: one warm trial queued
+
+    def off(lrs: list[float]) -> float:
+        return statistics.median(abs(math.log(lr / 2e-3)) for lr in lrs)
+
+    assert off(warm_lrs) < 0.5 * off(cold_lrs), (warm_lrs, cold_lrs)
+    record = store.get_study(next(r.id for r in store.list_studies()[0] if r.name == "warm"))
+    assert len(store.optuna_study(record).trials) == 9  # its own trials only
+    assert store.get_study(record.id).status == "done"
+
+
+def test_another_horizon_gives_configurations_but_no_history(make_store: MakeStore) -> None:
+    store = make_store()
+    lr_study(store, "earlier", 12, epochs=4)
+    earlier_id = next(r.id for r in store.list_studies()[0] if r.name == "earlier")
+    for name, epochs, objective, kept in (("same", 4, "val_loss", 12),
+                                          ("longer", 8, "val_loss", 0),
+                                          ("other-metric", 4, "train_loss", 0)):
+        spec = StudySpec(name=name, task="linreg", epochs=epochs, n_trials=3, space=SPACE,
+                         objective=objective, warm_start={"studies": [earlier_id], "top": 2})
+        sampler = store.optuna_study(store.create_study(spec, "me")).sampler
+        assert len(getattr(sampler, "history", [])) == kept, name
