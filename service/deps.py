@@ -17,12 +17,13 @@ session_cookie = APIKeyCookie(name=SESSION_COOKIE, auto_error=False,
                               description="dashboard login (POST /login); reads only")
 
 
-def get_store(request: Request) -> Store:
+# async: read from the app's state, not worth a hop to the thread pool per request
+async def get_store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -56,7 +57,9 @@ class ClaimLock:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._thread_lock = threading.Lock()
-        self._study_locks: dict[int, threading.Lock] = {}
+        # one per study while a claimer uses it (weak: a study no one claims holds nothing)
+        self._study_locks: weakref.WeakValueDictionary[int, threading.Lock] = \
+            weakref.WeakValueDictionary()
 
     @contextlib.contextmanager
     def hold(self, study_id: int, wait: bool = False) -> Iterator[Held | None]:
@@ -71,7 +74,10 @@ class ClaimLock:
             # Threads of one process queue here, holding no connection: a pool full of
             # claimers waiting on the row lock would starve the holder of the connection
             # it needs to create trials.
-            local = self._study_locks.setdefault(study_id, threading.Lock())
+            with self._thread_lock:
+                local = self._study_locks.get(study_id)
+                if local is None:
+                    local = self._study_locks[study_id] = threading.Lock()
             if not local.acquire(blocking=wait):
                 yield None
                 return

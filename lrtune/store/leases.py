@@ -13,7 +13,7 @@ import json
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -96,8 +96,11 @@ class Leases:
         self.store = store
         self.judge = PruneJudge(store.finished_trials, self._running, self._all_finished,
                                 store.optuna_storage.get_trial)
-        self._known: OrderedDict[int, tuple[int, int, dict[int, int]]] = OrderedDict()
+        self._known: OrderedDict[int, tuple[int, StudyRecord, dict[int, int]]] = OrderedDict()
         self._known_lock = threading.Lock()
+        # a trial's LR curve as this process last wrote it: the next report, if it comes
+        # here, extends it without reading it back
+        self._curves: OrderedDict[int, list[float]] = OrderedDict()
 
     # -- claim ----------------------------------------------------------------------------------
     def claim(self, caller: Principal, study_id: int | None, count: int) -> Lease | None:
@@ -187,7 +190,9 @@ class Leases:
     # -- the lease's trials ----------------------------------------------------------------------
     def _held(self, caller: Principal, lease_id: int) -> tuple[StudyRecord, dict[int, int]]:
         """The lease's study and its trials (number -> trial id); NotFound, or Forbidden for
-        another token's lease. A lease never changes: kept per process once read."""
+        another token's lease. A lease never changes: kept per process once read, with its
+        study's record as then (as a direct worker keeps its claim's: the writes that depend
+        on the study's status check it in the database)."""
         with self._known_lock:
             known = self._known.get(lease_id)
             if known is not None:
@@ -197,17 +202,18 @@ class Leases:
                 row = conn.execute(sa.select(leases).where(leases.c.id == lease_id)).first()
                 if row is None:
                     raise NotFound(f"no lease {lease_id}", "lease_id")
-                known = (int(row.token_id), int(row.study_id), {int(n): int(t) for t, n in
-                         conn.execute(sa.select(lease_trials.c.trial_id, lease_trials.c.number)
-                                      .where(lease_trials.c.lease_id == lease_id))})
+                held = {int(n): int(t) for t, n in conn.execute(
+                    sa.select(lease_trials.c.trial_id, lease_trials.c.number)
+                    .where(lease_trials.c.lease_id == lease_id))}
+            known = (int(row.token_id), self.store.get_study(int(row.study_id)), held)
             with self._known_lock:
                 self._known[lease_id] = known
                 while len(self._known) > KNOWN_LEASES:
                     self._known.popitem(last=False)
-        token_id, study_id, held = known
+        token_id, record, held = known
         if token_id != caller.token_id:
             raise Forbidden(f"lease {lease_id} belongs to another token", "lease_id")
-        return self.store.get_study(study_id), held
+        return record, held
 
     @staticmethod
     def _in_lease(held: dict[int, int], numbers: Sequence[int], field: str) -> dict[int, int]:
@@ -217,9 +223,25 @@ class Leases:
                 raise Conflict(f"trial {number} is not in this lease", f"{field}[{i}].number")
         return {n: held[n] for n in numbers}
 
+    def _kept_curves(self, trial_ids: Iterable[int], epoch: int) -> dict[int, list[float]]:
+        """The LR curves this process wrote last for these trials, where they end just before
+        ``epoch`` (else another replica took a report since, or none was kept: read them)."""
+        with self._known_lock:
+            return {t: curve for t in trial_ids
+                    if (curve := self._curves.get(t)) is not None and len(curve) == epoch}
+
+    def _keep_curves(self, written: dict[int, list[float]]) -> None:
+        with self._known_lock:
+            for trial_id, curve in written.items():
+                self._curves[trial_id] = curve
+                self._curves.move_to_end(trial_id)
+            while len(self._curves) > KNOWN_LEASES:
+                self._curves.popitem(last=False)
+
     def _still_running(self, conn: sa.Connection, ids: dict[int, int], numbers: Sequence[int],
-                       field: str) -> None:
-        """Lock the trials' rows; Conflict naming the first that no longer runs."""
+                       field: str) -> dict[int, int]:
+        """Lock the trials' rows; Conflict naming the first that no longer runs. The epochs
+        each has reported, by trial id."""
         running = running_locked(conn, list(ids.values()))
         for i, number in enumerate(numbers):
             if ids[number] not in running:
@@ -230,6 +252,7 @@ class Leases:
                     if state == TrialState.FAIL else f"it is {state.name if state else 'gone'}"
                 raise Conflict(f"trial {number} is no longer running: {why}",
                                f"{field}[{i}].number")
+        return running
 
     def _states(self, trial_ids: list[int]) -> dict[int, TrialState]:
         t = internals.TRIALS
@@ -266,21 +289,20 @@ class Leases:
         iv, attrs = internals.INTERMEDIATE, internals.USER_ATTRS
         try:
             with self.store.transaction() as conn:
-                self._still_running(conn, ids, numbers, "trials")
-                reported: dict[int, int] = {int(t): int(n) for t, n in conn.execute(
-                    sa.select(iv.c.trial_id, sa.func.count()).where(
-                        iv.c.trial_id.in_(ids.values())).group_by(iv.c.trial_id))}
+                reported = self._still_running(conn, ids, numbers, "trials")
                 for i, r in enumerate(reports):
-                    done = int(reported.get(ids[r.number], 0))
+                    done = reported[ids[r.number]]
                     if epoch != done:
                         raise Conflict(f"trial {r.number} reports epoch {done} next, not "
                                        f"{epoch} (epochs are reported once, in order)",
                                        f"trials[{i}].number")
-                curves = {int(t): json.loads(v) for t, v in conn.execute(
-                    sa.select(attrs.c.trial_id, attrs.c.value_json).where(
-                        attrs.c.trial_id.in_(ids.values()),
-                        attrs.c.key == names.ATTR_LR_CURVE))}
-                values, rows = [], []
+                curves = self._kept_curves(ids.values(), epoch)
+                if missing := [t for t in ids.values() if t not in curves]:
+                    curves.update({int(t): json.loads(v) for t, v in conn.execute(
+                        sa.select(attrs.c.trial_id, attrs.c.value_json).where(
+                            attrs.c.trial_id.in_(missing),
+                            attrs.c.key == names.ATTR_LR_CURVE))})
+                values, rows, written = [], [], {}
                 for r in reports:
                     trial_id = ids[r.number]
                     stored, kind = internals.stored_intermediate(r.value)
@@ -290,7 +312,8 @@ class Leases:
                     if r.lr is not None:  # epochs reported without an LR repeat the last
                         curve = list(curves.get(trial_id, []))[:epoch]
                         curve += [curve[-1] if curve else r.lr] * (epoch - len(curve))
-                        rows.append(_attr(trial_id, names.ATTR_LR_CURVE, curve + [r.lr]))
+                        written[trial_id] = [*curve, r.lr]
+                        rows.append(_attr(trial_id, names.ATTR_LR_CURVE, written[trial_id]))
                     if r.metrics:
                         rows.append(_attr(trial_id, names.ATTR_METRICS, r.metrics))
                     if steps_per_epoch is not None:
@@ -302,6 +325,7 @@ class Leases:
         except sa.exc.IntegrityError:  # the same epoch written by a request at the same time
             raise Conflict(f"epoch {epoch} of these trials was reported already",
                            "epoch") from None
+        self._keep_curves(written)
         if epoch >= record.spec.epochs - 1:  # the last epoch is a result, never pruned
             return []
         study = self.store.optuna_study(record)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from optuna.trial import TrialState
+from sqlalchemy.dialects import postgresql, sqlite
 
 from lrtune import optuna_internals as internals
 from lrtune.dashboard import curve_artifact_attr
@@ -81,14 +82,19 @@ def stale(conn: sa.Connection, optuna_study_id: int, grace: float) -> list[int]:
     return [int(r[0]) for r in conn.execute(query)]
 
 
+COPY_FROM = 8  # rows from which a COPY beats INSERTs (a COPY costs more round trips)
+UPSERT: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
 def bulk_insert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """PostgreSQL through psycopg 3: one COPY in the connection's transaction (an
-    executemany, even pipelined, makes the server run one INSERT per row); elsewhere one
-    executemany (a compiled multi-VALUES statement of thousands of parameters costs more to
-    build than it saves)."""
+    """PostgreSQL through psycopg 3, ``COPY_FROM`` rows or more: one COPY in the
+    connection's transaction (an executemany, even pipelined, makes the server run one INSERT
+    per row); else one executemany (a compiled multi-VALUES statement of thousands of
+    parameters costs more to build than it saves)."""
     if not rows:
         return
-    if (conn.dialect.name, conn.dialect.driver) != ("postgresql", "psycopg"):
+    if (conn.dialect.name, conn.dialect.driver) != ("postgresql", "psycopg") or \
+            len(rows) < COPY_FROM:
         conn.execute(table.insert(), rows)
         return
     columns = list(rows[0])
@@ -106,18 +112,37 @@ def replace_attrs(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Set these trial user attributes (``trial_id``, ``key``, ``value_json``), replacing any
     value they had."""
     attrs = internals.USER_ATTRS
+    if 0 < len(rows) < COPY_FROM and conn.dialect.name in UPSERT:
+        upsert: Any = UPSERT[conn.dialect.name](attrs)  # either dialect's upserting insert
+        conn.execute(upsert.on_conflict_do_update(  # Optuna's unique (trial_id, key)
+            index_elements=[attrs.c.trial_id, attrs.c.key],
+            set_={"value_json": upsert.excluded.value_json}), list(rows))
+        return
     for key in {r["key"] for r in rows}:
         conn.execute(attrs.delete().where(attrs.c.key == key, attrs.c.trial_id.in_(
             [r["trial_id"] for r in rows if r["key"] == key])))
     bulk_insert(conn, attrs, list(rows))
 
 
-def running_locked(conn: sa.Connection, trial_ids: Sequence[int]) -> set[int]:
+def running_locked(conn: sa.Connection, trial_ids: Sequence[int]) -> dict[int, int]:
     """Which of these trials are RUNNING, their rows locked until the transaction ends (on
-    PostgreSQL a row lock, on SQLite the database's write lock): an ending or a reap waits."""
-    return set(conn.execute(T.update().where(
-        T.c.trial_id.in_(list(trial_ids)), T.c.state == TrialState.RUNNING)
-        .values(datetime_start=T.c.datetime_start).returning(T.c.trial_id)).scalars())
+    PostgreSQL a row lock, on SQLite the database's write lock): an ending or a reap waits.
+    By trial id, the epochs each has reported (its intermediate values), in the same
+    statement."""
+    iv = internals.INTERMEDIATE
+    lock = T.update().where(T.c.trial_id.in_(list(trial_ids)),
+                            T.c.state == TrialState.RUNNING) \
+        .values(datetime_start=T.c.datetime_start)
+    if conn.dialect.name == "postgresql":
+        reported = sa.select(sa.func.count()).where(iv.c.trial_id == T.c.trial_id) \
+            .scalar_subquery()
+        return {int(t): int(n) for t, n in conn.execute(lock.returning(T.c.trial_id, reported))}
+    # SQLite's RETURNING names columns unqualified: a correlated count would count itself
+    running = [int(t) for t in conn.execute(lock.returning(T.c.trial_id)).scalars()]
+    counts = {int(t): int(n) for t, n in conn.execute(sa.select(
+        iv.c.trial_id, sa.func.count()).where(iv.c.trial_id.in_(running))
+        .group_by(iv.c.trial_id))}
+    return {t: counts.get(t, 0) for t in running}
 
 
 def insert_trials(conn: sa.Connection, optuna_study_id: int, k: int) -> list[tuple[int, int]]:
