@@ -5,6 +5,7 @@ URL. A database that is away surfaces as ``DatabaseUnavailable`` from either."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import inspect
 import threading
@@ -157,9 +158,19 @@ class Database:
         together on an empty database race in Optuna's ``CREATE TYPE``): a transaction-level
         advisory lock (it holds through PgBouncer) on one of the pool's connections, yielded for
         the migration to run on, so that a starting replica opens no connection beyond its
-        pools. SQLite: None (its writes serialise already)."""
+        pools. SQLite: a file lock beside the database (processes starting together on a new
+        file race in Optuna's ``CREATE TABLE`` too), and None."""
         if self.is_sqlite:
-            yield None
+            path = self.engine.url.database
+            if not path or path == ":memory:":
+                yield None
+                return
+            with open(f"{path}.schema.lock", "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield None
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
             return
         with self.transaction() as conn:
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(SCHEMA_LOCK)))

@@ -368,6 +368,25 @@ def test_replicas_starting_together_on_an_empty_database(db_url: str, tmp_path: 
     assert peaks == {f"replica{i}": 4 for i in range(6)}  # lrtune's pool and Optuna's, 2 each
 
 
+def test_processes_starting_together_on_a_new_sqlite_file(tmp_path: Path) -> None:
+    """`lrtune serve &` then `lrtune token create` at once on a new SQLite file (the README's
+    own-code section does): both start, one creating the schema while the other waits (they
+    raced in Optuna's CREATE TABLE: "table trial_heartbeats already exists")."""
+    go, url = tmp_path / "go", f"sqlite:///{tmp_path / 'lrtune.db'}"
+    script = (
+        "import pathlib, sys, time\n"
+        "from lrtune.settings import Settings\n"
+        "from lrtune.store import Store\n"
+        "while not pathlib.Path(sys.argv[2]).exists(): time.sleep(0.002)\n"
+        "Store(Settings(database_url=sys.argv[1]))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, url, str(go)],
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    time.sleep(4)  # every process imported and polling
+    go.touch()
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(errors)
+
+
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_claimers_waiting_on_a_study_hold_no_connection(make_store: MakeStore) -> None:
     """More threads of one process claiming packs of one study than its pool has connections:
