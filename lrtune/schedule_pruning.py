@@ -52,6 +52,7 @@ RESOLUTION = 4096  # LR samples per path at most (the formulas' cost is O(sample
 MARGIN = 1.0  # residual spreads by which a forecast must be worse than the kept quantile
 FLOOR = 1e-3  # LR ratios and areas below it count as it (a decay to zero stays finite)
 RIDGE = 1e-3  # keeps the least squares solvable with few, alike trials
+FIT_TRIALS = 512  # the latest completed trials the law is fitted on (a refit's cost is linear)
 SHRINK = 1.0  # weight of the pooled fit in each decision epoch's own, in trials per feature
 
 Path = tuple[tuple[float, ...], tuple[float, ...]]  # per epoch: r at its end, S at its end
@@ -257,7 +258,8 @@ class SchedulePruner(optuna.pruners.BasePruner):
         if any(v is None or math.isnan(v) for v in values):
             return self.fallback.prune(study, trial)
         now = [float(v) for v in values if v is not None]
-        law = self.law(completed, study.direction, study.study_name)
+        recent = sorted(completed, key=lambda t: t.number)[-FIT_TRIALS:]
+        law = self.law(recent, study.direction, study.study_name)
         path = lr_path(trial, self.epochs, study.direction)
         if (path is None or law is None or step not in law.coef
                 or (law.positive and min(now) <= 0) or not math.isfinite(sum(now))):

@@ -168,3 +168,25 @@ def test_the_spec_takes_schedule_and_refuses_an_unknown_pruner() -> None:
 def test_bad_arguments_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="got"):
         SchedulePruner(**kwargs)
+
+
+def test_the_law_is_fitted_on_the_latest_completed_trials_only(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refit costs in proportion to its trials: a study of many completed trials fits on
+    the latest ``FIT_TRIALS`` of them (a report can not cost seconds of the server's CPU)."""
+    monkeypatch.setattr(schedule_pruning, "FIT_TRIALS", 9)
+    fitted: list[list[int]] = []
+    law = SchedulePruner.law
+
+    def spied(self: SchedulePruner, completed: Any, *args: Any) -> Any:
+        fitted.append([t.number for t in completed])
+        return law(self, completed, *args)
+
+    monkeypatch.setattr(SchedulePruner, "law", spied)
+    study = study_of(FINISHED)
+    late = config("wsd", warmup=0.0, decay=0.3, shape="linear")
+    pruner = make_pruner(PrunerSpec(name="schedule"), EPOCHS)
+    pruner.prune(study, trial(99, curve(0.6, "wsd", warmup=0.0, decay=0.3,
+                                        shape="linear")[:5], RUNNING, late))
+    numbers = sorted(t.number for t in study.trials)
+    assert len(numbers) > 9 and fitted == [numbers[-9:]]
