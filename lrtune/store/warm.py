@@ -32,7 +32,8 @@ from lrtune.spec import StudySpec
 from lrtune.tables import studies
 
 DEFAULT_TOP = 5
-HISTORY = 1000  # an earlier study's best trials its successor's sampler reads
+HISTORY = 1000  # earlier trials a study's sampler reads, all its sources together (TPE's
+# cost per sample grows with them)
 CANDIDATES = 4  # trials read per configuration wanted: some may not fit the new space
 ATTR_WARM_START = "warm_start"  # {"study": id, "number": n}: where a queued trial came from
 
@@ -84,10 +85,11 @@ def _ranked(conn: sa.Connection, space: SearchSpace, study_id: int, top: int,
 
 def history(conn: sa.Connection, spec: StudySpec) -> list[FrozenTrial]:
     """The COMPLETE trials of ``spec.warm_start``'s studies that share its task, horizon and
-    objective (their values compare), best first, up to ``HISTORY`` of each, in the new
-    space: its sampler's history (lrtune/history.py)."""
+    objective (their values compare), best first, up to ``HISTORY`` in all (shared evenly),
+    in the new space: its sampler's history (lrtune/history.py)."""
     if spec.warm_start is None:
         return []
+    each = max(1, HISTORY // len(spec.warm_start.studies))
     space = SearchSpace(spec.space, names.direction(spec))
     trials: list[FrozenTrial] = []
     for study_id in spec.warm_start.studies:
@@ -98,7 +100,7 @@ def history(conn: sa.Connection, spec: StudySpec) -> list[FrozenTrial]:
         if (earlier.task, earlier.epochs, earlier.objective) != \
                 (spec.task, spec.epochs, spec.objective):
             continue
-        for trial_id, _, value, params in _best(conn, name, earlier, HISTORY) or []:
+        for trial_id, _, value, params in _best(conn, name, earlier, each) or []:
             fitted = space.fitted(params)
             if fitted is not None:
                 trials.append(history_trial(len(trials), trial_id, value, *fitted))

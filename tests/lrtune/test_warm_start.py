@@ -12,7 +12,7 @@ from lrtune import optuna_internals as internals
 from lrtune.errors import SpecError
 from lrtune.space import SearchSpace
 from lrtune.spec import StudySpec, WarmStartSpec
-from lrtune.store import Store
+from lrtune.store import Store, warm
 from lrtune.store.warm import ATTR_WARM_START
 from tests.conftest import MakeStore
 
@@ -146,3 +146,23 @@ def test_another_horizon_gives_configurations_but_no_history(make_store: MakeSto
                          objective=objective, warm_start={"studies": [earlier_id], "top": 2})
         sampler = store.optuna_study(store.create_study(spec, "me")).sampler
         assert len(getattr(sampler, "history", [])) == kept, name
+
+
+def test_the_history_is_bounded_in_all(make_store: MakeStore,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """TPE's cost per sample grows with its history: ``HISTORY`` trials in all, shared
+    evenly among the earlier studies, the best of each."""
+    monkeypatch.setattr(warm, "HISTORY", 6)
+    store = make_store()
+    lr_study(store, "first", 12)
+    lr_study(store, "second", 12)
+    ids = [r.id for r in store.list_studies()[0]]
+    spec = StudySpec(name="later", task="linreg", epochs=4, n_trials=3, space=SPACE,
+                     warm_start={"studies": ids, "top": 1})
+    history = store.optuna_study(store.create_study(spec, "me")).sampler.history  # type: ignore[attr-defined]
+    assert len(history) == 6 and len({t._trial_id for t in history}) == 6
+    for study_id in ids:
+        record = store.get_study(study_id)
+        values = sorted(t.value for t in store.optuna_study(record).trials)
+        mine = {t._trial_id for t in store.optuna_study(record).trials}
+        assert sorted(t.value for t in history if t._trial_id in mine) == values[:3]
