@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -96,6 +98,39 @@ def age_trials(store: Store, seconds: float = 3600) -> None:
         conn.execute(trials.update().where(trials.c.trial_id.in_(running))
                      .values(datetime_start=then))
         conn.execute(beats.update().where(beats.c.trial_id.in_(running)).values(heartbeat=then))
+
+
+def pause_between_transactions(pid: int, db_url: str, tries: int = 100) -> None:
+    """SIGSTOP ``pid`` at a moment it holds no database transaction open: paused inside one,
+    it would hold SQLite's write lock (or PostgreSQL's row locks) for the whole pause, and the
+    test's own writes would wait for it. Tries again, after a short resume, until it is so."""
+    for _ in range(tries):
+        os.kill(pid, signal.SIGSTOP)
+        if not _transaction_open(db_url):
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise TimeoutError(f"process {pid} never paused outside a transaction")
+
+
+def _transaction_open(db_url: str) -> bool:
+    if db_url.startswith("sqlite"):
+        probe = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=0.5,
+                                isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            probe.close()
+    with psycopg.connect(db_url.replace("postgresql+psycopg", "postgresql"),
+                         autocommit=True) as probe:
+        open_ = probe.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                              "current_database() AND xact_start IS NOT NULL "
+                              "AND pid <> pg_backend_pid()")
+        return bool(open_.fetchone()[0])  # type: ignore[index]
 
 
 def free_port() -> int:

@@ -19,7 +19,15 @@ import pytest
 
 from lrtune.settings import Settings
 from lrtune.store import Store, sqlalchemy_url
-from tests.conftest import age_trials, free_port, lrtune_env, spawn, stop, wait_ready
+from tests.conftest import (
+    age_trials,
+    free_port,
+    lrtune_env,
+    pause_between_transactions,
+    spawn,
+    stop,
+    wait_ready,
+)
 from tests.faults.common import assert_exact_budget
 
 pytestmark = pytest.mark.timeout(420)
@@ -123,7 +131,7 @@ def test_a_worker_outlives_its_trial_reaped_under_it(serving: Serving) -> None:
     serving.wait(study, RUNNING)
     store = Store(Settings(database_url=serving.db_url), migrate=False)
     record = store.get_study(study)
-    subprocess.run(["kill", "-STOP", str(worker)], check=True)
+    pause_between_transactions(worker, serving.db_url)
     try:
         age_trials(store)  # silent for an hour, as far as the reaper can tell
         assert store.reap(record) == 1  # what any claimer does under the study's lock
