@@ -41,10 +41,10 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from lrtune.attrs import ATTR_CONFIG
 from lrtune.errors import SpecError
 from lrtune.schedules import FAMILIES, WARMUP, Schedule
 
-ATTR_CONFIG = "config"  # lrtune.study.ATTR_CONFIG (imported there from here would loop)
 PERCENTILE = 75.0  # the kept quantile, as the percentile pruner's
 STARTUP = 5  # completed trials before any pruning, as the percentile pruner's
 MIN_FIT = 8  # completed trials with whole curves and known paths before the law is trusted

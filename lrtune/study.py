@@ -6,23 +6,18 @@ import warnings
 
 import optuna
 
+from lrtune.attrs import ATTR_CONFIG as ATTR_CONFIG
+from lrtune.attrs import ATTR_LR_CURVE as ATTR_LR_CURVE
+from lrtune.attrs import ATTR_METRICS as ATTR_METRICS
+from lrtune.attrs import ATTR_REASON as ATTR_REASON
+from lrtune.attrs import ATTR_STEPS_PER_EPOCH as ATTR_STEPS_PER_EPOCH
+from lrtune.attrs import STUDY_ATTR_LR_RANGE as STUDY_ATTR_LR_RANGE
+from lrtune.attrs import STUDY_ATTR_SPEC as STUDY_ATTR_SPEC
 from lrtune.errors import SpecError
 from lrtune.schedule_pruning import SchedulePruner
 from lrtune.spec import PrunerSpec, SamplerSpec, StudySpec
 from lrtune.tasks import EXTERNAL, Direction, task_info
 from lrtune.tpe import LazyGroupTPESampler
-
-# Trial user attributes lrtune writes.
-ATTR_REASON = "reason"  # diverged | failed: <error> | lost: <worker gone>
-ATTR_LR_CURVE = "lr_curve"  # LR at the first step of each epoch
-ATTR_METRICS = "metrics"  # last epoch's metrics
-ATTR_CONFIG = "config"  # the decoded TrialConfig (schedule + optimizer)
-ATTR_STEPS_PER_EPOCH = "steps_per_epoch"
-
-
-# Study user attributes lrtune writes (shown in the dashboard).
-STUDY_ATTR_SPEC = "lrtune_spec"
-STUDY_ATTR_LR_RANGE = "lrtune_lr_range"  # {"low", "high", "by_optimizer"} of the range test
 
 
 def derived_seed(seed: int, number: int) -> int:

@@ -96,9 +96,6 @@ class Store:
     def transaction(self) -> AbstractContextManager[sa.Connection]:
         return self.db.transaction()
 
-    def migrate(self) -> None:
-        self.db.migrate()
-
     def open_pools(self) -> None:
         """Open both engines' kept connections now (see ``db.open_pool``)."""
         try:

@@ -9,7 +9,6 @@ connection, so a write transaction held across ``ask()`` would deadlock SQLite).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import threading
 import time
@@ -88,12 +87,7 @@ class ClaimLock:
             finally:
                 local.release()
             return
-        path = self.db.engine.url.database
-        with self._thread_lock, contextlib.ExitStack() as stack:
-            if path and path != ":memory:":
-                handle = stack.enter_context(open(f"{path}.claims.lock", "a"))
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
+        with self._thread_lock, self.db.file_lock("claims"):
             with self.db.transaction() as conn:
                 row = conn.execute(query).first()
             yield (StudyRecord.from_row(row), None) if row is not None else None

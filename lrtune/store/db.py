@@ -9,7 +9,6 @@ import fcntl
 import functools
 import inspect
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -125,21 +124,14 @@ class Database:
         except UNAVAILABLE as error:
             raise unavailable(error) from error
 
-    def migrate(self, conn: sa.Connection | None = None) -> None:
-        """Bring lrtune's tables to the latest revision: in ``conn``'s transaction (one holding
-        ``schema_lock``), else in its own, retrying a concurrent first run."""
+    def migrate(self, conn: sa.Connection | None) -> None:
+        """Bring lrtune's tables to the latest revision, under ``schema_lock``: in the
+        connection it yields (PostgreSQL), else in a transaction of its own (SQLite)."""
         if conn is not None:
             self._upgrade(conn)
             return
-        for attempt in range(5):
-            try:
-                with self.transaction() as own:
-                    self._upgrade(own)
-                return
-            except (sa.exc.SQLAlchemyError, DatabaseUnavailable):
-                if attempt == 4:
-                    raise
-                time.sleep(0.5 * (attempt + 1))
+        with self.transaction() as own:
+            self._upgrade(own)
 
     def _upgrade(self, conn: sa.Connection) -> None:
         from alembic import command
@@ -161,20 +153,27 @@ class Database:
         pools. SQLite: a file lock beside the database (processes starting together on a new
         file race in Optuna's ``CREATE TABLE`` too), and None."""
         if self.is_sqlite:
-            path = self.engine.url.database
-            if not path or path == ":memory:":
+            with self.file_lock("schema"):
                 yield None
-                return
-            with open(f"{path}.schema.lock", "a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                try:
-                    yield None
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
             return
         with self.transaction() as conn:
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(SCHEMA_LOCK)))
             yield conn
+
+    @contextlib.contextmanager
+    def file_lock(self, name: str) -> Iterator[None]:
+        """SQLite: hold an exclusive lock on the file ``{database}.{name}.lock`` beside the
+        database, across processes (nothing to lock for an in-memory database)."""
+        path = self.engine.url.database
+        if not path or path == ":memory:":
+            yield
+            return
+        with open(f"{path}.{name}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def ping(self) -> None:
         with self.transaction() as conn:
