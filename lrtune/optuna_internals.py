@@ -11,17 +11,20 @@ names. The Optuna versions tested are pinned in ``pyproject.toml``.
 from __future__ import annotations
 
 import copy
+import functools
+import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
 import sqlalchemy as sa
+from optuna.distributions import BaseDistribution
 from optuna.search_space.group_decomposed import _SearchSpaceGroup
 from optuna.storages._rdb import models
 from optuna.study.study import _SYSTEM_ATTR_METRIC_NAMES, _ThreadLocalStudyAttribute
 from optuna.trial import FrozenTrial, TrialState
 
 if TYPE_CHECKING:
-    from optuna.distributions import BaseDistribution
     from optuna.samplers import TPESampler
 
 
@@ -63,6 +66,58 @@ def intermediate_from_stored(stored: float | None, kind: Any) -> float:
     value: float = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(
         stored, kind)
     return value
+
+
+def read_trials(conn: sa.Connection, trial_ids: Sequence[int]) -> list[FrozenTrial]:
+    """These trials as Optuna's ``RDBStorage.get_trial`` builds them, by number: six plain
+    statements on ``conn`` for all of them, where Optuna's ORM lazily loads each relation of
+    each trial in a transaction of its own (a third of a lease report's cost)."""
+    if not trial_ids:
+        return []
+    ids = list(trial_ids)
+
+    def rows(table: sa.Table, *columns: str) -> dict[int, list[Any]]:
+        found: dict[int, list[Any]] = {}
+        query = sa.select(table.c.trial_id, *(table.c[c] for c in columns)).where(
+            table.c.trial_id.in_(ids))
+        order = {"param_id", "step"} & set(table.c.keys())
+        query = query.order_by(*(table.c[c] for c in sorted(order)))
+        for row in conn.execute(query):
+            found.setdefault(int(row[0]), []).append(row[1:])
+        return found
+
+    values = rows(VALUES, "objective", "value", "value_type")
+    params = rows(PARAMS, "param_name", "param_value", "distribution_json")
+    users = rows(USER_ATTRS, "key", "value_json")
+    systems = rows(SYSTEM_ATTRS, "key", "value_json")
+    steps = rows(INTERMEDIATE, "step", "intermediate_value", "intermediate_value_type")
+    trials = []
+    for row in conn.execute(sa.select(TRIALS).where(TRIALS.c.trial_id.in_(ids))
+                            .order_by(TRIALS.c.number)):
+        tid = int(row.trial_id)
+        ordered: list[float] | None = None
+        if tid in values:
+            ordered = [0.0] * len(values[tid])
+            for objective, value, kind in values[tid]:
+                ordered[objective] = models.TrialValueModel.stored_repr_to_value(value, kind)
+        kinds = {name: _distribution(text) for name, _, text in params.get(tid, [])}
+        trials.append(FrozenTrial(
+            number=row.number, state=row.state, value=None, values=ordered,
+            datetime_start=row.datetime_start, datetime_complete=row.datetime_complete,
+            params={name: kinds[name].to_external_repr(value)
+                    for name, value, _ in params.get(tid, [])},
+            distributions=kinds,
+            user_attrs={key: json.loads(text) for key, text in users.get(tid, [])},
+            system_attrs={key: json.loads(text) for key, text in systems.get(tid, [])},
+            intermediate_values={step: intermediate_from_stored(value, kind)
+                                 for step, value, kind in steps.get(tid, [])},
+            trial_id=tid))
+    return trials
+
+
+@functools.lru_cache(maxsize=4096)
+def _distribution(text: str) -> BaseDistribution:
+    return optuna.distributions.json_to_distribution(text)
 
 
 def trial_id(trial: optuna.Trial | FrozenTrial) -> int:

@@ -72,6 +72,12 @@ class EpochItem(Body):
 class ReportIn(Body):
     epoch: int = Field(ge=0, le=1_000_000, description="0-based epoch")
     trials: list[EpochItem] = Field(min_length=1, max_length=1024)
+    later: list[Annotated[list[EpochItem], Field(min_length=1, max_length=1024)]] = Field(
+        default_factory=list, max_length=10_000,
+        description="the epochs after `epoch`, in order (epoch + 1, epoch + 2, …): a client "
+        "sends several at once when no pruner waits on them (the study's pruner, if any, "
+        "judges each trial at its last epoch here); each trial's epochs in order, a trial "
+        "may stop early")
     steps_per_epoch: int | None = Field(None, ge=1, le=10_000_000)
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -44,6 +45,11 @@ LOST = (401, 403, 404, 409)  # the lease is gone, or no longer this token's: its
 BIGGEST = 1e300  # the protocol's bound on a reported number
 BUSY_WAIT = 10.0  # seconds a request answered 503/429 is asked again before giving up
 CLAIM_TIMEOUT = 600.0  # seconds to wait for the answer to a claim of a pack (a big one samples)
+# A study without a pruner waits on no report: its epochs are sent together, at most this many
+# seconds after the first of them, or this many reported values at once (a fast task's epoch
+# costs the API a request, its CPU more than the training's)
+REPORT_EVERY = 0.5
+REPORT_MOST = 4096
 
 
 def _finite(value: float) -> float:
@@ -67,6 +73,7 @@ class LeaseSource:
         self.body_limit = body_limit
         self.sizes: dict[int, int] = {}  # study id -> trials per claim, as sized here
         self.unsized: dict[int, StudySpec] = {}  # leased once, to be sized before a claim
+        self.several_epochs = True  # False once the API refuses a report's ``later``
         self.turn = 0
 
     @classmethod
@@ -190,8 +197,9 @@ class LeaseHeartbeat(Beating):
 
 
 class LeaseReporter:
-    """One leased trial's epochs: buffered in its lot (a pack's epoch is one request), and
-    given to its ``log``; ``should_prune`` sends what is buffered and reads the answer."""
+    """One leased trial's epochs: buffered in its lot (a pack's epoch is one request, and a
+    study without a pruner sends several epochs in one), and given to its ``log``;
+    ``should_prune`` sends what is due and reads the answer."""
 
     def __init__(self, lot: LeaseLot, number: int, between_epochs: Callable[[], None],
                  log: TrialLog) -> None:
@@ -203,7 +211,7 @@ class LeaseReporter:
         self.between_epochs()
 
     def should_prune(self) -> bool:
-        self.lot.send_reports()
+        self.lot.reports_done()
         return self.number in self.lot.pruned or self.number in self.lot.lost
 
 
@@ -223,8 +231,9 @@ class LeaseLot:
                                                    for t in lease["trials"]}
         self.steps: dict[int, int] = {}  # steps per epoch of each trial
         self.steps_sent: set[int] = set()
-        self.epoch = -1
-        self.reports: list[dict[str, Any]] = []
+        self.pending: list[tuple[int, list[dict[str, Any]]]] = []  # epochs not sent yet
+        self.waits = self.spec.pruner.name == "none" and source.several_epochs
+        self.sent_at = time.monotonic()
         self.endings: list[dict[str, Any]] = []
         self.pruned: set[int] = set()  # ended PRUNED by the server's pruner
         self.lost: set[int] = set()  # ended under this worker (reaped): dropped here
@@ -256,9 +265,10 @@ class LeaseLot:
     # -- reports ----------------------------------------------------------------------------
     def add_report(self, number: int, epoch: int, value: float, lr: float,
                    metrics: dict[str, float]) -> None:
-        if self.reports and epoch != self.epoch:
-            self.send_reports()
-        self.epoch = epoch
+        if self.pending and epoch != self.pending[-1][0]:
+            self.reports_done()
+        if not self.pending or epoch != self.pending[-1][0]:
+            self.pending.append((epoch, []))
         if number in self.lost or number in self.pruned:
             return
         item: dict[str, Any] = {"number": number, "value": _finite(value),
@@ -266,24 +276,54 @@ class LeaseLot:
         kept = _metrics(metrics)
         if kept:
             item["metrics"] = kept
-        self.reports.append(item)
+        self.pending[-1][1].append(item)
 
     def reports_done(self) -> None:
-        self.send_reports()
+        """Send the epochs buffered, unless they may wait (no pruner waits on them)."""
+        held = sum(len(items) for _, items in self.pending)
+        if not (self.waits and held < REPORT_MOST
+                and time.monotonic() - self.sent_at < REPORT_EVERY):
+            self.send_reports()
 
     def send_reports(self) -> None:
-        """The buffered epoch in one request (one per batch size whose steps per epoch are
-        sent with a trial's first report; more when a body would be too big)."""
-        items, self.reports = self.reports, []
-        groups: dict[int | None, list[dict[str, Any]]] = {}
-        for item in items:
-            groups.setdefault(self.steps.get(item["number"]), []).append(item)
-        for steps, group in groups.items():
+        """The buffered epochs: one request for each batch size (whose steps per epoch are
+        sent with a trial's first report), more when a body would be too big."""
+        pending, self.pending = self.pending, []
+        self.sent_at = time.monotonic()
+        groups: dict[int | None, list[tuple[int, list[dict[str, Any]]]]] = {}
+        for epoch, items in pending:
+            by_steps: dict[int | None, list[dict[str, Any]]] = {}
+            for item in items:
+                by_steps.setdefault(self.steps.get(item["number"]), []).append(item)
+            for steps, run in by_steps.items():
+                groups.setdefault(steps, []).append((epoch, run))
+        for steps, epochs in groups.items():
             first = steps is not None and any(i["number"] not in self.steps_sent
-                                              for i in group)
+                                              for _, run in epochs for i in run)
             extra = {"steps_per_epoch": steps} if first else {}
-            for run in self.source.chunks(group, 64):
-                self._send("report", {"epoch": self.epoch, "trials": run, **extra})
+            for body in self._report_bodies(epochs):
+                self._send("report", {**body, **extra})
+
+    def _report_bodies(self, epochs: list[tuple[int, list[dict[str, Any]]]]
+                       ) -> Iterator[dict[str, Any]]:
+        """Report bodies of these epochs: runs of consecutive epochs under the body limit; an
+        epoch too big alone in chunks."""
+        budget = self.source.body_limit - 512
+        run: list[tuple[int, list[dict[str, Any]]]] = []
+        size = 0
+        for epoch, items in epochs:
+            cost = len(json.dumps(items, separators=(",", ":"))) + 1
+            if run and (epoch != run[-1][0] + 1 or size + cost > budget):
+                yield _report_body(run)
+                run, size = [], 0
+            if cost > budget:
+                for chunk in self.source.chunks(items, 512):
+                    yield _report_body([(epoch, chunk)])
+                continue
+            run.append((epoch, items))
+            size += cost
+        if run:
+            yield _report_body(run)
 
     # -- endings ----------------------------------------------------------------------------
     def finish(self, slot: Slot, outcome: TrialOutcome) -> bool:
@@ -305,6 +345,10 @@ class LeaseLot:
         return True
 
     def flush(self) -> None:
+        """Endings with every report before them; else the reports that are due."""
+        if not self.endings:
+            self.reports_done()
+            return
         self.send_reports()
         items = [i for i in self.endings if i["number"] not in self.lost]
         self.endings = []
@@ -326,15 +370,20 @@ class LeaseLot:
     def _send(self, action: str, body: dict[str, Any]) -> None:
         """POST a report or finish of some of the lease's trials. Refused because some of them
         no longer run (reaped as lost): those are dropped, and the rest sent again."""
-        items: list[dict[str, Any]] = body["trials"]
-        while items:
+        while body["trials"]:
             try:
-                answer = self.source.post(self.path(action), {**body, "trials": items})
+                answer = self.source.post(self.path(action), body)
             except ClientError as error:
+                if error.status == 422 and "later" in body and "later" in str(error):
+                    self.source.several_epochs = self.waits = False  # an API before them
+                    extra = _extra(body)
+                    for epoch in _epochs_of(body):
+                        self._send(action, {**_report_body([epoch]), **extra})
+                    return
                 if error.status not in LOST:
                     raise
                 running = self._running()
-                gone = [i["number"] for i in items if i["number"] not in running]
+                gone = [n for n in _numbers(body) if n not in running]
                 if not gone:  # e.g. an epoch reported already, by a request that timed out
                     log.warning("study %s lease %d: %s refused, going on: %s", self.study,
                                 self.id, action, first_line(error))
@@ -342,11 +391,11 @@ class LeaseLot:
                 self.lost.update(gone)
                 log.warning("study %s trials %s lost under this worker (reaped: their copies "
                             "run again); dropped: %s", self.study, gone, first_line(error))
-                items = [i for i in items if i["number"] in running]
+                body = _keeping(body, running)
                 continue
             if action == "report" and answer is not None:
                 self.pruned.update(int(n) for n in answer["pruned"])
-                self.steps_sent.update(i["number"] for i in items)
+                self.steps_sent.update(_numbers(body))
             return
 
     def _running(self) -> set[int]:
@@ -358,3 +407,42 @@ class LeaseLot:
                 return set()
             raise
         return {int(n) for n in (answer or {}).get("running", [])}
+
+
+def _report_body(epochs: list[tuple[int, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """A report of consecutive epochs: the first as ``epoch`` and ``trials``, the rest as
+    ``later`` (left out when there is none, as an API before it expects)."""
+    body: dict[str, Any] = {"epoch": epochs[0][0], "trials": epochs[0][1]}
+    if len(epochs) > 1:
+        body["later"] = [items for _, items in epochs[1:]]
+    return body
+
+
+def _epochs_of(body: dict[str, Any]) -> list[tuple[int, list[dict[str, Any]]]]:
+    if "epoch" not in body:
+        return []
+    return [(body["epoch"] + k, items)
+            for k, items in enumerate([body["trials"], *body.get("later", [])])]
+
+
+def _numbers(body: dict[str, Any]) -> list[int]:
+    items = [i for _, run in _epochs_of(body) for i in run] if "epoch" in body \
+        else body["trials"]
+    return list(dict.fromkeys(int(i["number"]) for i in items))
+
+
+def _keeping(body: dict[str, Any], running: set[int]) -> dict[str, Any]:
+    """``body`` with only the trials in ``running`` (a report: its leading and trailing
+    epochs left empty dropped)."""
+    if "epoch" not in body:
+        return {**body, "trials": [i for i in body["trials"] if i["number"] in running]}
+    epochs = [(e, [i for i in items if i["number"] in running]) for e, items in _epochs_of(body)]
+    while epochs and not epochs[0][1]:
+        epochs.pop(0)
+    while epochs and not epochs[-1][1]:
+        epochs.pop()
+    return {**_report_body(epochs), **_extra(body)} if epochs else {"trials": []}
+
+
+def _extra(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in ("epoch", "trials", "later")}

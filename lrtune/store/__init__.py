@@ -239,16 +239,25 @@ class Store:
     def fail_and_requeue(self, trial_id: int, reason: str, count_retry: bool) -> bool:
         return self.reaper.fail_and_requeue(trial_id, reason, count_retry)
 
-    def finished_trials(self, record: StudyRecord, known: set[int]) -> list[FrozenTrial]:
-        """The study's COMPLETE and PRUNED trials whose numbers are not in ``known``."""
+    def finished_trials(self, record: StudyRecord, known: set[int],
+                        optuna_id: int | None = None) -> list[FrozenTrial]:
+        """The study's COMPLETE and PRUNED trials whose numbers are not in ``known``
+        (``optuna_id``: its Optuna study's id, where the caller holds it)."""
         table = internals.TRIALS
-        with self.db.transaction() as conn:
+        if optuna_id is None:
+            optuna_id = self.optuna_study_id(record)
+        with self.db.read() as conn:
             ids = [trial_id for trial_id, number in conn.execute(
                 sa.select(table.c.trial_id, table.c.number).where(
-                    table.c.study_id == self.optuna_study_id(record),
+                    table.c.study_id == optuna_id,
                     table.c.state.in_([TrialState.COMPLETE, TrialState.PRUNED])))
                    if number not in known]
-        return [self.optuna_storage.get_trial(trial_id) for trial_id in ids]
+            return internals.read_trials(conn, ids)
+
+    def read_trials(self, trial_ids: Sequence[int]) -> list[FrozenTrial]:
+        """These trials as Optuna's storage gives them, by number, in one read."""
+        with self.db.read() as conn:
+            return internals.read_trials(conn, trial_ids)
 
     def write_trials(self, record: StudyRecord, *, params: Sequence[PackStorage] = (),
                      intermediate: Sequence[dict[str, Any]] = (),

@@ -124,6 +124,16 @@ class Database:
         except UNAVAILABLE as error:
             raise unavailable(error) from error
 
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        """A connection in autocommit for reads that need no transaction: each statement is
+        one round trip to the database, without a BEGIN and a COMMIT around it."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn.execution_options(isolation_level="AUTOCOMMIT")
+        except UNAVAILABLE as error:
+            raise unavailable(error) from error
+
     def migrate(self, conn: sa.Connection | None) -> None:
         """Bring lrtune's tables to the latest revision, under ``schema_lock``: in the
         connection it yields (PostgreSQL), else in a transaction of its own (SQLite)."""

@@ -23,7 +23,7 @@ from lrtune.study import make_pruner
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 FEW = 8  # trials of one report read one by one; more: the study's running trials in one read
-Finished = Callable[[StudyRecord, set[int]], list[FrozenTrial]]
+Finished = Callable[[StudyRecord, set[int], int], list[FrozenTrial]]
 Running = Callable[[StudyRecord], list[FrozenTrial]]
 AllFinished = Callable[[StudyRecord], list[FrozenTrial]]
 
@@ -61,21 +61,23 @@ class PruneJudge:
     bulk."""
 
     def __init__(self, finished: Finished, running: Running, all_finished: AllFinished,
-                 trial: Callable[[int], FrozenTrial], studies: int = 16) -> None:
+                 trials: Callable[[Sequence[int]], list[FrozenTrial]], studies: int = 16
+                 ) -> None:
         self._finished, self._running, self._all_finished = finished, running, all_finished
-        self._trial = trial
+        self._trials = trials
         self._cache: OrderedDict[int, tuple[set[int], list[FrozenTrial]]] = OrderedDict()
         self._locks: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
         self.studies = studies
 
-    def _history(self, record: StudyRecord) -> list[FrozenTrial]:
+    def _history(self, record: StudyRecord, optuna_id: int) -> list[FrozenTrial]:
         with self._lock:
             study_lock = self._locks.setdefault(record.id, threading.Lock())
         with study_lock:
             with self._lock:
                 known, trials = self._cache.get(record.id, (set(), []))
-            new = self._finished(record, known) if known else self._all_finished(record)
+            new = self._finished(record, known, optuna_id) if known else \
+                self._all_finished(record)
             new = [t for t in new if t.number not in known]
             trials = trials + new
             with self._lock:
@@ -93,8 +95,8 @@ class PruneJudge:
     def prune(self, record: StudyRecord, study: optuna.Study, trial_ids: Sequence[int]
               ) -> list[int]:
         """The numbers of the trials ``trial_ids`` (running, each with its latest report) the
-        study's pruner prunes. Reads nothing for a study without a pruner; a few trials one by
-        one, a pack's with the study's running trials in one read; the running trials only
+        study's pruner prunes. Reads nothing for a study without a pruner; a few trials in one
+        read, a pack's with the study's running trials in one read; the running trials only
         when the pruner asks for them (the percentile and median pruners never do)."""
         pruner = make_pruner(record.spec.pruner, record.spec.epochs)
         if isinstance(pruner, optuna.pruners.NopPruner) or not trial_ids:
@@ -105,9 +107,10 @@ class PruneJudge:
             wanted = set(trial_ids)
             trials = [t for t in running if internals.trial_id(t) in wanted]
         else:
-            trials = [self._trial(trial_id) for trial_id in trial_ids]
-        view = JudgedView(internals.storage_of(study), internals.study_id(study),
-                          self._history(record),
+            trials = self._trials(trial_ids)
+        optuna_id = internals.study_id(study)
+        view = JudgedView(internals.storage_of(study), optuna_id,
+                          self._history(record, optuna_id),
                           (lambda: running) if running is not None
                           else (lambda: self._running(record)))
         judged = internals.study_view(study, view)

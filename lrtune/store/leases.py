@@ -13,7 +13,7 @@ import json
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -95,7 +95,7 @@ class Leases:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.judge = PruneJudge(store.finished_trials, self._running, self._all_finished,
-                                store.optuna_storage.get_trial)
+                                store.read_trials)
         self._known: OrderedDict[int, tuple[int, StudyRecord, dict[int, int]]] = OrderedDict()
         self._known_lock = threading.Lock()
         # a trial's LR curve as this process last wrote it: the next report, if it comes
@@ -223,11 +223,12 @@ class Leases:
                 raise Conflict(f"trial {number} is not in this lease", f"{field}[{i}].number")
         return {n: held[n] for n in numbers}
 
-    def _kept_curves(self, trial_ids: Iterable[int], epoch: int) -> dict[int, list[float]]:
-        """The LR curves this process wrote last for these trials, where they end just before
-        ``epoch`` (else another replica took a report since, or none was kept: read them)."""
+    def _kept_curves(self, lengths: Mapping[int, int]) -> dict[int, list[float]]:
+        """The LR curves this process wrote last for these trials (trial id -> the epoch it
+        reports next), where they end just before that epoch (else another replica took a
+        report since, or none was kept: read them)."""
         with self._known_lock:
-            return {t: curve for t in trial_ids
+            return {t: curve for t, epoch in lengths.items()
                     if (curve := self._curves.get(t)) is not None and len(curve) == epoch}
 
     def _keep_curves(self, written: dict[int, list[float]]) -> None:
@@ -272,64 +273,82 @@ class Leases:
         return sorted(running)
 
     def report(self, caller: Principal, lease_id: int, epoch: int,
-               reports: Sequence[EpochReport], steps_per_epoch: int | None = None
+               epochs: Sequence[Sequence[EpochReport]], steps_per_epoch: int | None = None
                ) -> list[int]:
-        """Record one epoch of the lease's trials (metric, LR, metrics), epochs in order, and
-        beat them; the numbers of those the study's pruner prunes, which end PRUNED here and
-        now. One transaction, the trials' rows locked: a finish or a reap in between waits, then
-        finds them ended (409, nothing written)."""
+        """Record epochs ``epoch``, ``epoch + 1``, … of the lease's trials (``epochs[k]``: the
+        metric, LR and metrics of epoch ``epoch + k``; each trial's epochs in order, from
+        the next it owes), and beat them; the numbers of those the study's pruner prunes,
+        judged at each trial's last epoch here, which end PRUNED here and now. One
+        transaction, the trials' rows locked: a finish or a reap in between waits, then finds
+        them ended (409, nothing written)."""
         record, held = self._held(caller, lease_id)
-        if epoch >= record.spec.epochs:
-            raise SpecError("epoch", f"the study trains {record.spec.epochs} epochs (0 to "
-                            f"{record.spec.epochs - 1}); got {epoch}")
-        numbers = [r.number for r in reports]
-        if len(set(numbers)) != len(numbers):
-            raise SpecError("trials", "a trial is reported twice in one report")
+        last = epoch + len(epochs) - 1
+        if last >= record.spec.epochs:
+            field = "epoch" if len(epochs) == 1 else f"later[{len(epochs) - 2}]"
+            raise SpecError(field, f"the study trains {record.spec.epochs} epochs (0 to "
+                            f"{record.spec.epochs - 1}); got {last}")
+        fields = ["trials", *(f"later[{k}]" for k in range(len(epochs) - 1))]
+        for reports, field in zip(epochs, fields, strict=True):
+            numbers = [r.number for r in reports]
+            if len(set(numbers)) != len(numbers):
+                raise SpecError(field, "a trial is reported twice in one epoch")
+        numbers = list(dict.fromkeys(r.number for reports in epochs for r in reports))
         ids = self._in_lease(held, numbers, "trials")
         iv, attrs = internals.INTERMEDIATE, internals.USER_ATTRS
         try:
             with self.store.transaction() as conn:
                 reported = self._still_running(conn, ids, numbers, "trials")
-                for i, r in enumerate(reports):
-                    done = reported[ids[r.number]]
-                    if epoch != done:
-                        raise Conflict(f"trial {r.number} reports epoch {done} next, not "
-                                       f"{epoch} (epochs are reported once, in order)",
-                                       f"trials[{i}].number")
-                curves = self._kept_curves(ids.values(), epoch)
+                owed = {ids[n]: reported[ids[n]] for n in numbers}  # the next epoch of each
+                for k, (reports, field) in enumerate(zip(epochs, fields, strict=True)):
+                    for i, r in enumerate(reports):
+                        if owed[ids[r.number]] != epoch + k:
+                            raise Conflict(
+                                f"trial {r.number} reports epoch {owed[ids[r.number]]} next, "
+                                f"not {epoch + k} (epochs are reported once, in order)",
+                                f"{field}[{i}].number")
+                        owed[ids[r.number]] += 1
+                curves = self._kept_curves({ids[n]: reported[ids[n]] for n in numbers})
                 if missing := [t for t in ids.values() if t not in curves]:
                     curves.update({int(t): json.loads(v) for t, v in conn.execute(
                         sa.select(attrs.c.trial_id, attrs.c.value_json).where(
                             attrs.c.trial_id.in_(missing),
                             attrs.c.key == names.ATTR_LR_CURVE))})
-                values, rows, written = [], [], {}
-                for r in reports:
-                    trial_id = ids[r.number]
-                    stored, kind = internals.stored_intermediate(r.value)
-                    values.append({"trial_id": trial_id, "step": epoch,
-                                   "intermediate_value": stored,
-                                   "intermediate_value_type": kind})
-                    if r.lr is not None:  # epochs reported without an LR repeat the last
-                        curve = list(curves.get(trial_id, []))[:epoch]
-                        curve += [curve[-1] if curve else r.lr] * (epoch - len(curve))
-                        written[trial_id] = [*curve, r.lr]
-                        rows.append(_attr(trial_id, names.ATTR_LR_CURVE, written[trial_id]))
-                    if r.metrics:
-                        rows.append(_attr(trial_id, names.ATTR_METRICS, r.metrics))
-                    if steps_per_epoch is not None:
-                        rows.append(_attr(trial_id, names.ATTR_STEPS_PER_EPOCH,
-                                          steps_per_epoch))
+                values, rows = [], []
+                curved: dict[int, list[float]] = {}
+                metrics: dict[int, dict[str, float]] = {}
+                for k, reports in enumerate(epochs):
+                    for r in reports:
+                        trial_id = ids[r.number]
+                        stored, kind = internals.stored_intermediate(r.value)
+                        values.append({"trial_id": trial_id, "step": epoch + k,
+                                       "intermediate_value": stored,
+                                       "intermediate_value_type": kind})
+                        if r.lr is not None:  # epochs reported without an LR repeat the last
+                            curve = curved.get(trial_id)
+                            if curve is None:
+                                curve = list(curves.get(trial_id, []))[:epoch + k]
+                            curve += [curve[-1] if curve else r.lr] * (epoch + k - len(curve))
+                            curved[trial_id] = [*curve, r.lr]
+                        if r.metrics:
+                            metrics[trial_id] = r.metrics
+                rows += [_attr(t, names.ATTR_LR_CURVE, curve) for t, curve in curved.items()]
+                for trial_id, kept in metrics.items():
+                    rows.append(_attr(trial_id, names.ATTR_METRICS, kept))
+                if steps_per_epoch is not None:
+                    rows += [_attr(t, names.ATTR_STEPS_PER_EPOCH, steps_per_epoch)
+                             for t in ids.values()]
                 bulk_insert(conn, iv, values)
                 replace_attrs(conn, rows)
                 record_heartbeats(conn, list(ids.values()))  # a report is a sign of life
         except sa.exc.IntegrityError:  # the same epoch written by a request at the same time
             raise Conflict(f"epoch {epoch} of these trials was reported already",
                            "epoch") from None
-        self._keep_curves(written)
-        if epoch >= record.spec.epochs - 1:  # the last epoch is a result, never pruned
+        self._keep_curves(curved)
+        judged = [t for t, next_epoch in owed.items() if next_epoch < record.spec.epochs]
+        if not judged:  # the last epoch is a result, never pruned
             return []
         study = self.store.optuna_study(record)
-        pruned = self.judge.prune(record, study, list(ids.values()))
+        pruned = self.judge.prune(record, study, judged)
         if not pruned:
             return []
         applied = self.store.write_trials(

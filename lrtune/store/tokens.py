@@ -106,7 +106,7 @@ class Tokens:
     def principal(self, token: str) -> Principal | None:
         """The principal a valid token acts for, or None."""
         digest = hash_token(token)
-        with self.db.transaction() as conn:
+        with self.db.read() as conn:  # asked on every request: one round trip when valid
             found = self._acting(conn, sa.select(tokens.c.name).where(
                 tokens.c.token_hash == digest))
             known = found is not None or conn.execute(sa.select(tokens.c.id).where(
@@ -118,7 +118,7 @@ class Tokens:
         return self._first_sight(digest)
 
     def _by_hash(self, digest: str) -> Principal | None:
-        with self.db.transaction() as conn:
+        with self.db.read() as conn:
             return self._acting(conn, sa.select(tokens.c.name).where(
                 tokens.c.token_hash == digest))
 

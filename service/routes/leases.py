@@ -67,11 +67,13 @@ def heartbeat(lease_id: LeaseId, store: StoreDep, caller: Leaser) -> RunningOut:
 
 @router.post("/{lease_id}/report", response_model=PrunedOut, responses=ON_LEASE)
 def report(lease_id: LeaseId, body: ReportIn, store: StoreDep, caller: Leaser) -> PrunedOut:
-    """One epoch of the lease's trials: the objective's value and the LR. The answer names
-    the trials the study's pruner prunes (decided here, with the study's history); they are
-    ended PRUNED and must stop. 409 for a trial not running under this lease."""
-    reports = [EpochReport(t.number, t.value, t.lr, dict(t.metrics)) for t in body.trials]
-    return PrunedOut(pruned=store.leases.report(caller, lease_id, body.epoch, reports,
+    """One epoch of the lease's trials (or several: ``later``): the objective's value and the
+    LR. The answer names the trials the study's pruner prunes (decided here, with the study's
+    history); they are ended PRUNED and must stop. 409 for a trial not running under this
+    lease."""
+    epochs = [[EpochReport(t.number, t.value, t.lr, dict(t.metrics)) for t in items]
+              for items in (body.trials, *body.later)]
+    return PrunedOut(pruned=store.leases.report(caller, lease_id, body.epoch, epochs,
                                                 body.steps_per_epoch))
 
 

@@ -108,6 +108,40 @@ def test_finished_trials(study: optuna.Study) -> None:
                                                                  TrialState.PRUNED]
 
 
+def test_read_trials_builds_them_as_optuna_does(study: optuna.Study, db_url: str) -> None:
+    """Every field of every state, infinities and NaN included, equal to Optuna's own."""
+    made = []
+    for value, state in ((0.25, TrialState.COMPLETE), (math.inf, TrialState.COMPLETE),
+                         (None, TrialState.PRUNED), (None, TrialState.FAIL),
+                         (None, TrialState.RUNNING)):
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        trial.suggest_categorical("family", ["cosine", "step"])
+        trial.suggest_int("epochs", 1, 9)
+        for step, reported in enumerate((1.0, math.nan, -math.inf, 0.5)):
+            trial.report(reported, step)
+        trial.set_user_attr("config", {"schedule": {"family": "cosine"}})
+        study._storage.set_trial_system_attr(internals.trial_id(trial), "rung", 2)
+        if state != TrialState.RUNNING:
+            study.tell(trial, value, state=state)
+        made.append(internals.trial_id(trial))
+    storage = optuna.storages.RDBStorage(sqlalchemy_url(db_url))
+    engine = sa.create_engine(sqlalchemy_url(db_url))
+    with engine.connect() as conn:
+        read = internals.read_trials(conn, list(reversed(made)))
+        assert internals.read_trials(conn, []) == []
+    expected = [storage.get_trial(tid) for tid in made]
+    assert [t.number for t in read] == [t.number for t in expected]  # by number
+    for got, want in zip(read, expected, strict=True):
+        assert {k: v for k, v in vars(got).items() if k != "intermediate_values"} == \
+            {k: v for k, v in vars(want).items() if k != "intermediate_values"}
+        assert list(got.intermediate_values) == [0, 1, 2, 3]
+        assert math.isnan(got.intermediate_values[1])
+        assert [got.intermediate_values[s] for s in (0, 2, 3)] == \
+            [want.intermediate_values[s] for s in (0, 2, 3)]
+    assert read[1].value == math.inf and read[2].state == TrialState.PRUNED
+
+
 def test_distribution_contains() -> None:
     distribution = FloatDistribution(0.1, 1.0, log=True)
     assert internals.distribution_contains(distribution, 0.5)

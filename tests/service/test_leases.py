@@ -225,7 +225,7 @@ def test_racing_requests_end_a_trial_once(client: TestClient, store: Store) -> N
             partial(store.leases.finish, caller, lease_id, complete),
             partial(store.leases.finish, caller, lease_id,
                     [TrialEnd(n, "FAIL", None, "LOSER", {"acc": 2.0})]) if n % 2 else
-            partial(store.leases.report, caller, lease_id, 0, [EpochReport(n, 0.7, 0.1)])]
+            partial(store.leases.report, caller, lease_id, 0, [[EpochReport(n, 0.7, 0.1)]])]
         outcomes: list[str] = []
 
         def run(call: Callable[[], object], outcomes: list[str] = outcomes) -> None:
@@ -269,3 +269,47 @@ def test_epochs_are_reported_once_in_order(client: TestClient) -> None:
     assert detail["lr_curve"] == [0.1, 0.1, 0.3] and detail["metric_curve"] == [1.0] * 3
     long = client.post("/v" + "9" * 5000 + "/leases", json={}, headers=A)
     assert long.status_code == 404
+
+
+def test_several_epochs_in_one_report(client: TestClient) -> None:
+    """``later`` carries the epochs after ``epoch``: each trial's in order from the next it
+    owes, a trial may stop early; refusals name the item, and change nothing."""
+    study = create(client, n_trials=2, pruner={"name": "percentile"})
+    lease = claim(client, study["id"], count=2)
+    assert lease is not None
+    url = f"/v1/leases/{lease['lease']}/report"
+
+    def item(number: int, epoch: int, lr: float | None = 0.1) -> dict:
+        return {"number": number, "value": 1.0 + epoch + number, "lr": lr,
+                "metrics": {"val_acc": 0.1 * epoch}}
+
+    out_of_order = client.post(url, headers=A, json={
+        "epoch": 0, "trials": [item(0, 0)], "later": [[item(1, 1)]]})
+    assert out_of_order.status_code == 409
+    assert out_of_order.json()["error"]["field"] == "later[0][0].number"
+    past_the_end = client.post(url, headers=A, json={
+        "epoch": 2, "trials": [item(0, 2)], "later": [[item(0, 3)], [item(0, 4)]]})
+    assert past_the_end.status_code == 422
+    assert past_the_end.json()["error"]["field"] == "later[1]"
+    twice = client.post(url, headers=A, json={
+        "epoch": 0, "trials": [item(0, 0)], "later": [[item(0, 1), item(0, 1)]]})
+    assert twice.status_code == 422 and twice.json()["error"]["field"] == "later[0]"
+
+    r = client.post(url, headers=A, json={
+        "epoch": 0, "steps_per_epoch": 5, "trials": [item(0, 0, 0.3), item(1, 0)],
+        "later": [[item(0, 1, None), item(1, 1, 0.2)], [item(0, 2, 0.1)]]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"pruned": []}  # no trial finished yet: the pruner keeps them all
+    zero = client.get(f"/studies/{study['id']}/trials/0").json()
+    assert zero["metric_curve"] == [1.0, 2.0, 3.0]
+    assert zero["lr_curve"] == [0.3, 0.3, 0.1]  # an epoch without an LR repeats the last
+    one = client.get(f"/studies/{study['id']}/trials/1").json()
+    assert one["metric_curve"] == [2.0, 3.0] and one["lr_curve"] == [0.1, 0.2]
+    r = client.post(url, headers=A, json={"epoch": 2, "trials": [item(1, 2)],
+                                          "later": [[item(0, 3), item(1, 3)]]})
+    assert r.status_code == 200, r.text
+    one = client.get(f"/studies/{study['id']}/trials/1").json()
+    assert one["metric_curve"] == [2.0, 3.0, 4.0, 5.0]
+    assert one["lr_curve"] == [0.1, 0.2, 0.1, 0.1]
+    again = client.post(url, headers=A, json={"epoch": 3, "trials": [item(0, 3)]})
+    assert again.status_code == 409

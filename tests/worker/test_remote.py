@@ -7,14 +7,17 @@ out of reach is waited out."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
+from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from optuna.trial import TrialState
 
@@ -24,6 +27,7 @@ from lrtune.settings import Settings
 from lrtune.spec import StudySpec
 from lrtune.store import Store
 from lrtune_service.app import create_app
+from lrtune_worker import remote
 from lrtune_worker.loop import Worker
 from lrtune_worker.remote import LeaseSource
 from lrtune_worker.tasks import get_task
@@ -85,8 +89,9 @@ def worker(source: LeaseSource, **kwargs: object) -> Worker:
                   **kwargs)  # type: ignore[arg-type]
 
 
-def test_a_pack_over_http_reports_each_epoch_in_one_request(store: Store, served: Served
-                                                            ) -> None:
+def test_a_pack_over_http_reports_each_epoch_in_one_request(
+        store: Store, served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(remote, "REPORT_EVERY", 0.0)  # no epoch waits for the next
     record = store.create_study(StudySpec(name="packed", n_trials=10, pack=4,
                                           pruner={"name": "none"}, **TINY), "me")
     w = worker(served.source())
@@ -106,6 +111,80 @@ def test_a_pack_over_http_reports_each_epoch_in_one_request(store: Store, served
     reports, finishes = served.per_lease("report"), served.per_lease("finish")
     assert len(reports) == 4 and set(reports.values()) == {3}  # one request per epoch
     assert set(finishes.values()) == {1}  # every trial of a pack ends with the last epoch
+
+
+def report_bodies(served: Served) -> list[dict]:
+    bodies: list[dict] = []
+    served.http.event_hooks["request"].append(
+        lambda r: bodies.append(json.loads(r.read())) if r.url.path.endswith("/report")
+        else None)
+    return bodies
+
+
+def test_epochs_no_pruner_waits_on_go_together(store: Store, served: Served,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a pruner, a lease's epochs are sent together (here: all of them, at the end);
+    the database holds the same as when each went alone. With one, each goes at once."""
+    monkeypatch.setattr(remote, "REPORT_EVERY", 3600.0)
+    record = store.create_study(StudySpec(name="together", n_trials=6, pack=4,
+                                          pruner={"name": "none"}, **TINY), "me")
+    bodies = report_bodies(served)
+    assert worker(served.source()).run() == 6
+    assert_exact_budget(store, record)
+    assert served.leased == [1, 4, 1]
+    assert set(served.per_lease("report").values()) == {1}  # one report for three epochs
+    assert [b["epoch"] for b in bodies] == [0, 0, 0] and all(len(b["later"]) == 2
+                                                             for b in bodies)
+    spe = get_task("linreg").steps_per_epoch(get_task("linreg").info.batch_size)
+    for t in store.all_trials(record):
+        assert t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [0, 1, 2]
+        assert len(t.user_attrs["lr_curve"]) == 3 and t.user_attrs["steps_per_epoch"] == spe
+        assert set(t.user_attrs["metrics"]) >= {"val_loss", "train_loss"}
+
+    pruned = store.create_study(StudySpec(name="judged", n_trials=3, pack=1,
+                                          pruner={"name": "percentile"}, **TINY), "me")
+    bodies.clear()
+    assert worker(served.source(), studies={pruned.id}).run() == 3
+    assert len(bodies) == 9 and not any("later" in b for b in bodies)
+
+
+def test_an_api_without_later_gets_one_epoch_a_request(store: Store,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An API of before ``later`` refuses it (422 naming it): the worker sends those epochs
+    one by one, and no more ``later`` to it."""
+    monkeypatch.setattr(remote, "REPORT_EVERY", 3600.0)
+    app = create_app(store.settings, store)
+
+    async def before_later(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/report"):
+            body, more = b"", True
+            while more:
+                message = await receive()
+                body, more = body + message.get("body", b""), message.get("more_body", False)
+            if b'"later"' in body:
+                refusal = JSONResponse({"error": {"code": "invalid", "field": "later", "message":
+                                                  "later: extra inputs are not permitted"}}, 422)
+                await refusal(scope, receive, send)
+                return
+            replay = iter([{"type": "http.request", "body": body, "more_body": False}])
+
+            async def again() -> dict:
+                return next(replay, {"type": "http.disconnect"})
+            await app(scope, again, send)
+            return
+        await app(scope, receive, send)
+
+    record = store.create_study(StudySpec(name="older", n_trials=5, pack=4,
+                                          pruner={"name": "none"}, **TINY), "me")
+    with TestClient(before_later) as http:
+        http.headers["Authorization"] = f"Bearer {WORKER}"
+        served = Served(http)
+        bodies = report_bodies(served)
+        assert worker(served.source()).run() == 5
+    assert_exact_budget(store, record)
+    assert all(sorted(t.intermediate_values) == [0, 1, 2] for t in store.all_trials(record))
+    assert "later" in bodies[0] and not any("later" in b for b in bodies[1:])
+    assert len(bodies) == 1 + 3 + 3  # the refused one, its three epochs, the next lease's
 
 
 def test_a_report_too_big_for_one_body_is_split(store: Store, served: Served) -> None:
@@ -160,7 +239,8 @@ def test_task_errors_divergence_and_out_of_memory_end_trials_not_the_worker(
 
 def test_a_trial_reaped_under_the_worker_is_dropped_and_rerun(
         make_store: MakeStore, store: Store, served: Served,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(remote, "REPORT_EVERY", 0.0)  # each epoch seen as it ends
     record = store.create_study(StudySpec(name="reaped", n_trials=2, task="linreg",
                                           epochs=40, pruner={"name": "none"},
                                           space={"lr": CONVERGING_LR}), "me")
@@ -180,7 +260,9 @@ def test_a_trial_reaped_under_the_worker_is_dropped_and_rerun(
     assert f"trials [{running[0].number}] lost under this worker" in caplog.text
 
 
-def test_a_stopping_worker_hands_its_lease_back(store: Store, served: Served) -> None:
+def test_a_stopping_worker_hands_its_lease_back(store: Store, served: Served,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(remote, "REPORT_EVERY", 0.0)  # each epoch seen as it ends
     record = store.create_study(StudySpec(name="stopped", n_trials=3, pack=3, task="linreg",
                                           epochs=200, pruner={"name": "none"},
                                           space={"lr": CONVERGING_LR}), "me")
