@@ -74,7 +74,8 @@ def read_trials(conn: sa.Connection, trial_ids: Sequence[int]) -> list[FrozenTri
     each trial in a transaction of its own (a third of a lease report's cost)."""
     if not trial_ids:
         return []
-    ids = list(trial_ids)
+    ids = sa.bindparam("ids", [int(i) for i in trial_ids], expanding=True, literal_execute=True,
+                       type_=sa.Integer)  # written into the statement (see store.trials.ids_in)
 
     def rows(table: sa.Table, *columns: str) -> dict[int, list[Any]]:
         found: dict[int, list[Any]] = {}

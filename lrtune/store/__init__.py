@@ -195,17 +195,21 @@ class Store:
             raise NotFound(f"study {record.id} ({record.name}) has no Optuna study any "
                            "more") from None
 
-    def trial_counts(self, record: StudyRecord) -> dict[str, int]:
-        """Trials per state, one grouped query."""
-        with self.db.transaction() as conn:
-            return trials.counts(conn, self.optuna_study_id(record))
+    def trial_counts(self, record: StudyRecord, optuna_id: int | None = None
+                     ) -> dict[str, int]:
+        """Trials per state, one grouped query (``optuna_id``: where the caller holds it)."""
+        if optuna_id is None:
+            optuna_id = self.optuna_study_id(record)
+        with self.db.read() as conn:
+            return trials.counts(conn, optuna_id)
 
     def requeued(self, record: StudyRecord) -> int:
         with self.db.transaction() as conn:
             return trials.requeued(conn, self.optuna_study_id(record))
 
-    def mark_done_if_complete(self, record: StudyRecord) -> dict[str, int]:
-        counts = self.trial_counts(record)
+    def mark_done_if_complete(self, record: StudyRecord, optuna_id: int | None = None
+                              ) -> dict[str, int]:
+        counts = self.trial_counts(record, optuna_id)
         if record.status == RUNNING and counts["COMPLETE"] + counts["PRUNED"] >= record.n_trials:
             self.studies.set_status(record.id, *ended(counts))
         return counts
@@ -287,7 +291,7 @@ class Store:
             self.notes.update(record.id, optuna_id, record.name, minimize,
                               min(completed) if minimize else max(completed))
         if endings and last_slot:  # with slots still unclaimed this cannot be the last trial
-            self.mark_done_if_complete(record)
+            self.mark_done_if_complete(record, optuna_id)
         return applied
 
     def finish(self, claim: Claim, state: TrialState, value: float | None) -> bool:

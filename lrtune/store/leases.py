@@ -31,6 +31,7 @@ from lrtune.store.tokens import Principal
 from lrtune.store.trials import (
     Ending,
     bulk_insert,
+    ids_in,
     record_heartbeats,
     replace_attrs,
     running_locked,
@@ -182,16 +183,17 @@ class Leases:
             lease_id = int(conn.execute(leases.insert().values(
                 token_id=caller.token_id, study_id=record.id, created_at=now())
                 .returning(leases.c.id)).scalar_one())
-            conn.execute(lease_trials.insert(), [
+            bulk_insert(conn, lease_trials, [
                 {"trial_id": t.trial_id, "lease_id": lease_id, "number": t.number}
                 for t in leased])
+        self._know(lease_id, (caller.token_id, record, {t.number: t.trial_id for t in leased}))
         return Lease(lease_id, record, leased)
 
     # -- the lease's trials ----------------------------------------------------------------------
     def _held(self, caller: Principal, lease_id: int) -> tuple[StudyRecord, dict[int, int]]:
         """The lease's study and its trials (number -> trial id); NotFound, or Forbidden for
-        another token's lease. A lease never changes: kept per process once read, with its
-        study's record as then (as a direct worker keeps its claim's: the writes that depend
+        another token's lease. A lease never changes: kept per process once made or read, with
+        its study's record as then (as a direct worker keeps its claim's: the writes that depend
         on the study's status check it in the database)."""
         with self._known_lock:
             known = self._known.get(lease_id)
@@ -206,14 +208,17 @@ class Leases:
                     sa.select(lease_trials.c.trial_id, lease_trials.c.number)
                     .where(lease_trials.c.lease_id == lease_id))}
             known = (int(row.token_id), self.store.get_study(int(row.study_id)), held)
-            with self._known_lock:
-                self._known[lease_id] = known
-                while len(self._known) > KNOWN_LEASES:
-                    self._known.popitem(last=False)
+            self._know(lease_id, known)
         token_id, record, held = known
         if token_id != caller.token_id:
             raise Forbidden(f"lease {lease_id} belongs to another token", "lease_id")
         return record, held
+
+    def _know(self, lease_id: int, known: tuple[int, StudyRecord, dict[int, int]]) -> None:
+        with self._known_lock:
+            self._known[lease_id] = known
+            while len(self._known) > KNOWN_LEASES:
+                self._known.popitem(last=False)
 
     @staticmethod
     def _in_lease(held: dict[int, int], numbers: Sequence[int], field: str) -> dict[int, int]:
@@ -259,7 +264,7 @@ class Leases:
         t = internals.TRIALS
         with self.store.transaction() as conn:
             return {int(i): TrialState(s) for i, s in conn.execute(
-                sa.select(t.c.trial_id, t.c.state).where(t.c.trial_id.in_(trial_ids)))}
+                sa.select(t.c.trial_id, t.c.state).where(ids_in(t.c.trial_id, trial_ids)))}
 
     def heartbeat(self, caller: Principal, lease_id: int) -> list[int]:
         """Beat the lease's running trials; their numbers. Conflict when none runs."""
@@ -311,7 +316,7 @@ class Leases:
                 if missing := [t for t in ids.values() if t not in curves]:
                     curves.update({int(t): json.loads(v) for t, v in conn.execute(
                         sa.select(attrs.c.trial_id, attrs.c.value_json).where(
-                            attrs.c.trial_id.in_(missing),
+                            ids_in(attrs.c.trial_id, missing),
                             attrs.c.key == names.ATTR_LR_CURVE))})
                 values, rows = [], []
                 curved: dict[int, list[float]] = {}

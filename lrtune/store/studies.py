@@ -301,11 +301,12 @@ class Studies:
         """The id of the record's Optuna study, looked up by its name (an id alone may have
         been given to another study since: SQLite reuses the ids of deleted studies);
         NotFound when there is none."""
-        try:
-            return self.storage.get_study_id_from_name(record.name)
-        except KeyError:
-            raise NotFound(f"study {record.id} ({record.name}) has no Optuna study any "
-                           "more") from None
+        with self.db.read() as conn:  # one statement, where Optuna's ORM takes a transaction
+            found = conn.execute(sa.select(internals.STUDIES.c.study_id).where(
+                internals.STUDIES.c.study_name == record.name)).scalar()
+        if found is None:
+            raise NotFound(f"study {record.id} ({record.name}) has no Optuna study any more")
+        return int(found)
 
     @staticmethod
     def check_optuna_study(conn: sa.Connection, record: StudyRecord, optuna_id: int) -> None:

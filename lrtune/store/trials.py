@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -30,6 +30,14 @@ T = internals.TRIALS
 def optuna_now() -> datetime:
     """Optuna stores naive UTC."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def ids_in(column: sa.ColumnElement[int], ids: Iterable[int]) -> sa.ColumnElement[bool]:
+    """``column IN (ids)`` with the ids written into the statement, not bound: psycopg parses
+    a statement of over 50 parameters anew on every execution (a pack's ids made one), and an
+    integer needs no binding."""
+    return column.in_(sa.bindparam("ids", [int(i) for i in ids], expanding=True,
+                                   literal_execute=True, unique=True, type_=sa.Integer))
 
 
 def counts(conn: sa.Connection, optuna_study_id: int) -> dict[str, int]:
@@ -56,13 +64,13 @@ def record_heartbeats(conn: sa.Connection, trial_ids: Sequence[int]) -> None:
     for start in range(0, len(trial_ids), ID_BATCH):
         chunk = list(trial_ids[start:start + ID_BATCH])
         beaten = set(conn.execute(
-            beats.update().where(beats.c.trial_id.in_(chunk))
+            beats.update().where(ids_in(beats.c.trial_id, chunk))
             .values(heartbeat=sa.func.now()).returning(beats.c.trial_id)).scalars())
         first = [trial_id for trial_id in chunk if trial_id not in beaten]
         if first:
             conn.execute(beats.insert().from_select(
                 ["trial_id", "heartbeat"], sa.select(T.c.trial_id, sa.func.now())
-                .where(T.c.trial_id.in_(first))))
+                .where(ids_in(T.c.trial_id, first))))
 
 
 def stale(conn: sa.Connection, optuna_study_id: int, grace: float) -> list[int]:
@@ -119,8 +127,8 @@ def replace_attrs(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
             set_={"value_json": upsert.excluded.value_json}), list(rows))
         return
     for key in {r["key"] for r in rows}:
-        conn.execute(attrs.delete().where(attrs.c.key == key, attrs.c.trial_id.in_(
-            [r["trial_id"] for r in rows if r["key"] == key])))
+        conn.execute(attrs.delete().where(attrs.c.key == key, ids_in(
+            attrs.c.trial_id, [r["trial_id"] for r in rows if r["key"] == key])))
     bulk_insert(conn, attrs, list(rows))
 
 
@@ -130,7 +138,7 @@ def running_locked(conn: sa.Connection, trial_ids: Sequence[int]) -> dict[int, i
     By trial id, the epochs each has reported (its intermediate values), in the same
     statement."""
     iv = internals.INTERMEDIATE
-    lock = T.update().where(T.c.trial_id.in_(list(trial_ids)),
+    lock = T.update().where(ids_in(T.c.trial_id, trial_ids),
                             T.c.state == TrialState.RUNNING) \
         .values(datetime_start=T.c.datetime_start)
     if conn.dialect.name == "postgresql":
@@ -140,7 +148,7 @@ def running_locked(conn: sa.Connection, trial_ids: Sequence[int]) -> dict[int, i
     # SQLite's RETURNING names columns unqualified: a correlated count would count itself
     running = [int(t) for t in conn.execute(lock.returning(T.c.trial_id)).scalars()]
     counts = {int(t): int(n) for t, n in conn.execute(sa.select(
-        iv.c.trial_id, sa.func.count()).where(iv.c.trial_id.in_(running))
+        iv.c.trial_id, sa.func.count()).where(ids_in(iv.c.trial_id, running))
         .group_by(iv.c.trial_id))}
     return {t: counts.get(t, 0) for t in running}
 
@@ -184,7 +192,7 @@ def end_trials(conn: sa.Connection, optuna_study_id: int, endings: Sequence[Endi
     for state in {e.state for e in endings}:
         group = {e.trial_id: e for e in endings if e.state == state}
         done = set(conn.execute(T.update().where(
-            T.c.trial_id.in_(group), T.c.state == TrialState.RUNNING)
+            ids_in(T.c.trial_id, group), T.c.state == TrialState.RUNNING)
             .values(state=state, datetime_complete=stamp).returning(T.c.trial_id)).scalars())
         for trial_id, ending in group.items():
             if trial_id in done:
@@ -219,7 +227,7 @@ def last_reported(conn: sa.Connection, trial_ids: list[int]) -> dict[int, float]
     for start in range(0, len(trial_ids), ID_BATCH):
         chunk = trial_ids[start:start + ID_BATCH]
         latest = sa.select(iv.c.trial_id, sa.func.max(iv.c.step).label("step")).where(
-            iv.c.trial_id.in_(chunk)).group_by(iv.c.trial_id).subquery()
+            ids_in(iv.c.trial_id, chunk)).group_by(iv.c.trial_id).subquery()
         for trial_id, stored, kind in conn.execute(
                 sa.select(iv.c.trial_id, iv.c.intermediate_value, iv.c.intermediate_value_type)
                 .join(latest, sa.and_(iv.c.trial_id == latest.c.trial_id,
