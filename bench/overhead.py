@@ -84,9 +84,9 @@ def drop_database(url: str) -> None:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
-def spec(trials: int, epochs: int, sampler: str) -> StudySpec:
+def spec(trials: int, epochs: int, sampler: str, pruner: str = "none") -> StudySpec:
     return StudySpec(name="overhead", task="linreg", epochs=epochs, n_trials=trials,
-                     sampler={"name": sampler}, pruner={"name": "none"},
+                     sampler={"name": sampler}, pruner={"name": pruner},
                      space={"families": ["cosine", "step", "onecycle"],
                             "optimizers": ["sgd", "adam"]})
 
@@ -278,9 +278,9 @@ def served(api: str) -> dict[str, list[float]]:
 
 
 def run(side: str, db: str, workers: int, trials: int, epochs: int, sampler: str,
-        tmp: Path) -> dict[str, Any]:
+        tmp: Path, pruner: str = "none") -> dict[str, Any]:
     url = fresh_database(db, tmp)
-    study_spec = spec(trials, epochs, sampler)
+    study_spec = spec(trials, epochs, sampler, pruner)
     server: subprocess.Popen[Any] | None = None
     api = ""
     try:
@@ -331,7 +331,7 @@ def run(side: str, db: str, workers: int, trials: int, epochs: int, sampler: str
         http = {"requests": len(sent), "request_ms": round(statistics.mean(sent) * 1e3, 3),
                 "server_ms": served(api)} if sent else {}
         return {"bench": "overhead", "side": side, "db": db, "sampler": sampler,
-                "workers": workers, "trials": done, "epochs": epochs,
+                "pruner": pruner, "workers": workers, "trials": done, "epochs": epochs,
                 "wall_s": round(wall, 3), "cost_ms": round(wall * workers / done * 1e3, 3),
                 "trial_ms": round(trial_mean * 1e3, 3), "first_ms": round(first * 1e3, 3),
                 "last_ms": round(last * 1e3, 3), "complete": counts["COMPLETE"], **http}
@@ -348,6 +348,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--sampler", default="random")
+    parser.add_argument("--pruner", default="none",
+                        help="the study's pruner (none: an HTTP worker sends epochs together)")
     parser.add_argument("--pack", type=int, default=0,
                         help="also measure packed claims of this size (ledger bookkeeping)")
     parser.add_argument("--sides", default="raw,lrtune,pack,http,http-pack",
@@ -356,6 +358,8 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
     info = machine()
+    code = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                          capture_output=True).stdout.strip()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     wanted = args.sides.split(",")
     sides = [s for s in ("raw", "lrtune", "http") if s in wanted] + (
@@ -365,8 +369,8 @@ def main() -> None:
     for db in args.db.split(","):
         for sampler in args.sampler.split(","):
             for workers in (int(w) for w in args.workers.split(",")):
-                rows = {side: run(side, db, workers, args.trials, args.epochs, sampler, tmp)
-                        for side in sides}
+                rows = {side: run(side, db, workers, args.trials, args.epochs, sampler, tmp,
+                                  args.pruner) for side in sides}
                 for side, row in rows.items():
                     if "raw" in rows:
                         row["ratio"] = round(row["cost_ms"] / rows["raw"]["cost_ms"], 3)
@@ -374,7 +378,7 @@ def main() -> None:
                         row["vs_direct"] = round(
                             row["cost_ms"] / rows[direct[side]]["cost_ms"], 3)
                     row.update(machine=info, pack=int(side.rsplit("pack", 1)[1])
-                               if "pack" in side else 1)
+                               if "pack" in side else 1, code=code)
                     with args.out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     http = (f"  {row['requests'] / row['trials']:.1f} requests/trial, "
