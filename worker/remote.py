@@ -5,8 +5,9 @@ token (``LRTUNE_TOKEN``) and no database credentials, and never opens the databa
 is one lot: a single trial or a pack. A pack's epoch is one report request (as it is one
 transaction in the database), its endings one finish request (more only when a body would pass
 the API's ``max_body_bytes``). A study without a pruner waits on no report: its epochs go
-together, in one request at most ``REPORT_EVERY`` seconds after the first of them. The server's answer to a report names the trials its pruner
-pruned: they have ended PRUNED there, and stop here.
+together, in one request at most ``REPORT_EVERY`` seconds after the first of them. The
+server's answer to a report names the trials its pruner pruned: they have ended PRUNED there,
+and stop here.
 
 A lease that was lost (its trials reaped under the worker, answered 409) is logged and its
 trials dropped: their copies run again elsewhere, and the worker goes on. The API out of

@@ -204,8 +204,9 @@ class Store:
             return trials.counts(conn, optuna_id)
 
     def requeued(self, record: StudyRecord) -> int:
-        with self.db.transaction() as conn:
-            return trials.requeued(conn, self.optuna_study_id(record))
+        optuna_id = self.optuna_study_id(record)
+        with self.db.read() as conn:
+            return trials.requeued(conn, optuna_id)
 
     def mark_done_if_complete(self, record: StudyRecord, optuna_id: int | None = None
                               ) -> dict[str, int]:

@@ -3,8 +3,10 @@ together in one transaction."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
@@ -20,7 +22,7 @@ from lrtune.history import with_history
 from lrtune.lr_range import LrBounds, resolved
 from lrtune.spec import StudySpec
 from lrtune.store import reads, warm
-from lrtune.store.db import Database, aware, now, utc
+from lrtune.store.db import UNAVAILABLE, Database, aware, now, unavailable, utc
 from lrtune.tables import lease_trials, leases, principals, studies
 from lrtune.tasks import EXTERNAL
 
@@ -135,7 +137,7 @@ def page(conn: sa.Connection, status: str | None, limit: int, offset: int,
 
 
 class Studies:
-    def __init__(self, db: Database, storage: optuna.storages.BaseStorage) -> None:
+    def __init__(self, db: Database, storage: optuna.storages.RDBStorage) -> None:
         self.db, self.storage = db, storage
         self._optuna: dict[int, optuna.Study] = {}
         self._lock = threading.Lock()
@@ -297,11 +299,22 @@ class Studies:
                 self.optuna_id(record), names.STUDY_ATTR_LR_RANGE, record.lr_bounds.summary())
         return record
 
+    @contextlib.contextmanager
+    def _optuna_read(self) -> Iterator[sa.Connection]:
+        """An autocommit connection of Optuna's engine: a claimer asks for the study's Optuna
+        id or history while it holds one of lrtune's connections (the claim lock), and two
+        from one pool at once could wait on each other for good when the pool is small."""
+        try:
+            with self.storage.engine.connect() as conn:
+                yield conn.execution_options(isolation_level="AUTOCOMMIT")
+        except UNAVAILABLE as error:
+            raise unavailable(error) from error
+
     def optuna_id(self, record: StudyRecord) -> int:
         """The id of the record's Optuna study, looked up by its name (an id alone may have
         been given to another study since: SQLite reuses the ids of deleted studies);
         NotFound when there is none."""
-        with self.db.read() as conn:  # one statement, where Optuna's ORM takes a transaction
+        with self._optuna_read() as conn:  # one statement; Optuna's ORM takes a transaction
             found = conn.execute(sa.select(internals.STUDIES.c.study_id).where(
                 internals.STUDIES.c.study_name == record.name)).scalar()
         if found is None:
@@ -330,7 +343,7 @@ class Studies:
                                "any more") from None
             sampler = names.make_sampler(spec.sampler)
             if spec.warm_start is not None:
-                with self.db.transaction() as conn:
+                with self._optuna_read() as conn:
                     sampler = with_history(sampler, warm.history(conn, spec))
             cached = optuna.load_study(study_name=name, storage=self.storage, sampler=sampler,
                                        pruner=names.make_pruner(spec.pruner, spec.epochs))
