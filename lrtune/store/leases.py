@@ -221,12 +221,13 @@ class Leases:
                 self._known.popitem(last=False)
 
     @staticmethod
-    def _in_lease(held: dict[int, int], numbers: Sequence[int], field: str) -> dict[int, int]:
-        """``numbers``' trial ids; Conflict naming the first that is not in the lease."""
-        for i, number in enumerate(numbers):
+    def _in_lease(held: dict[int, int], fields: dict[int, str]) -> dict[int, int]:
+        """The trial ids of these numbers (number -> the field that sent it); Conflict naming
+        the first that is not in the lease."""
+        for number, where in fields.items():
             if number not in held:
-                raise Conflict(f"trial {number} is not in this lease", f"{field}[{i}].number")
-        return {n: held[n] for n in numbers}
+                raise Conflict(f"trial {number} is not in this lease", where)
+        return {n: held[n] for n in fields}
 
     def _kept_curves(self, lengths: Mapping[int, int]) -> dict[int, list[float]]:
         """The LR curves this process wrote last for these trials (trial id -> the epoch it
@@ -244,20 +245,19 @@ class Leases:
             while len(self._curves) > KNOWN_LEASES:
                 self._curves.popitem(last=False)
 
-    def _still_running(self, conn: sa.Connection, ids: dict[int, int], numbers: Sequence[int],
-                       field: str) -> dict[int, int]:
-        """Lock the trials' rows; Conflict naming the first that no longer runs. The epochs
-        each has reported, by trial id."""
+    def _still_running(self, conn: sa.Connection, ids: dict[int, int], fields: dict[int, str]
+                       ) -> dict[int, int]:
+        """Lock the trials' rows; Conflict naming (``fields``: number -> the field that sent
+        it) the first that no longer runs. The epochs each has reported, by trial id."""
         running = running_locked(conn, list(ids.values()))
-        for i, number in enumerate(numbers):
+        for number, where in fields.items():
             if ids[number] not in running:
                 state = next((TrialState(v) for v in conn.execute(
                     sa.select(internals.TRIALS.c.state).where(
                         internals.TRIALS.c.trial_id == ids[number])).scalars()), None)
                 why = "it was reaped as lost (its copy is re-run by another claim)" \
                     if state == TrialState.FAIL else f"it is {state.name if state else 'gone'}"
-                raise Conflict(f"trial {number} is no longer running: {why}",
-                               f"{field}[{i}].number")
+                raise Conflict(f"trial {number} is no longer running: {why}", where)
         return running
 
     def _states(self, trial_ids: list[int]) -> dict[int, TrialState]:
@@ -289,28 +289,32 @@ class Leases:
         record, held = self._held(caller, lease_id)
         last = epoch + len(epochs) - 1
         if last >= record.spec.epochs:
-            field = "epoch" if len(epochs) == 1 else f"later[{len(epochs) - 2}]"
-            raise SpecError(field, f"the study trains {record.spec.epochs} epochs (0 to "
+            where = "epoch" if len(epochs) == 1 else f"later[{len(epochs) - 2}]"
+            raise SpecError(where, f"the study trains {record.spec.epochs} epochs (0 to "
                             f"{record.spec.epochs - 1}); got {last}")
-        fields = ["trials", *(f"later[{k}]" for k in range(len(epochs) - 1))]
-        for reports, field in zip(epochs, fields, strict=True):
+        wheres = ["trials", *(f"later[{k}]" for k in range(len(epochs) - 1))]
+        for reports, where in zip(epochs, wheres, strict=True):
             numbers = [r.number for r in reports]
             if len(set(numbers)) != len(numbers):
-                raise SpecError(field, "a trial is reported twice in one epoch")
-        numbers = list(dict.fromkeys(r.number for reports in epochs for r in reports))
-        ids = self._in_lease(held, numbers, "trials")
+                raise SpecError(where, "a trial is reported twice in one epoch")
+        sent: dict[int, str] = {}  # each trial's number -> where it is first named
+        for reports, where in zip(epochs, wheres, strict=True):
+            for i, r in enumerate(reports):
+                sent.setdefault(r.number, f"{where}[{i}].number")
+        numbers = list(sent)
+        ids = self._in_lease(held, sent)
         iv, attrs = internals.INTERMEDIATE, internals.USER_ATTRS
         try:
             with self.store.transaction() as conn:
-                reported = self._still_running(conn, ids, numbers, "trials")
+                reported = self._still_running(conn, ids, sent)
                 owed = {ids[n]: reported[ids[n]] for n in numbers}  # the next epoch of each
-                for k, (reports, field) in enumerate(zip(epochs, fields, strict=True)):
+                for k, (reports, where) in enumerate(zip(epochs, wheres, strict=True)):
                     for i, r in enumerate(reports):
                         if owed[ids[r.number]] != epoch + k:
                             raise Conflict(
                                 f"trial {r.number} reports epoch {owed[ids[r.number]]} next, "
                                 f"not {epoch + k} (epochs are reported once, in order)",
-                                f"{field}[{i}].number")
+                                f"{where}[{i}].number")
                         owed[ids[r.number]] += 1
                 curves = self._kept_curves({ids[n]: reported[ids[n]] for n in numbers})
                 if missing := [t for t in ids.values() if t not in curves]:
@@ -373,9 +377,10 @@ class Leases:
             if e.state == "COMPLETE" and (e.value is None or not math.isfinite(e.value)):
                 raise SpecError(f"trials[{i}].value", "a COMPLETE trial needs its finite value "
                                 "(a diverged one ends PRUNED with reason \"diverged\")")
-        ids = self._in_lease(held, numbers, "trials")
+        sent = {n: f"trials[{i}].number" for i, n in enumerate(numbers)}
+        ids = self._in_lease(held, sent)
         with self.store.transaction() as conn:
-            self._still_running(conn, ids, numbers, "trials")
+            self._still_running(conn, ids, sent)
         notes: dict[int, list[dict[str, Any]]] = {}
         endings = []
         for e in ends:

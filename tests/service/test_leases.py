@@ -291,6 +291,10 @@ def test_several_epochs_in_one_report(client: TestClient) -> None:
         "epoch": 2, "trials": [item(0, 2)], "later": [[item(0, 3)], [item(0, 4)]]})
     assert past_the_end.status_code == 422
     assert past_the_end.json()["error"]["field"] == "later[1]"
+    stranger = client.post(url, headers=A, json={
+        "epoch": 0, "trials": [item(0, 0)], "later": [[item(0, 1), item(7, 1)]]})
+    assert stranger.status_code == 409  # trial 7 is not in this lease
+    assert stranger.json()["error"]["field"] == "later[0][1].number"
     twice = client.post(url, headers=A, json={
         "epoch": 0, "trials": [item(0, 0)], "later": [[item(0, 1), item(0, 1)]]})
     assert twice.status_code == 422 and twice.json()["error"]["field"] == "later[0]"
