@@ -308,22 +308,24 @@ class LeaseLot:
 
     def _report_bodies(self, epochs: list[tuple[int, list[dict[str, Any]]]]
                        ) -> Iterator[dict[str, Any]]:
-        """Report bodies of these epochs: runs of consecutive epochs under the body limit; an
-        epoch too big alone in chunks."""
+        """Report bodies of these epochs: runs of consecutive epochs under the body limit and
+        of at most ``REPORT_MOST`` values (the API takes 16,384); an epoch too big alone in
+        chunks."""
         budget = self.source.body_limit - 512
         run: list[tuple[int, list[dict[str, Any]]]] = []
-        size = 0
+        size = count = 0
         for epoch, items in epochs:
             cost = len(json.dumps(items, separators=(",", ":"))) + 1
-            if run and (epoch != run[-1][0] + 1 or size + cost > budget):
+            if run and (epoch != run[-1][0] + 1 or size + cost > budget
+                        or count + len(items) > REPORT_MOST):
                 yield _report_body(run)
-                run, size = [], 0
+                run, size, count = [], 0, 0
             if cost > budget:
                 for chunk in self.source.chunks(items, 512):
                     yield _report_body([(epoch, chunk)])
                 continue
             run.append((epoch, items))
-            size += cost
+            size, count = size + cost, count + len(items)
         if run:
             yield _report_body(run)
 

@@ -40,6 +40,7 @@ from lrtune.tables import lease_trials, leases
 from lrtune.tasks import EXTERNAL
 
 KNOWN_LEASES = 4096  # leases kept per process (a lease's token, study and trials never change)
+MOST_REPORTED = 16_384  # values in one report, all its epochs: its cost to the server is linear
 
 if TYPE_CHECKING:
     from lrtune.store import Store
@@ -287,6 +288,9 @@ class Leases:
         transaction, the trials' rows locked: a finish or a reap in between waits, then finds
         them ended (409, nothing written)."""
         record, held = self._held(caller, lease_id)
+        if sum(len(reports) for reports in epochs) > MOST_REPORTED:
+            raise SpecError("later", f"at most {MOST_REPORTED} values in one report (trials "
+                            "times epochs): send the rest in another")
         last = epoch + len(epochs) - 1
         if last >= record.spec.epochs:
             where = "epoch" if len(epochs) == 1 else f"later[{len(epochs) - 2}]"

@@ -7,7 +7,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lrtune import study as names
+from lrtune.errors import SpecError
 from lrtune.store import Store
+from lrtune.store.leases import EpochReport
 from lrtune_service.app import create_app
 from tests.conftest import MakeStore, age_trials
 
@@ -271,7 +273,7 @@ def test_epochs_are_reported_once_in_order(client: TestClient) -> None:
     assert long.status_code == 404
 
 
-def test_several_epochs_in_one_report(client: TestClient) -> None:
+def test_several_epochs_in_one_report(client: TestClient, store: Store) -> None:
     """``later`` carries the epochs after ``epoch``: each trial's in order from the next it
     owes, a trial may stop early; refusals name the item, and change nothing."""
     study = create(client, n_trials=2, pruner={"name": "percentile"})
@@ -291,6 +293,13 @@ def test_several_epochs_in_one_report(client: TestClient) -> None:
         "epoch": 2, "trials": [item(0, 2)], "later": [[item(0, 3)], [item(0, 4)]]})
     assert past_the_end.status_code == 422
     assert past_the_end.json()["error"]["field"] == "later[1]"
+    too_big = client.post(url, headers=A, json={
+        "epoch": 0, "trials": [item(0, 0)], "later": [[item(0, 1)]] * 16_384})
+    assert too_big.status_code == 413  # the body limit first; and whatever it is set to:
+    with pytest.raises(SpecError, match="at most 16384 values") as refused:
+        store.leases.report(store.principal(OWNER), lease["lease"], 0,
+                            [[EpochReport(0, 1.0)]] * 16_385)
+    assert refused.value.field == "later"
     stranger = client.post(url, headers=A, json={
         "epoch": 0, "trials": [item(0, 0)], "later": [[item(0, 1), item(7, 1)]]})
     assert stranger.status_code == 409  # trial 7 is not in this lease
