@@ -107,6 +107,17 @@ def open_pool(engine: Engine) -> None:
         conn.close()
 
 
+@contextlib.contextmanager
+def autocommit(engine: Engine) -> Iterator[sa.Connection]:
+    """A connection of ``engine`` in autocommit, for reads that need no transaction: each
+    statement is one round trip to the database, without a BEGIN and a COMMIT around it."""
+    try:
+        with engine.connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT")
+    except UNAVAILABLE as error:
+        raise unavailable(error) from error
+
+
 class Database:
     """One engine; ``transaction()`` commits or rolls back and turns a lost database into
     ``DatabaseUnavailable``."""
@@ -124,15 +135,8 @@ class Database:
         except UNAVAILABLE as error:
             raise unavailable(error) from error
 
-    @contextlib.contextmanager
-    def read(self) -> Iterator[sa.Connection]:
-        """A connection in autocommit for reads that need no transaction: each statement is
-        one round trip to the database, without a BEGIN and a COMMIT around it."""
-        try:
-            with self.engine.connect() as conn:
-                yield conn.execution_options(isolation_level="AUTOCOMMIT")
-        except UNAVAILABLE as error:
-            raise unavailable(error) from error
+    def read(self) -> contextlib.AbstractContextManager[sa.Connection]:
+        return autocommit(self.engine)
 
     def migrate(self, conn: sa.Connection | None) -> None:
         """Bring lrtune's tables to the latest revision, under ``schema_lock``: in the

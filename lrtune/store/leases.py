@@ -339,9 +339,10 @@ class Leases:
                         if r.lr is not None:  # epochs reported without an LR repeat the last
                             curve = curved.get(trial_id)
                             if curve is None:
-                                curve = list(curves.get(trial_id, []))[:epoch + k]
+                                curve = curved[trial_id] = list(curves.get(trial_id, []))[
+                                    :epoch + k]
                             curve += [curve[-1] if curve else r.lr] * (epoch + k - len(curve))
-                            curved[trial_id] = [*curve, r.lr]
+                            curve.append(r.lr)
                         if r.metrics:
                             metrics[trial_id] = r.metrics
                 rows += [_attr(t, names.ATTR_LR_CURVE, curve) for t, curve in curved.items()]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
@@ -22,7 +21,7 @@ from lrtune.history import with_history
 from lrtune.lr_range import LrBounds, resolved
 from lrtune.spec import StudySpec
 from lrtune.store import reads, warm
-from lrtune.store.db import UNAVAILABLE, Database, aware, now, unavailable, utc
+from lrtune.store.db import Database, autocommit, aware, now, utc
 from lrtune.tables import lease_trials, leases, principals, studies
 from lrtune.tasks import EXTERNAL
 
@@ -299,16 +298,11 @@ class Studies:
                 self.optuna_id(record), names.STUDY_ATTR_LR_RANGE, record.lr_bounds.summary())
         return record
 
-    @contextlib.contextmanager
-    def _optuna_read(self) -> Iterator[sa.Connection]:
+    def _optuna_read(self) -> contextlib.AbstractContextManager[sa.Connection]:
         """An autocommit connection of Optuna's engine: a claimer asks for the study's Optuna
         id or history while it holds one of lrtune's connections (the claim lock), and two
         from one pool at once could wait on each other for good when the pool is small."""
-        try:
-            with self.storage.engine.connect() as conn:
-                yield conn.execution_options(isolation_level="AUTOCOMMIT")
-        except UNAVAILABLE as error:
-            raise unavailable(error) from error
+        return autocommit(self.storage.engine)
 
     def optuna_id(self, record: StudyRecord) -> int:
         """The id of the record's Optuna study, looked up by its name (an id alone may have
