@@ -6,6 +6,7 @@ ATTR_LR_CURVE = "lr_curve"  # LR at the first step of each epoch
 ATTR_METRICS = "metrics"  # last epoch's metrics
 ATTR_CONFIG = "config"  # the decoded TrialConfig (schedule + optimizer)
 ATTR_STEPS_PER_EPOCH = "steps_per_epoch"
+ATTR_HORIZON = "horizon"  # the horizon ladder's rung: {"rung", "rungs", "fraction", ...}
 
 # Study user attributes (shown in the dashboard).
 STUDY_ATTR_SPEC = "lrtune_spec"

@@ -156,7 +156,19 @@ class SamplerSpec(Strict):
 
 class PrunerSpec(Strict):
     name: Literal["none", "percentile", "median", "hyperband", "successive_halving",
-                  "schedule"] = "percentile"
+                  "schedule", "horizon"] = "percentile"
+    rungs: int | None = Field(None, ge=2, le=6, description='"horizon": rungs of the '
+                              "ladder, the top one the full horizon (default 3)")
+    eta: int | None = Field(None, ge=2, le=10, description='"horizon": runs of a rung per '
+                            "promotion, and the ratio of neighbouring horizons (default 3)")
+
+    @model_validator(mode="after")
+    def _ladder_only(self) -> PrunerSpec:
+        for key in ("rungs", "eta"):
+            if getattr(self, key) is not None and self.name != "horizon":
+                raise SpecError(f"pruner.{key}", f'{key} shapes the "horizon" ladder, not '
+                                f"the {self.name!r} pruner")
+        return self
 
 
 class WarmStartSpec(Strict):
@@ -205,6 +217,10 @@ class StudySpec(Strict):
             if self.space.lr == "auto":
                 raise SpecError("space.lr", 'an external study cannot take "auto": lrtune '
                                 "runs no LR range test on your code; give low and high")
+            if self.pruner.name == "horizon":
+                raise SpecError("pruner.name", 'the "horizon" ladder runs lrtune\'s '
+                                "trainer on shortened horizons; an external study's code "
+                                "trains its own: choose another pruner")
             if self.pack != 1:
                 raise SpecError("pack", "an external study is trained by your own code, one "
                                 "trial per client at a time: leave pack at 1")

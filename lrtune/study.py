@@ -7,6 +7,7 @@ import warnings
 import optuna
 
 from lrtune.attrs import ATTR_CONFIG as ATTR_CONFIG
+from lrtune.attrs import ATTR_HORIZON as ATTR_HORIZON
 from lrtune.attrs import ATTR_LR_CURVE as ATTR_LR_CURVE
 from lrtune.attrs import ATTR_METRICS as ATTR_METRICS
 from lrtune.attrs import ATTR_REASON as ATTR_REASON
@@ -45,7 +46,7 @@ def make_sampler(spec: SamplerSpec, previous: optuna.samplers.BaseSampler | None
 
 
 def make_pruner(spec: PrunerSpec, epochs: int) -> optuna.pruners.BasePruner:
-    if spec.name == "none":
+    if spec.name in ("none", "horizon"):  # the ladder prunes by claims (lrtune/horizon.py)
         return optuna.pruners.NopPruner()
     if spec.name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)

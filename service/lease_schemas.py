@@ -46,6 +46,9 @@ class TrialOfLease(BaseModel):
     config: dict[str, Any] = Field(description="schedule, optimizer and batch size: what "
                                    "lrtune_worker builds in torch")
     seed: int
+    horizon: dict[str, Any] | None = Field(None, description='a "horizon" ladder\'s run: '
+                                           "its rung of rungs, and the fraction of the "
+                                           "study's optimizer steps it trains")
 
 
 class LeaseOut(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class Progress(BaseModel):
@@ -59,6 +59,17 @@ class StudyList(BaseModel):
     offset: int
 
 
+class HorizonOut(BaseModel):
+    """A "horizon" ladder's run: rung ``rung`` of ``rungs`` (the top one the full horizon),
+    the whole schedule on ``fraction`` of the study's optimizer steps."""
+
+    rung: int
+    rungs: int
+    fraction: float
+    promoted_from: int | None = Field(None, description="the trial whose parameters this "
+                                      "run repeats on a longer horizon")
+
+
 class TrialOut(BaseModel):
     number: int
     state: str
@@ -68,6 +79,7 @@ class TrialOut(BaseModel):
     retry_of: int | None
     started_at: datetime | None
     finished_at: datetime | None
+    horizon: HorizonOut | None = None
 
 
 class TrialList(BaseModel):

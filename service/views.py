@@ -11,10 +11,19 @@ import optuna
 
 from lrtune import study as names
 from lrtune.errors import NotFound, SpecError
+from lrtune.horizon import Rung
 from lrtune.space import SearchSpace, TrialConfig
 from lrtune.store import FAILED, RUNNING, StudyRecord, ended
 from lrtune.store.reads import BestTrial, Summary, TrialRow
-from lrtune_service.schemas import BestOut, LrRangeOut, Progress, StudyOut, TrialDetail, TrialOut
+from lrtune_service.schemas import (
+    BestOut,
+    HorizonOut,
+    LrRangeOut,
+    Progress,
+    StudyOut,
+    TrialDetail,
+    TrialOut,
+)
 
 
 def progress(counts: dict[str, int], n_trials: int) -> Progress:
@@ -115,7 +124,13 @@ def trial_out(row: TrialRow) -> TrialOut:
     return TrialOut(number=row.number, state=row.state, params=row.params, value=row.value,
                     reason=row.reason, retry_of=row.retry_of,
                     started_at=local_time(row.started_at),
-                    finished_at=local_time(row.finished_at))
+                    finished_at=local_time(row.finished_at),
+                    horizon=_horizon(row.horizon))
+
+
+def _horizon(value: Any) -> HorizonOut | None:
+    rung = Rung.from_attr(value)
+    return None if rung is None else HorizonOut(**rung.attr())
 
 
 def trial_detail(record: StudyRecord, trial: optuna.trial.FrozenTrial) -> TrialDetail:
@@ -127,4 +142,5 @@ def trial_detail(record: StudyRecord, trial: optuna.trial.FrozenTrial) -> TrialD
         finished_at=local_time(trial.datetime_complete), metric=record.spec.objective,
         metric_curve=values, lr_curve=list(trial.user_attrs.get(names.ATTR_LR_CURVE, [])),
         config=trial.user_attrs.get(names.ATTR_CONFIG),
-        metrics=trial.user_attrs.get(names.ATTR_METRICS))
+        metrics=trial.user_attrs.get(names.ATTR_METRICS),
+        horizon=_horizon(trial.user_attrs.get(names.ATTR_HORIZON)))

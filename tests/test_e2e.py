@@ -151,6 +151,36 @@ def test_linreg_study_finishes_with_its_exact_budget(deployment: Deployment) -> 
     assert all(Path(p).read_bytes().startswith(b"\x89PNG") for p in plots)
 
 
+@pytest.mark.parametrize(("db_url", "deployment"), DEPLOYMENTS, indirect=True)
+def test_horizon_ladder_runs_whole_schedules_on_short_horizons_first(
+        deployment: Deployment) -> None:
+    sid = deployment.submit(name="ladder", task="linreg", epochs=9, n_trials=14, pack=2,
+                            pruner={"name": "horizon"}, sampler={"name": "random", "seed": 3},
+                            space={"families": ["cosine", "onecycle", "wsd"],
+                                   "lr": {"low": 1e-3, "high": 3e-2}})
+    study = deployment.wait(sid)
+    assert study["status"] == "done" and study["progress"]["n_done"] == 14
+    trials = deployment.trials(sid)
+    assert_exact(trials, 14)
+    rungs = {t["number"]: t["horizon"] for t in trials}
+    assert all(rungs.values()) and {r["rung"] for r in rungs.values()} >= {0, 2}
+    curves: dict[int, set[int]] = {}
+    for t in trials:
+        rung = t["horizon"]
+        assert (t["state"] == "COMPLETE") == (rung["rung"] == 2 and t["reason"] is None)
+        if t["state"] == "PRUNED" and t["reason"] != "diverged":
+            assert t["reason"].startswith(f"rung {rung['rung']} of 3")
+        detail = httpx.get(f"{deployment.url}/studies/{sid}/trials/{t['number']}",
+                           timeout=30).json()
+        assert detail["horizon"] == rung
+        if detail["reason"] != "diverged":
+            curves.setdefault(rung["rung"], set()).add(len(detail["metric_curve"]))
+            assert len(detail["lr_curve"]) == len(detail["metric_curve"])
+    assert curves[2] == {9} and max(curves[0]) < 9  # a whole schedule in fewer epochs
+    best = study["best"]
+    assert rungs[best["number"]]["rung"] == 2  # only the full horizon counts as the best
+
+
 def test_two_studies_at_once_and_cancel(deployment: Deployment) -> None:
     a = deployment.submit(name="a", task="linreg", epochs=3, n_trials=6)
     b = deployment.submit(name="b", task="linreg", epochs=3, n_trials=6)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import optuna
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from lrtune import horizon
 from lrtune import optuna_internals as internals
 from lrtune import study as names
 from lrtune.dashboard import name_objective, update_best_note
@@ -22,7 +24,7 @@ from lrtune.space import TrialConfig
 from lrtune.spec import StudySpec
 from lrtune_worker.device import pick_device
 from lrtune_worker.lr_find import find_bounds
-from lrtune_worker.runner import objective_for
+from lrtune_worker.runner import objective_for, run_trial
 from lrtune_worker.tasks import get_task
 from lrtune_worker.train import train_trial
 
@@ -109,7 +111,9 @@ def run_local_study(raw: dict[str, Any], storage: str, device_name: str, baselin
             update_best_note(internals.storage_of(st), internals.study_id(st))
 
         progress.update(bar, completed=done)
-        if done < spec.n_trials:
+        if done < spec.n_trials and spec.pruner.name == "horizon":
+            climb_ladder(study, spec, device, spec.n_trials - done, advance)
+        elif done < spec.n_trials:
             study.optimize(objective_for(spec, device), n_trials=spec.n_trials - done,
                            callbacks=[advance], catch=(RuntimeError,))
     print_best(study, spec, console)
@@ -121,6 +125,21 @@ def run_local_study(raw: dict[str, Any], storage: str, device_name: str, baselin
         console.print(f"[red]{len(failed)} trial(s) failed[/red]: {'; '.join(reasons[:3])}")
         return 1
     return 0
+
+
+def climb_ladder(study: optuna.Study, spec: StudySpec, device: torch.device, left: int,
+                 callback: Callable[[optuna.Study, FrozenTrial], None]) -> None:
+    """``left`` runs of a horizon ladder, each on the rung ``horizon.next_rung`` gives (as
+    lrtune's workers claim them; ``optimize()`` has no say in what a trial runs)."""
+    bounds = horizon.lr_bounds(spec)
+    for slots_left in range(left, 0, -1):
+        rung = horizon.next_rung(study.get_trials(deepcopy=False), spec.pruner,
+                                 study.direction, slots_left, spec.n_trials, bounds)
+        trial = horizon.start(study, rung)
+        outcome = run_trial(trial, spec, device)
+        study.tell(trial, outcome.value if outcome.state == TrialState.COMPLETE else None,
+                   state=outcome.state)
+        callback(study, study.get_trials(deepcopy=False)[-1])
 
 
 def print_baseline(spec: StudySpec, device: torch.device, console: Console) -> None:

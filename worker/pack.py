@@ -79,17 +79,21 @@ def _run(lot: Lot, spec: StudySpec, device: torch.device, between_epochs: Callab
         ready.append(slot)
         logs[slot.number] = open_log(slot, spec, configs[-1])
     lot.flush()  # the pack's params at once: other workers' samplers, dashboard
-    for group in split_pack(configs, task):
+    # a horizon ladder's runs train alone: each stops at its own rung's step
+    groups = [[i] for i in range(len(ready))] if any(s.rung for s in ready) \
+        else split_pack(configs, task)
+    for group in groups:
         members = [ready[i] for i in group]
 
         def done(i: int, result: TrainResult, members: list[Slot] = members) -> None:
-            end(members[i], ending(result))
+            end(members[i], ending(result, members[i].rung))
 
         reporters = [lot.reporter(s, between_epochs, logs[s.number]) for s in members]
         try:
             if len(members) == 1:  # vmap's fixed cost buys nothing for one trial
                 done(0, train_trial(task, configs[group[0]], spec.epochs, spec.objective,
-                                    members[0].seed, device, reporters[0]))
+                                    members[0].seed, device, reporters[0],
+                                    rung=members[0].rung))
             else:
                 train_pack(task, [configs[i] for i in group], spec.epochs, spec.objective,
                            [s.seed for s in members], device, reporters, done, lot.flush,

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from lrtune.client import Client
+from lrtune.horizon import Rung
 from lrtune.leasing import LEASE_PATH, ClientError
 from lrtune.space import TrialConfig
 from lrtune.spec import StudySpec
@@ -227,8 +228,8 @@ class LeaseLot:
         self.study_id, self.study = int(study["id"]), str(study["name"])
         self.spec = StudySpec.model_validate(study["spec"])
         self.interval = float(lease["heartbeat_interval"])
-        self.slots = [Slot(int(t["number"]), int(t["seed"]), dict(t["params"]))
-                      for t in lease["trials"]]
+        self.slots = [Slot(int(t["number"]), int(t["seed"]), dict(t["params"]),
+                           Rung.from_attr(t.get("horizon"))) for t in lease["trials"]]
         self.configs: dict[int, dict[str, Any]] = {int(t["number"]): t["config"]
                                                    for t in lease["trials"]}
         self.steps: dict[int, int] = {}  # steps per epoch of each trial

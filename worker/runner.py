@@ -12,6 +12,7 @@ import torch
 
 from lrtune import study as names
 from lrtune.errors import DatabaseUnavailable
+from lrtune.horizon import Rung
 from lrtune.space import SearchSpace, TrialConfig
 from lrtune.spec import StudySpec
 from lrtune_worker.integrations import NO_LOG, TrialLog, trial_log
@@ -94,12 +95,17 @@ def unfinished(error: Exception) -> str:
         f"abandoned: {type(error).__name__}")
 
 
-def ending(result: TrainResult) -> TrialOutcome:
-    """How a finished training ends the trial: divergence is PRUNED ``diverged``."""
+def ending(result: TrainResult, rung: Rung | None = None) -> TrialOutcome:
+    """How a finished training ends the trial: divergence is PRUNED ``diverged``; a horizon
+    ladder's run below the top rung PRUNED with its value and rung (only full-horizon runs
+    can be the study's best)."""
     if result.outcome == "diverged":
         return TrialOutcome(optuna.trial.TrialState.PRUNED, None, "diverged", result)
     if result.outcome == "pruned":
         return TrialOutcome(optuna.trial.TrialState.PRUNED, result.value, "pruned", result)
+    if rung is not None and not rung.top:
+        return TrialOutcome(optuna.trial.TrialState.PRUNED, result.value, rung.reason(),
+                            result)
     return TrialOutcome(optuna.trial.TrialState.COMPLETE, result.value, None, result)
 
 
@@ -149,10 +155,10 @@ def failed(trial: optuna.Trial, error: Exception, set_attr: SetAttr | None = Non
     return recorded(trial, failure(error), set_attr)
 
 
-def outcome_of(trial: optuna.Trial, result: TrainResult, set_attr: SetAttr | None = None
-               ) -> TrialOutcome:
-    """``ending(result)``, its metrics, LR curve and reason stored on the trial."""
-    return recorded(trial, ending(result), set_attr)
+def outcome_of(trial: optuna.Trial, result: TrainResult, set_attr: SetAttr | None = None,
+               rung: Rung | None = None) -> TrialOutcome:
+    """``ending(result, rung)``, its metrics, LR curve and reason stored on the trial."""
+    return recorded(trial, ending(result, rung), set_attr)
 
 
 def run_trial(trial: optuna.Trial, spec: StudySpec, device: torch.device,
@@ -163,17 +169,19 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, device: torch.device,
     try:
         task = get_task(spec.task)
         config = prepare(trial, spec, task)
-        slot = Slot(trial.number, trial_seed(spec, trial), dict(trial.params))
+        rung = Rung.from_attr(trial.user_attrs.get(names.ATTR_HORIZON)) \
+            if spec.pruner.name == "horizon" else None
+        slot = Slot(trial.number, trial_seed(spec, trial), dict(trial.params), rung)
         log = open_log(slot, spec, config)
         result = train_trial(task, config, spec.epochs, spec.objective, slot.seed, device,
-                             OptunaReporter(trial, between_epochs, log))
+                             OptunaReporter(trial, between_epochs, log), rung=rung)
     except (Stopping, DatabaseUnavailable) as error:
         log.end("UNFINISHED", None, unfinished(error))
         raise
     except Exception as error:  # the trial's own failure; the worker goes on
         outcome = failed(trial, error)
     else:
-        outcome = outcome_of(trial, result)
+        outcome = outcome_of(trial, result, rung=rung)
     log.end(outcome.state.name, outcome.value, outcome.reason)
     return outcome
 

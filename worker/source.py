@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from lrtune.errors import DatabaseUnavailable
+from lrtune.horizon import Rung
 from lrtune.space import TrialConfig
 from lrtune.spec import StudySpec
 from lrtune_worker.integrations import TrialLog
@@ -54,6 +55,7 @@ class Slot:
     number: int
     seed: int
     params: dict[str, Any] = field(default_factory=dict)
+    rung: Rung | None = None  # a horizon ladder's run: trained on its rung's steps
 
 
 class Lot(Protocol):

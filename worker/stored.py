@@ -59,7 +59,8 @@ class StoreLot:
         self.claims = {c.trial.number: c for c in claims}
         self.record = claims[0].record
         self.study, self.spec = self.record.name, self.record.spec
-        self.slots = [Slot(c.trial.number, trial_seed(self.spec, c.trial)) for c in claims]
+        self.slots = [Slot(c.trial.number, trial_seed(self.spec, c.trial), rung=c.rung)
+                      for c in claims]
         self.ledger = PackLedger(store, claims) if len(claims) > 1 else None
 
     def search_spec(self, device: torch.device) -> StudySpec:

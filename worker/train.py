@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from typing import Literal, Protocol
 
 import torch
 
+from lrtune.horizon import Rung
 from lrtune.space import TrialConfig
 from lrtune_worker.feed import Feed, MetricMean
 from lrtune_worker.schedulers import build_optimizer, build_scheduler
@@ -68,10 +70,12 @@ def train_batch(task: Task, model: torch.nn.Module, optimizer: torch.optim.Optim
 
 def train_trial(task: Task, config: TrialConfig, epochs: int, objective: str, seed: int,
                 device: torch.device, reporter: Reporter | None = None,
-                order_seed: int | None = None) -> TrainResult:
+                order_seed: int | None = None, rung: Rung | None = None) -> TrainResult:
     """Train ``config`` on ``task`` for ``epochs``; NaN/inf loss ends it as ``diverged``.
     ``seed`` seeds the model's initialisation and the data order; ``order_seed``, when
-    given, the data order alone (a fused pack of a streaming task shares one order)."""
+    given, the data order alone (a fused pack of a streaming task shares one order). A
+    horizon ladder's ``rung`` runs the whole schedule on its share of the steps: the last
+    epoch may be cut short (it is reported all the same, after its last step)."""
     reporter = reporter or NullReporter()
     torch.manual_seed(seed)
     feed = Feed(task, device)
@@ -79,18 +83,21 @@ def train_trial(task: Task, config: TrialConfig, epochs: int, objective: str, se
     batch = config.batch_size or task.info.batch_size
     spe = feed.steps_per_epoch(batch)
     optimizer = build_optimizer(model.parameters(), config.optimizer)
-    driver = build_scheduler(optimizer, config.schedule, epochs * spe, spe)
+    steps = rung.steps(epochs * spe) if rung is not None else epochs * spe
+    epochs = math.ceil(steps / spe)
+    driver = build_scheduler(optimizer, config.schedule, steps, spe)
     order = torch.Generator().manual_seed(seed if order_seed is None else order_seed)
     result = TrainResult("complete", None, 0)
     for epoch in range(epochs):
         lr = float(optimizer.param_groups[0]["lr"])
         model.train()
         total = torch.zeros((), device=device)
-        for x, y in feed.train(batch, order, spe):
+        taken = min(spe, steps - epoch * spe)
+        for x, y in itertools.islice(feed.train(batch, order, spe), taken):
             loss = train_batch(task, model, optimizer, x, y)
             driver.after_batch()
             total += loss.detach()
-        train_loss = float(total) / spe
+        train_loss = float(total) / taken
         model.eval()
         metrics = validate(task, model, feed.val())
         metrics["train_loss"] = train_loss

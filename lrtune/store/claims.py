@@ -20,8 +20,10 @@ from dataclasses import dataclass
 import optuna
 import sqlalchemy as sa
 
+from lrtune import horizon
 from lrtune import optuna_internals as internals
 from lrtune import study as names
+from lrtune.attrs import ATTR_HORIZON
 from lrtune.errors import DatabaseUnavailable, NotFound
 from lrtune.history import replaced
 from lrtune.settings import Settings
@@ -44,6 +46,7 @@ class Claim:
     trial: optuna.Trial
     last_slot: bool = True  # the budget was fully taken with this claim
     params: PackStorage | None = None  # holds the trial's sampled params until written
+    rung: horizon.Rung | None = None  # a horizon ladder's run: its rung and horizon
 
     @property
     def trial_id(self) -> int:
@@ -194,14 +197,20 @@ class Claims:
             taken = sum(counts[s.name] for s in trials.TAKEN)
             waiting = counts["WAITING"]
             self._reseed(study, record, sum(counts.values()))
+            ladder = record.spec.pruner.name == "horizon"
             claims: list[Claim] = []
             while len(claims) < want and waiting > 0:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # "heartbeat is meant for optimize()"
-                    claims.append(Claim(record, study, study.ask()))  # pops a WAITING retry
+                    trial = study.ask()  # pops a WAITING retry
+                rung = horizon.Rung.from_attr(trial.user_attrs.get(ATTR_HORIZON)) \
+                    if ladder else None
+                claims.append(Claim(record, study, trial, rung=rung))
                 waiting -= 1
             new = min(want - len(claims), record.n_trials - taken)
-            if new == 1:
+            if ladder and new > 0:
+                claims += self._ladder(record, study, new, record.n_trials - taken)
+            elif new == 1:
                 claims.append(Claim(record, study, internals.new_trial(study)))
             elif new > 1:
                 claims += self._new_pack(record, study, new)
@@ -230,6 +239,22 @@ class Claims:
                 update={"seed": names.derived_seed(seed, next_number)})
             study.sampler = replaced(study.sampler,
                                      lambda base: names.make_sampler(spec, previous=base))
+
+    @staticmethod
+    def _ladder(record: StudyRecord, study: optuna.Study, k: int, slots_left: int
+                ) -> list[Claim]:
+        """``k`` new runs of a horizon ladder, each on the rung ``horizon.next_rung`` gives
+        (it sees the runs made before it)."""
+        spec = record.search_spec
+        bounds = horizon.lr_bounds(spec)
+        claims = []
+        for i in range(k):
+            rung = horizon.next_rung(study.get_trials(deepcopy=False), spec.pruner,
+                                     study.direction, slots_left - i, record.n_trials, bounds)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "heartbeat is meant for optimize()"
+                claims.append(Claim(record, study, horizon.start(study, rung), rung=rung))
+        return claims
 
     def _new_pack(self, record: StudyRecord, study: optuna.Study, k: int) -> list[Claim]:
         """``k`` new trials in one statement, sampling in memory (see store.pack_storage)."""

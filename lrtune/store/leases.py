@@ -67,6 +67,7 @@ class LeasedTrial:
     params: dict[str, Any]
     config: dict[str, Any]
     seed: int
+    horizon: dict[str, Any] | None = None  # a horizon ladder's rung
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,8 @@ class Leases:
                                    spec.steps_per_epoch))
             leased.append(LeasedTrial(claim.trial.number, claim.trial_id,
                                       dict(claim.trial.params), config.to_dict(),
-                                      names.derived_seed(spec.seed, claim.trial.number)))
+                                      names.derived_seed(spec.seed, claim.trial.number),
+                                      claim.rung.attr() if claim.rung else None))
         params = list({id(c.params): c.params for c in claims if c.params}.values())
         self.store.write_trials(record, params=params, user_attrs=attrs)
         with self.store.transaction() as conn:

@@ -27,6 +27,7 @@ from lrtune.tables import study_best, trial_counts
 T = internals.TRIALS
 REASON = internals.USER_ATTRS.alias("reason")
 RETRY_OF = internals.USER_ATTRS.alias("retry_of")
+HORIZON = internals.USER_ATTRS.alias("horizon")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class TrialRow:
     retry_of: int | None
     started_at: datetime | None
     finished_at: datetime | None
+    horizon: dict[str, Any] | None = None  # a horizon ladder's rung
 
 
 @lru_cache(maxsize=4096)
@@ -136,20 +138,22 @@ def trial_page(conn: sa.Connection, optuna_id: int, limit: int, offset: int,
                kept: FinishedParams) -> list[TrialRow]:
     """The study's trials ``offset`` to ``offset + limit`` by number, with their value and
     reason: one query, and one more for parameters not kept yet."""
-    v, reason, retry = internals.VALUES, REASON, RETRY_OF
+    v, reason, retry, rung = internals.VALUES, REASON, RETRY_OF, HORIZON
     page = (sa.select(T.c.trial_id, T.c.number, T.c.state, T.c.datetime_start,
                       T.c.datetime_complete)
             .where(T.c.study_id == optuna_id).order_by(T.c.number).limit(limit).offset(offset)
             .subquery())  # the page first (index on study and number), then its rows' values
     rows = conn.execute(
         sa.select(page, v.c.value, v.c.value_type, reason.c.value_json.label("reason"),
-                  retry.c.value_json.label("retry_of"))
+                  retry.c.value_json.label("retry_of"), rung.c.value_json.label("horizon"))
         .select_from(
             page.outerjoin(v, sa.and_(v.c.trial_id == page.c.trial_id, v.c.objective == 0))
             .outerjoin(reason, sa.and_(reason.c.trial_id == page.c.trial_id,
                                        reason.c.key == names.ATTR_REASON))
             .outerjoin(retry, sa.and_(retry.c.trial_id == page.c.trial_id,
-                                      retry.c.key == "retry_of")))
+                                      retry.c.key == "retry_of"))
+            .outerjoin(rung, sa.and_(rung.c.trial_id == page.c.trial_id,
+                                     rung.c.key == names.ATTR_HORIZON)))
         .order_by(page.c.number)).all()
     done = {int(r.trial_id) for r in rows if r.state.is_finished()}  # their params are final
     params = kept.get(conn, sorted(done)) | params_of(
@@ -159,7 +163,8 @@ def trial_page(conn: sa.Connection, optuna_id: int, limit: int, offset: int,
                      stats.shown_value(r.value, r.value_type.name),
                      None if r.reason is None else json.loads(r.reason),
                      None if r.retry_of is None else json.loads(r.retry_of),
-                     r.datetime_start, r.datetime_complete)
+                     r.datetime_start, r.datetime_complete,
+                     None if r.horizon is None else json.loads(r.horizon))
             for r in rows]
 
 

@@ -76,6 +76,10 @@ class Reaper:
                     for name, value in frozen.params.items()])
             conn.execute(attrs.insert().values(trial_id=copy_id, key="retry_of",
                                                value_json=json.dumps(frozen.number)))
+            if names.ATTR_HORIZON in frozen.user_attrs:  # a ladder's run: the same rung again
+                conn.execute(attrs.insert().values(trial_id=copy_id, key=names.ATTR_HORIZON,
+                                                   value_json=json.dumps(
+                                                       frozen.user_attrs[names.ATTR_HORIZON])))
             original = frozen.system_attrs.get("failed_trial", frozen.number)
             conn.execute(internals.SYSTEM_ATTRS.insert(), [
                 {"trial_id": copy_id, "key": "failed_trial", "value_json": json.dumps(original)},

@@ -53,7 +53,8 @@ def claim(body: ClaimIn, store: StoreDep, settings: SettingsDep, caller: Leaser)
                            epochs=spec.epochs, objective=spec.objective,
                            direction=names.direction(spec), steps_per_epoch=spec.steps_per_epoch,
                            spec=spec.model_dump(mode="json")),
-        trials=[TrialOfLease(number=t.number, params=t.params, config=t.config, seed=t.seed)
+        trials=[TrialOfLease(number=t.number, params=t.params, config=t.config, seed=t.seed,
+                             horizon=t.horizon)
                 for t in lease.trials],
         heartbeat_interval=settings.heartbeat_interval, grace=settings.heartbeat_grace)
     return Response(out.model_dump_json(), status_code=201, media_type="application/json")

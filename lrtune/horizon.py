@@ -1,0 +1,170 @@
+"""The horizon ladder: whole schedules on short horizons first, the best promoted.
+
+Schedules are written in fractions of training, so a trial can run its whole schedule (warmup,
+plateau, final decay) on a fraction of the study's optimizer steps. Rung ``k`` of ``R`` runs
+``eta ** -(R - 1 - k)`` of them (1/9, 1/3 and 1 by default), at least ``MIN_STEPS``. Each claim
+asks ``next_rung`` (asynchronous successive halving, as ASHA): the best trial of the highest
+rung below the top that ranks in the top ``1 / eta`` of its rung's finished runs and was not
+promoted yet runs again on the next rung with the same parameters, its base LR corrected for
+the longer horizon (``lr_shift``); with none to promote, a new configuration starts on rung 0.
+The budget's last slots (``endgame``) run the best unpromoted trials on the full horizon at
+once, so a study always ends with full-horizon results.
+
+Every run is one trial of ``n_trials``. A run below the top rung ends PRUNED with its value
+and the reason ``rung k of R``; only full-horizon runs end COMPLETE, so only they can be the
+study's best. The rung is the trial's ``horizon`` user attribute (API, dashboard).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from lrtune.attrs import ATTR_HORIZON
+from lrtune.spec import LrRange, PrunerSpec, StudySpec
+
+ETA = 3  # runs of a rung per promotion; also the ratio of neighbouring rungs' horizons
+RUNGS = 3
+MIN_STEPS = 16  # a rung's fewest optimizer steps (a schedule's phases need some)
+# The base LR that wins grows as the horizon shrinks, as horizon ** -LR_EXPONENT
+# (bench/horizon_lr.py; docs/benchmarks.md, "Horizon ladder"): a promoted trial's LR is
+# multiplied by (its new horizon / its old) ** -LR_EXPONENT.
+LR_EXPONENT = 0.0
+
+
+@dataclass(frozen=True)
+class Rung:
+    """Where one run of the ladder stands: rung ``rung`` of ``rungs`` on ``fraction`` of the
+    study's steps; ``params`` fixed (a promotion of trial ``promoted_from``) or sampled."""
+
+    rung: int
+    rungs: int
+    fraction: float
+    promoted_from: int | None = None
+    params: dict[str, Any] | None = None
+
+    @property
+    def top(self) -> bool:
+        return self.rung == self.rungs - 1
+
+    def steps(self, total_steps: int) -> int:
+        """The run's optimizer steps of a study's ``total_steps``."""
+        if self.top:
+            return total_steps
+        return min(total_steps, max(MIN_STEPS, round(self.fraction * total_steps)))
+
+    def reason(self) -> str:
+        return f"rung {self.rung} of {self.rungs}: whole schedule on {self.fraction:.3g} " \
+               "of the steps"
+
+    def attr(self) -> dict[str, Any]:
+        return {"rung": self.rung, "rungs": self.rungs, "fraction": self.fraction,
+                "promoted_from": self.promoted_from}
+
+    @classmethod
+    def from_attr(cls, value: Any) -> Rung | None:
+        if not isinstance(value, dict):
+            return None
+        return cls(int(value["rung"]), int(value["rungs"]), float(value["fraction"]),
+                   value.get("promoted_from"))
+
+
+def shape(spec: PrunerSpec) -> tuple[int, int]:
+    """The ladder's ``(rungs, eta)``."""
+    return (RUNGS if spec.rungs is None else spec.rungs), (ETA if spec.eta is None else spec.eta)
+
+
+def fraction(rung: int, rungs: int, eta: int) -> float:
+    return float(eta) ** -(rungs - 1 - rung)
+
+
+def lr_shift(old: float, new: float) -> float:
+    """The factor on a promoted trial's base LR, from ``old`` to ``new`` horizon fraction."""
+    return float((new / old) ** -LR_EXPONENT)
+
+
+def lr_bounds(spec: StudySpec) -> tuple[float, float] | None:
+    """The base LR's search range of a spec whose range is known (not "auto" yet)."""
+    lr = spec.space.lr
+    return (lr.low, lr.high) if isinstance(lr, LrRange) else None
+
+
+def endgame(n_trials: int, rungs: int, eta: int) -> int:
+    """The budget's last slots that go to full-horizon runs."""
+    return max(1, n_trials // int(eta ** (rungs - 1)))
+
+
+def _score(trial: FrozenTrial) -> float | None:
+    if trial.value is not None:
+        return trial.value
+    if trial.intermediate_values:
+        return trial.intermediate_values[max(trial.intermediate_values)]
+    return None
+
+
+def next_rung(trials: Sequence[FrozenTrial], spec: PrunerSpec, direction: StudyDirection,
+              slots_left: int, n_trials: int,
+              lr_bounds: tuple[float, float] | None = None) -> Rung:
+    """The rung of the study's next run, and what it runs (see the module's doc).
+    ``slots_left``: the budget's slots not yet taken, this one included; ``lr_bounds``: the
+    base LR's search range (a corrected LR stays inside it)."""
+    rungs, eta = shape(spec)
+    sign = 1.0 if direction == StudyDirection.MINIMIZE else -1.0
+    promoted: set[int] = set()
+    finished: list[list[tuple[float, FrozenTrial]]] = [[] for _ in range(rungs)]
+    runs = [0] * rungs
+    last = rungs - 1
+    for trial in trials:
+        run = Rung.from_attr(trial.user_attrs.get(ATTR_HORIZON))
+        if run is None or run.rungs != rungs:
+            continue
+        if run.promoted_from is not None:
+            promoted.add(run.promoted_from)
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and run.rung < last:
+            runs[run.rung] += 1
+            score = _score(trial)
+            if score is not None and math.isfinite(score):
+                finished[run.rung].append((sign * score, trial))
+    for ranked in finished:
+        ranked.sort(key=lambda pair: pair[0])
+    if slots_left <= endgame(n_trials, rungs, eta):
+        for rung in range(last - 1, -1, -1):
+            for _, trial in finished[rung]:
+                if trial.number not in promoted:
+                    return _promote(trial, rung, last, rungs, eta, lr_bounds)
+        return Rung(last, rungs, 1.0)
+    for rung in range(last - 1, -1, -1):
+        for _, trial in finished[rung][:runs[rung] // eta]:
+            if trial.number not in promoted:
+                return _promote(trial, rung, rung + 1, rungs, eta, lr_bounds)
+    return Rung(0, rungs, fraction(0, rungs, eta))
+
+
+def _promote(trial: FrozenTrial, old: int, new: int, rungs: int, eta: int,
+             lr_bounds: tuple[float, float] | None) -> Rung:
+    params = dict(trial.params)
+    to = fraction(new, rungs, eta)
+    if "lr" in params:
+        lr = float(params["lr"]) * lr_shift(fraction(old, rungs, eta), to)
+        if lr_bounds is not None:
+            lr = min(max(lr, lr_bounds[0]), lr_bounds[1])
+        params["lr"] = lr
+    return Rung(new, rungs, to, trial.number, params)
+
+
+def start(study: optuna.Study, rung: Rung) -> optuna.Trial:
+    """A new RUNNING trial of ``study`` for ``rung``: a promotion's parameters enqueued and
+    asked (its sampler draws nothing), or a fresh draw. Call where no other trial WAITS (a
+    claim under the study's lock pops the waiting first)."""
+    if rung.params is not None:
+        study.enqueue_trial(rung.params, user_attrs={ATTR_HORIZON: rung.attr()})
+        return study.ask()
+    trial = study.ask()
+    trial.set_user_attr(ATTR_HORIZON, rung.attr())
+    return trial
