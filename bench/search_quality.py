@@ -4,6 +4,11 @@ pruner on the same tasks, at equal budget in trial-epochs, over several seeds.
     python bench/search_quality.py --tasks digits-mlp,charlm --seeds 5 --jobs 2
     python bench/search_report.py          # table, plots and pruning evidence from the results
 
+Resumable: a (task, method, seed, budget) already in ``--out`` is not run again, so a long
+run can span several sittings; units go seed by seed, every method of a seed before the next.
+The horizon ladder's runs (``tpe+horizon``, ``random+horizon``) cost their steps' share of an
+epoch; the ladder is given the ``n_trials`` its expected cost per run fits in the budget.
+
 Every run trains for real with lrtune's trainer and samples lrtune's default search space
 (all families, all optimizers, base LR 1e-4..1) with lrtune's own sampler and pruner settings.
 One JSON line per (task, method, seed) into bench/results/search_quality.jsonl, with the
@@ -28,10 +33,12 @@ import torch  # noqa: E402
 from optuna.distributions import distribution_to_json  # noqa: E402
 
 from bench.machine import machine  # noqa: E402
+from lrtune import horizon  # noqa: E402
+from lrtune.attrs import ATTR_HORIZON, ATTR_STEPS_PER_EPOCH  # noqa: E402
 from lrtune.optimizers import OptimizerChoice  # noqa: E402
 from lrtune.schedules import Schedule  # noqa: E402
 from lrtune.space import TrialConfig  # noqa: E402
-from lrtune.spec import StudySpec  # noqa: E402
+from lrtune.spec import PrunerSpec, StudySpec  # noqa: E402
 from lrtune.study import direction, make_pruner, make_sampler  # noqa: E402
 from lrtune_worker.runner import run_trial, trial_seed  # noqa: E402
 from lrtune_worker.tasks import get_task  # noqa: E402
@@ -39,9 +46,11 @@ from lrtune_worker.train import steps_per_epoch, train_trial  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 # (epochs per trial, budget in trial-epochs per search) by task
-BUDGETS = {"digits-mlp": (10, 400), "charlm": (5, 120), "linreg": (5, 100)}
+BUDGETS = {"digits-mlp": (10, 400), "charlm": (5, 360), "linreg": (5, 100)}
 SEARCHES = {"random": ("random", "none"), "tpe": ("tpe", "none"),
-            "tpe+hyperband": ("tpe", "hyperband"), "tpe+percentile": ("tpe", "percentile")}
+            "tpe+hyperband": ("tpe", "hyperband"), "tpe+percentile": ("tpe", "percentile"),
+            "tpe+schedule": ("tpe", "schedule"), "tpe+horizon": ("tpe", "horizon"),
+            "random+horizon": ("random", "horizon")}
 CPU = torch.device("cpu")
 
 
@@ -84,26 +93,43 @@ def run_search(task_name: str, method: str, epochs: int, budget: int, seed: int
     # random search's first trials, and the methods would share their luck.
     seed = 1000 * (list(SEARCHES).index(method) + 1) + seed
     name = f"{task_name}-{method.replace('+', '-')}-{seed}"
+    ladder = pruner == "horizon"
+    n_trials = ladder_trials(budget, epochs) if ladder else 10_000
     spec = StudySpec.model_validate({
-        "name": name, "task": task_name, "epochs": epochs, "n_trials": 10_000,
+        "name": name, "task": task_name, "epochs": epochs, "n_trials": n_trials,
         "sampler": {"name": sampler, "seed": seed}, "pruner": {"name": pruner}, "seed": seed})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction=direction(spec), sampler=make_sampler(spec.sampler),
                                 pruner=make_pruner(spec.pruner, epochs))
-    spent, curve, trials = 0, [], []
-    while spent < budget:
-        trial = study.ask()
+    spent: float = 0
+    curve, trials = [], []
+    while spent < budget and len(study.trials) < n_trials:
+        if ladder:  # the runs left as the budget left buys them, at the cost per run so far
+            runs = len(study.trials)
+            per_run = spent / runs if runs >= 10 else budget / n_trials
+            left = max(1, round((budget - spent) / per_run))
+            rung = horizon.next_rung(study.get_trials(deepcopy=False), spec.pruner,
+                                     study.direction, left, n_trials, horizon.lr_bounds(spec))
+            trial = horizon.start(study, rung)
+        else:
+            trial = study.ask()
         outcome = run_trial(trial, spec, CPU)
         if outcome.state == optuna.trial.TrialState.COMPLETE:
             study.tell(trial, outcome.value)
         else:
             study.tell(trial, state=outcome.state)
         result = outcome.result
-        spent += result.epochs_run if result else epochs
+        if ladder and result is not None:
+            spe = int(study.trials[-1].user_attrs[ATTR_STEPS_PER_EPOCH])
+            steps = rung.steps(epochs * spe)
+            spent += min(result.epochs_run * spe, steps) / spe  # a diverged run stops early
+        else:
+            spent += result.epochs_run if result else epochs
         complete = [t.value for t in study.trials
                     if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
         curve.append([spent, min(complete) if complete else None])
         trials.append({"number": trial.number, "seed": trial_seed(spec, trial),
+                       "horizon": study.trials[-1].user_attrs.get(ATTR_HORIZON),
                        "family": trial.params.get("schedule"), "params": trial.params,
                        "distributions": {k: distribution_to_json(d)
                                          for k, d in trial.distributions.items()},
@@ -114,6 +140,16 @@ def run_search(task_name: str, method: str, epochs: int, budget: int, seed: int
             "spent": spent, "curve": curve, "trials": trials}
 
 
+def ladder_trials(budget: int, epochs: int) -> int:
+    """The ladder's ``n_trials`` for a budget: runs at the share of an epoch successive
+    halving spends on average (each rung costs alike: eta times the runs at 1/eta the
+    steps)."""
+    rungs, eta = horizon.shape(PrunerSpec(name="horizon"))
+    counts = [eta ** (rungs - 1 - k) for k in range(rungs)]
+    cost = sum(c * horizon.fraction(k, rungs, eta) for k, c in enumerate(counts)) / sum(counts)
+    return round(budget / (epochs * cost))
+
+
 def unit(args: tuple[str, str, str, int, int, int]) -> dict[str, Any]:
     kind, task_name, method, epochs, budget, seed = args
     torch.set_num_threads(1)  # one core per job: small models scale better across jobs
@@ -122,6 +158,14 @@ def unit(args: tuple[str, str, str, int, int, int]) -> dict[str, Any]:
            else run_search(task_name, method, epochs, budget, seed))
     return {"task": task_name, "seed": seed, "epochs": epochs, "budget": budget,
             "seconds": round(time.perf_counter() - started, 2), **out}
+
+
+def recorded(path: Path) -> set[tuple[str, str, int, int]]:
+    """(task, method, seed, budget) of the runs already in ``path``."""
+    if not path.exists():
+        return set()
+    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {(r["task"], r["method"], r["seed"], r["budget"]) for r in rows}
 
 
 def main() -> None:
@@ -142,6 +186,8 @@ def main() -> None:
                           for name in textbook(1)]
             units += [("search", task_name, m, epochs, budget, seed)
                       for m in methods if m in SEARCHES]
+    done = recorded(args.out)
+    units = [u for u in units if (u[1], u[2], u[5], u[4]) not in done]
     info = machine()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(args.jobs) as pool, args.out.open("a") as out:

@@ -97,7 +97,7 @@ def lr_bounds(spec: StudySpec) -> tuple[float, float] | None:
 
 def endgame(n_trials: int, rungs: int, eta: int) -> int:
     """The budget's last slots that go to full-horizon runs."""
-    return max(1, n_trials // int(eta ** (rungs - 1)))
+    return max(1, n_trials // int(eta ** rungs))
 
 
 def _score(trial: FrozenTrial) -> float | None:

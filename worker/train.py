@@ -101,6 +101,8 @@ def train_trial(task: Task, config: TrialConfig, epochs: int, objective: str, se
         model.eval()
         metrics = validate(task, model, feed.val())
         metrics["train_loss"] = train_loss
+        if taken < spe:  # a rung that ends mid-epoch: the report says how far it went
+            metrics["epoch_steps"] = float(taken)
         value = metrics[objective]
         result.epochs_run = epoch + 1
         result.metrics = metrics

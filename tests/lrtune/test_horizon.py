@@ -101,14 +101,14 @@ def test_diverged_runs_count_but_are_never_promoted() -> None:
 def test_the_last_slots_run_the_best_unpromoted_on_the_full_horizon() -> None:
     study = optuna.create_study()
     runs = [finished(study, rung0(), v) for v in (3.0, 1.0)]  # too few to promote
-    assert horizon.endgame(40, 3, 3) == 4
-    rung = horizon.next_rung(study.trials, LADDER, study.direction, 4, 40)
+    assert horizon.endgame(40, 3, 3) == 1 and horizon.endgame(120, 3, 3) == 4
+    rung = horizon.next_rung(study.trials, LADDER, study.direction, 4, 120)
     assert (rung.rung, rung.promoted_from) == (2, runs[1].number)
     horizon.start(study, rung)
-    rung = horizon.next_rung(study.trials, LADDER, study.direction, 3, 40)
+    rung = horizon.next_rung(study.trials, LADDER, study.direction, 3, 120)
     assert (rung.rung, rung.promoted_from) == (2, runs[0].number)
     horizon.start(study, rung)
-    fresh = horizon.next_rung(study.trials, LADDER, study.direction, 2, 40)
+    fresh = horizon.next_rung(study.trials, LADDER, study.direction, 2, 120)
     assert (fresh.rung, fresh.params) == (2, None)  # nothing left to promote: a new draw
 
 

@@ -92,3 +92,32 @@ def test_trains_on_cuda() -> None:
     result = train_trial(get_task("digits-mlp"), config(lr=0.1, opt="momentum"), 2, "val_loss",
                          0, torch.device("cuda"))
     assert result.outcome == "complete"
+
+
+def test_a_rung_runs_the_whole_schedule_on_its_share_of_the_steps() -> None:
+    """linreg: 8 steps an epoch, 9 epochs = 72 steps; rung 1 of 3 runs 24 (3 epochs), rung 0
+    the 16-step floor (2 epochs); digits-mlp's rung 0 ends mid-epoch and says so."""
+    from lrtune.horizon import Rung
+
+    steps: list[float | None] = []
+
+    class Counter:
+        def report(self, epoch, value, lr, metrics):
+            steps.append(metrics.get("epoch_steps"))  # only where an epoch is cut short
+
+        def should_prune(self):
+            return False
+
+    linreg = get_task("linreg")
+    full = train_trial(linreg, config("polynomial", lr=0.01, power=1.0), 9, "val_loss", 0, CPU)
+    third = train_trial(linreg, config("polynomial", lr=0.01, power=1.0), 9, "val_loss", 0, CPU, Counter(),
+                        rung=Rung(1, 3, 1 / 3))
+    assert (full.epochs_run, third.epochs_run) == (9, 3) and steps == [None, None, None]
+    # the whole decay in a third of the steps: the LR at the third's last epoch start is
+    # the full run's at its epoch 6 (a linear decay: same fraction of the horizon)
+    assert third.lrs[2] == pytest.approx(full.lrs[6])
+    steps.clear()
+    short = train_trial(get_task("digits-mlp"), config(lr=0.05), 10, "val_loss", 0, CPU,
+                        Counter(), rung=Rung(0, 3, 1 / 9))  # 230 steps / 9: 26 = 23 + 3
+    assert short.epochs_run == 2 and steps == [None, 3.0]
+    assert short.metrics["epoch_steps"] == 3 and short.outcome == "complete"
