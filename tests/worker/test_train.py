@@ -109,9 +109,10 @@ def test_a_rung_runs_the_whole_schedule_on_its_share_of_the_steps() -> None:
             return False
 
     linreg = get_task("linreg")
-    full = train_trial(linreg, config("polynomial", lr=0.01, power=1.0), 9, "val_loss", 0, CPU)
-    third = train_trial(linreg, config("polynomial", lr=0.01, power=1.0), 9, "val_loss", 0, CPU, Counter(),
-                        rung=Rung(1, 3, 1 / 3))
+    full = train_trial(linreg, config("polynomial", lr=0.01, power=1.0), 9, "val_loss", 0,
+                       CPU)
+    linear = config("polynomial", lr=0.01, power=1.0)
+    third = train_trial(linreg, linear, 9, "val_loss", 0, CPU, Counter(), rung=Rung(1, 3, 1 / 3))
     assert (full.epochs_run, third.epochs_run) == (9, 3) and steps == [None, None, None]
     # the whole decay in a third of the steps: the LR at the third's last epoch start is
     # the full run's at its epoch 6 (a linear decay: same fraction of the horizon)
