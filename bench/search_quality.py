@@ -32,6 +32,7 @@ import optuna  # noqa: E402
 import torch  # noqa: E402
 from optuna.distributions import distribution_to_json  # noqa: E402
 
+from bench import heldout  # noqa: E402
 from bench.machine import machine  # noqa: E402
 from lrtune import horizon  # noqa: E402
 from lrtune.attrs import ATTR_HORIZON, ATTR_STEPS_PER_EPOCH  # noqa: E402
@@ -46,12 +47,14 @@ from lrtune_worker.train import steps_per_epoch, train_trial  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 # (epochs per trial, budget in trial-epochs per search) by task
-BUDGETS = {"digits-mlp": (10, 400), "charlm": (5, 360), "linreg": (5, 100)}
+BUDGETS = {"digits-mlp": (10, 400), "charlm": (5, 360), "linreg": (5, 100),
+           "cancer-mlp": (10, 400)}  # the held-out task (bench/heldout.py)
 SEARCHES = {"random": ("random", "none"), "tpe": ("tpe", "none"),
             "tpe+hyperband": ("tpe", "hyperband"), "tpe+percentile": ("tpe", "percentile"),
             "tpe+schedule": ("tpe", "schedule"), "tpe+horizon": ("tpe", "horizon"),
             "random+horizon": ("random", "horizon")}
 CPU = torch.device("cpu")
+heldout.register()
 
 
 def textbook(spe: int) -> dict[str, TrialConfig]:

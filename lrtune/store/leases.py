@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from lrtune import optuna_internals as internals
 from lrtune import study as names
 from lrtune.errors import Conflict, NotFound, SpecError
+from lrtune.horizon import Rung
 from lrtune.space import SearchSpace
 from lrtune.store.db import now
 from lrtune.store.judging import PruneJudge
@@ -386,12 +387,17 @@ class Leases:
                                 "(a diverged one ends PRUNED with reason \"diverged\")")
         sent = {n: f"trials[{i}].number" for i, n in enumerate(numbers)}
         ids = self._in_lease(held, sent)
+        short: dict[int, Rung] = {}
         with self.store.transaction() as conn:
             self._still_running(conn, ids, sent)
+            if record.spec.pruner.name == "horizon":
+                short = _below_the_top(conn, list(ids.values()))
         notes: dict[int, list[dict[str, Any]]] = {}
         endings = []
         for e in ends:
             trial_id = ids[e.number]
+            if e.state == "COMPLETE" and trial_id in short:  # only full horizons COMPLETE
+                e = TrialEnd(e.number, "PRUNED", None, short[trial_id].reason(), e.metrics)
             rows = notes.setdefault(trial_id, [])
             if e.state != "COMPLETE":
                 rows.append(_attr(trial_id, names.ATTR_REASON, (e.reason or (
@@ -426,6 +432,15 @@ class Leases:
     def _running(self, record: StudyRecord) -> list[FrozenTrial]:
         return self.store.optuna_storage.get_all_trials(
             self.store.optuna_study_id(record), deepcopy=False, states=(TrialState.RUNNING,))
+
+
+def _below_the_top(conn: sa.Connection, trial_ids: list[int]) -> dict[int, Rung]:
+    """The horizon ladder's rungs of those of ``trial_ids`` that run below the top rung."""
+    attrs = internals.USER_ATTRS
+    rows = conn.execute(sa.select(attrs.c.trial_id, attrs.c.value_json).where(
+        attrs.c.key == names.ATTR_HORIZON, attrs.c.trial_id.in_(trial_ids)))
+    rungs = {int(tid): Rung.from_attr(json.loads(value)) for tid, value in rows}
+    return {tid: rung for tid, rung in rungs.items() if rung is not None and not rung.top}
 
 
 def _attr(trial_id: int, key: str, value: Any) -> dict[str, Any]:

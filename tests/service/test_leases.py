@@ -326,3 +326,26 @@ def test_several_epochs_in_one_report(client: TestClient, store: Store) -> None:
     assert one["lr_curve"] == [0.1, 0.2, 0.1, 0.1]
     again = client.post(url, headers=A, json={"epoch": 3, "trials": [item(0, 3)]})
     assert again.status_code == 409
+
+
+def test_a_ladder_run_below_the_top_never_ends_complete(client: TestClient) -> None:
+    """The lease says each run's rung; a client that finishes a short run COMPLETE (not
+    lrtune's worker, which knows better) gets it ended PRUNED with its rung, so only
+    full-horizon runs can be the study's best."""
+    study = create(client, name="ladder", task="linreg", objective="val_loss",
+                   direction=None, pruner={"name": "horizon"})
+    lease = claim(client, study["id"])
+    assert lease is not None
+    trial = lease["trials"][0]
+    assert trial["horizon"] == {"rung": 0, "rungs": 3, "fraction": 1 / 9,
+                                "promoted_from": None}
+    url = f"/v1/leases/{lease['lease']}"
+    assert client.post(f"{url}/report", headers=A, json={
+        "epoch": 0, "trials": [{"number": trial["number"], "value": 0.7}]}).status_code == 200
+    r = client.post(f"{url}/finish", headers=A, json={"trials": [
+        {"number": trial["number"], "state": "COMPLETE", "value": 0.5}]})
+    assert r.status_code == 200, r.text
+    ended = client.get(f"/studies/{study['id']}/trials/{trial['number']}").json()
+    assert ended["state"] == "PRUNED" and ended["reason"].startswith("rung 0 of 3")
+    assert ended["value"] == 0.7 and ended["horizon"]["rung"] == 0
+    assert client.get(f"/studies/{study['id']}/best").status_code == 409  # none COMPLETE
