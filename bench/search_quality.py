@@ -54,6 +54,7 @@ SEARCHES = {"random": ("random", "none"), "tpe": ("tpe", "none"),
             "tpe+schedule": ("tpe", "schedule"), "tpe+horizon": ("tpe", "horizon"),
             "random+horizon": ("random", "horizon")}
 CPU = torch.device("cpu")
+LADDER: dict[str, int] = {}  # the ladder's shape when not lrtune's default (--rungs, --eta)
 heldout.register()
 
 
@@ -97,10 +98,11 @@ def run_search(task_name: str, method: str, epochs: int, budget: int, seed: int
     seed = 1000 * (list(SEARCHES).index(method) + 1) + seed
     name = f"{task_name}-{method.replace('+', '-')}-{seed}"
     ladder = pruner == "horizon"
-    n_trials = ladder_trials(budget, epochs) if ladder else 10_000
+    shaped = {"name": pruner, **(LADDER if ladder else {})}
+    n_trials = ladder_trials(budget, epochs, PrunerSpec(**shaped)) if ladder else 10_000
     spec = StudySpec.model_validate({
         "name": name, "task": task_name, "epochs": epochs, "n_trials": n_trials,
-        "sampler": {"name": sampler, "seed": seed}, "pruner": {"name": pruner}, "seed": seed})
+        "sampler": {"name": sampler, "seed": seed}, "pruner": shaped, "seed": seed})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction=direction(spec), sampler=make_sampler(spec.sampler),
                                 pruner=make_pruner(spec.pruner, epochs))
@@ -143,11 +145,11 @@ def run_search(task_name: str, method: str, epochs: int, budget: int, seed: int
             "spent": spent, "curve": curve, "trials": trials}
 
 
-def ladder_trials(budget: int, epochs: int) -> int:
+def ladder_trials(budget: int, epochs: int, spec: PrunerSpec) -> int:
     """The ladder's ``n_trials`` for a budget: runs at the share of an epoch successive
     halving spends on average (each rung costs alike: eta times the runs at 1/eta the
     steps)."""
-    rungs, eta = horizon.shape(PrunerSpec(name="horizon"))
+    rungs, eta = horizon.shape(spec)
     counts = [eta ** (rungs - 1 - k) for k in range(rungs)]
     cost = sum(c * horizon.fraction(k, rungs, eta) for k, c in enumerate(counts)) / sum(counts)
     return round(budget / (epochs * cost))
@@ -160,6 +162,7 @@ def unit(args: tuple[str, str, str, int, int, int]) -> dict[str, Any]:
     out = (run_textbook(task_name, method, epochs, seed) if kind == "textbook"
            else run_search(task_name, method, epochs, budget, seed))
     return {"task": task_name, "seed": seed, "epochs": epochs, "budget": budget,
+            "lr_exponent": horizon.LR_EXPONENT, "ladder": LADDER,
             "seconds": round(time.perf_counter() - started, 2), **out}
 
 
@@ -178,7 +181,15 @@ def main() -> None:
     parser.add_argument("--methods", default="textbook," + ",".join(SEARCHES))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "search_quality.jsonl")
+    parser.add_argument("--lr-exponent", type=float, default=None,
+                        help="the horizon ladder's LR correction law, instead of lrtune's "
+                             "(for tuning it: results go to their own --out)")
+    parser.add_argument("--rungs", type=int, default=None, help="the ladder's, for tuning")
+    parser.add_argument("--eta", type=int, default=None, help="the ladder's, for tuning")
     args = parser.parse_args()
+    LADDER.update({k: v for k, v in (("rungs", args.rungs), ("eta", args.eta)) if v})
+    if args.lr_exponent is not None:
+        horizon.LR_EXPONENT = args.lr_exponent  # the pool's processes fork after this
     methods = args.methods.split(",")
     units = []
     for task_name in args.tasks.split(","):
