@@ -178,6 +178,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default="digits-mlp,charlm")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seed-from", type=int, default=0, help="the first seed (a run "
+                        "split across machines or sittings)")
     parser.add_argument("--methods", default="textbook," + ",".join(SEARCHES))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "search_quality.jsonl")
@@ -194,7 +196,7 @@ def main() -> None:
     units = []
     for task_name in args.tasks.split(","):
         epochs, budget = BUDGETS[task_name]
-        for seed in range(args.seeds):
+        for seed in range(args.seed_from, args.seeds):
             if "textbook" in methods:
                 units += [("textbook", task_name, name, epochs, budget, seed)
                           for name in textbook(1)]
