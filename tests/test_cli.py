@@ -55,6 +55,22 @@ def test_tune_runs_a_local_study(tmp_path: Path) -> None:
     assert ns["scheduler"] is not None
 
 
+def test_tune_climbs_the_horizon_ladder(tmp_path: Path) -> None:
+    import optuna
+
+    db = f"sqlite:///{tmp_path / 'ladder.db'}"
+    proc = run("tune", "--task", "linreg", "--trials", "10", "--epochs", "9", "--storage", db,
+               "--pruner", "horizon", "--families", "cosine,wsd", "--lr", "0.001:0.03")
+    assert "best trial #" in proc.stdout
+    study = optuna.load_study(study_name="linreg-tune", storage=db)
+    rungs = [t.user_attrs["horizon"]["rung"] for t in study.trials]
+    assert len(rungs) == 10 and rungs[0] == 0 and rungs[-1] == 2  # the last slot: full
+    assert all((t.state.name == "COMPLETE") == (r == 2) for t, r in zip(study.trials, rungs,
+                                                                          strict=True)
+               if t.user_attrs.get("reason") != "diverged")
+    assert study.best_trial.user_attrs["horizon"]["rung"] == 2
+
+
 def test_tune_unknown_task_is_a_clear_error(tmp_path: Path) -> None:
     proc = run("tune", "--task", "nope", "--storage", f"sqlite:///{tmp_path / 'x.db'}",
                check=False)
