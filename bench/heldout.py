@@ -16,7 +16,8 @@ from torch import nn
 from lrtune import tasks as core_tasks
 from lrtune.tasks import TaskInfo
 from lrtune_worker import tasks as worker_tasks
-from lrtune_worker.tasks.base import Task, TaskData
+from lrtune_worker.tasks.base import TaskData
+from lrtune_worker.tasks.digits import DigitsMLP
 
 NAME = "cancer-mlp"
 INFO = TaskInfo(NAME, "MLP 30-64-64-2 on scikit-learn's bundled breast-cancer data "
@@ -40,7 +41,9 @@ def _data() -> TaskData:
     return TaskData(x[:cut], y[:cut], x[cut:], y[cut:])
 
 
-class CancerMLP(Task):
+class CancerMLP(DigitsMLP):
+    """A classifier as ``digits-mlp`` is (its loss and metrics), on other data."""
+
     info = INFO
 
     def data(self) -> TaskData:
@@ -49,14 +52,6 @@ class CancerMLP(Task):
     def model(self) -> nn.Module:
         return nn.Sequential(nn.Linear(30, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
                              nn.Linear(64, 2))
-
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(output, target)
-
-    def metric_tensors(self, output: torch.Tensor, target: torch.Tensor
-                       ) -> dict[str, torch.Tensor]:
-        return {"val_loss": self.loss(output, target),
-                "val_acc": (output.argmax(dim=1) == target).float().mean()}
 
 
 def register() -> None:

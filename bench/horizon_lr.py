@@ -21,7 +21,6 @@ import math
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
-from bench.machine import machine  # noqa: E402
+from bench.machine import run_units  # noqa: E402
 from lrtune import horizon  # noqa: E402
 from lrtune.optimizers import OptimizerChoice  # noqa: E402
 from lrtune.space import SearchSpace, TrialConfig  # noqa: E402
@@ -140,14 +139,9 @@ def main() -> None:
             (json.loads(line) for line in args.out.open())} if args.out.exists() else set()
     units = [(t, i, args.seed) for t in args.tasks.split(",") for i in range(args.configs)
              if (t, i, args.seed) not in done]  # resumable: what is recorded is not rerun
-    info = machine()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with ProcessPoolExecutor(args.jobs) as pool, args.out.open("a") as out:
-        for i, line in enumerate(pool.map(unit, units), 1):
-            out.write(json.dumps({**line, "machine": info}) + "\n")
-            out.flush()
-            print(f"[{i}/{len(units)}] {line['task']} config {line['config']} "
-                  f"({line['optimizer']}, {line['family']}): {line['seconds']} s", flush=True)
+    run_units(unit, units, args.out, args.jobs, lambda line: (
+        f"{line['task']} config {line['config']} ({line['optimizer']}, {line['family']}): "
+        f"{line['seconds']} s"))
     print(json.dumps(summary(args.out), indent=1))
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 
@@ -33,3 +37,16 @@ def machine() -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+def run_units(work: Callable[[Any], dict[str, Any]], units: Sequence[Any], out: Path,
+              jobs: int, describe: Callable[[dict[str, Any]], str]) -> None:
+    """``work`` on each unit in ``jobs`` processes; each result appended to ``out`` as a JSON
+    line with the machine as it comes (a run stopped midway keeps what it finished)."""
+    info = machine()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(jobs) as pool, out.open("a") as lines:
+        for i, line in enumerate(pool.map(work, units), 1):
+            lines.write(json.dumps({**line, "machine": info}) + "\n")
+            lines.flush()
+            print(f"[{i}/{len(units)}] {describe(line)}", flush=True)

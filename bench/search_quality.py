@@ -22,7 +22,6 @@ import argparse
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ import torch  # noqa: E402
 from optuna.distributions import distribution_to_json  # noqa: E402
 
 from bench import heldout  # noqa: E402
-from bench.machine import machine  # noqa: E402
+from bench.machine import run_units  # noqa: E402
 from lrtune import horizon  # noqa: E402
 from lrtune.attrs import ATTR_HORIZON, ATTR_STEPS_PER_EPOCH  # noqa: E402
 from lrtune.optimizers import OptimizerChoice  # noqa: E402
@@ -204,15 +203,9 @@ def main() -> None:
                       for m in methods if m in SEARCHES]
     done = recorded(args.out)
     units = [u for u in units if (u[1], u[2], u[5], u[4]) not in done]
-    info = machine()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with ProcessPoolExecutor(args.jobs) as pool, args.out.open("a") as out:
-        for i, line in enumerate(pool.map(unit, units), 1):
-            out.write(json.dumps({**line, "machine": info}) + "\n")
-            out.flush()
-            print(f"[{i}/{len(units)}] {line['task']} {line['method']} seed {line['seed']}: "
-                  f"best {line['best']} in {line['spent']} trial-epochs, {line['seconds']}s",
-                  flush=True)
+    run_units(unit, units, args.out, args.jobs, lambda line: (
+        f"{line['task']} {line['method']} seed {line['seed']}: best {line['best']} in "
+        f"{line['spent']} trial-epochs, {line['seconds']}s"))
 
 
 if __name__ == "__main__":
