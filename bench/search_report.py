@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import warnings
@@ -77,8 +78,11 @@ def median_curve(runs: list[dict[str, Any]], grid: list[float]) -> list[float | 
 
 def reach(runs: list[dict[str, Any]], target: float, budget: int) -> float | None:
     """Trial-epochs the median run needs to be at least as good as ``target`` (whole
-    trial-epochs: a horizon ladder's runs spend fractions)."""
-    grid = list(range(1, budget + 1))
+    trial-epochs: a horizon ladder's runs spend fractions). Up to the last run's end: a
+    search stops at the first trial that reaches the budget, so it may end a little past it,
+    and its final value is from there."""
+    end = max([budget] + [math.ceil(r["spent"]) for r in runs])
+    grid = list(range(1, end + 1))
     for x, value in zip(grid, median_curve(runs, grid), strict=True):
         if value is not None and value <= target:
             return x
@@ -267,6 +271,11 @@ def plot_task(task: str, methods: dict[str, list[dict[str, Any]]], out: Path) ->
         full.set_ylim(low - 0.05 * (high - low), high + 0.08 * (high - low))
         top = min(textbook.values())
         zoom.set_ylim(low - 0.1 * (top - low), top + 0.25 * (top - low))
+    if "random" in methods:  # where "reaches random search's final median" is read
+        final = statistics.median(r["best"] for r in methods["random"] if r["best"] is not None)
+        zoom.axhline(final, color="C0", linestyle=":", linewidth=1.5,
+                     label="random search's final median")
+        zoom.legend(fontsize=6, loc="lower left", framealpha=0.6)
     full.set_title(f"{task}: best-so-far at equal budget (bands: min..max over seeds)")
     zoom.set_title("zoom: the searches against the best textbook setting")
     full.legend(fontsize=7, loc="upper right")
