@@ -179,6 +179,11 @@ def test_horizon_ladder_runs_whole_schedules_on_short_horizons_first(
     assert curves[2] == {9} and max(curves[0]) < 9  # a whole schedule in fewer epochs
     best = study["best"]
     assert rungs[best["number"]]["rung"] == 2  # only the full horizon counts as the best
+    storage_id = int(study["dashboard"].rsplit("/", 1)[1])
+    dash = httpx.get(f"{deployment.url}/api/studies/{storage_id}", timeout=30).json()
+    shown = {t["number"]: {a["key"]: a["value"] for a in t["user_attrs"]}
+             for t in dash["trials"]}
+    assert all('"rung"' in shown[n]["horizon"] for n in rungs)  # the dashboard shows the rung
 
 
 def test_two_studies_at_once_and_cancel(deployment: Deployment) -> None:
