@@ -72,10 +72,16 @@ class Rung:
 
     @classmethod
     def from_attr(cls, value: Any) -> Rung | None:
-        if not isinstance(value, dict):
+        """The rung a trial's ``horizon`` attribute says; None when it has none, or one that
+        lrtune did not write (a trial written behind its back breaks no claim or read)."""
+        try:
+            rung = cls(int(value["rung"]), int(value["rungs"]), float(value["fraction"]),
+                       None if value.get("promoted_from") is None
+                       else int(value["promoted_from"]))
+        except (KeyError, TypeError, ValueError, AttributeError):
             return None
-        return cls(int(value["rung"]), int(value["rungs"]), float(value["fraction"]),
-                   value.get("promoted_from"))
+        ok = 0 <= rung.rung < rung.rungs and 0 < rung.fraction <= 1
+        return rung if ok else None
 
 
 def shape(spec: PrunerSpec) -> tuple[int, int]:

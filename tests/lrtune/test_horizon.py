@@ -53,6 +53,10 @@ def test_fractions_steps_and_reasons() -> None:
     assert Rung(2, 3, 1.0).steps(901) == 901
     assert rung0().reason().startswith("rung 0 of 3")
     assert Rung.from_attr(rung0().attr()) == rung0() and Rung.from_attr(None) is None
+    for forged in ("rung 0", {"rung": 0}, {"rung": "x", "rungs": 3, "fraction": 0.1},
+                   {"rung": 3, "rungs": 3, "fraction": 1.0}, [0, 3, 0.5],
+                   {"rung": 0, "rungs": 3, "fraction": 0.5, "promoted_from": [1]}):
+        assert Rung.from_attr(forged) is None  # written behind lrtune's back: no rung
 
 
 def test_an_empty_study_starts_on_the_lowest_rung() -> None:

@@ -244,10 +244,13 @@ def test_a_trial_written_behind_lrtunes_back_breaks_no_read(client: TestClient,
     optuna_study = store.optuna_study(store.get_study(study["id"]))
     optuna_study.add_trial(optuna.trial.create_trial(
         params={"x": 0.5}, distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
-        value=0.1))
+        value=0.1, user_attrs={"horizon": {"rung": "top"}}))  # not a rung lrtune wrote
     assert client.get("/studies").status_code == 200
     best = client.get(f"/studies/{study['id']}/best").json()
     assert best["params"] == {"x": 0.5} and best["schedule"] is None
+    trials = client.get(f"/studies/{study['id']}/trials")
+    assert trials.status_code == 200 and trials.json()["items"][0]["horizon"] is None
+    assert client.get(f"/studies/{study['id']}/trials/0").json()["horizon"] is None
 
 
 def test_errors_a_person_can_act_on(client: TestClient) -> None:
