@@ -112,8 +112,9 @@ def run_search(task_name: str, method: str, epochs: int, budget: int, seed: int
             runs = len(study.trials)
             per_run = spent / runs if runs >= 10 else budget / n_trials
             left = max(1, round((budget - spent) / per_run))
-            rung = horizon.next_rung(study.get_trials(deepcopy=False), spec.pruner,
-                                     study.direction, left, n_trials, horizon.lr_bounds(spec))
+            rung = horizon.next_rung(horizon.runs_of(study.get_trials(deepcopy=False)),
+                                     spec.pruner, study.direction, left, n_trials,
+                                     horizon.lr_bounds(spec))
             trial = horizon.start(study, rung)
         else:
             trial = study.ask()

@@ -18,7 +18,7 @@ study's best. The rung is the trial's ``horizon`` user attribute (API, dashboard
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,62 +109,84 @@ def endgame(n_trials: int, rungs: int, eta: int) -> int:
     return max(1, n_trials // int(eta ** rungs))
 
 
-def _score(trial: FrozenTrial) -> float | None:
-    if trial.value is not None:
-        return trial.value
-    if trial.intermediate_values:
-        return trial.intermediate_values[max(trial.intermediate_values)]
-    return None
+@dataclass(frozen=True)
+class Run:
+    """What the ladder knows of one of the study's runs: its rung, whether it ended
+    (COMPLETE or PRUNED) and its value then (None: diverged, or not ended). ``ref`` finds its
+    parameters (a FrozenTrial, or a trial id)."""
+
+    number: int
+    rung: Rung
+    ended: bool
+    score: float | None
+    ref: Any = None
 
 
-def next_rung(trials: Sequence[FrozenTrial], spec: PrunerSpec, direction: StudyDirection,
-              slots_left: int, n_trials: int,
-              lr_bounds: tuple[float, float] | None = None) -> Rung:
+def runs_of(trials: Sequence[FrozenTrial]) -> list[Run]:
+    """The ladder's runs among Optuna trials (``ref``: the trial itself)."""
+    runs = []
+    for trial in trials:
+        rung = Rung.from_attr(trial.user_attrs.get(ATTR_HORIZON))
+        if rung is None:
+            continue
+        score = trial.value
+        if score is None and trial.intermediate_values:
+            score = trial.intermediate_values[max(trial.intermediate_values)]
+        runs.append(Run(trial.number, rung, trial.state in (TrialState.COMPLETE,
+                                                              TrialState.PRUNED), score, trial))
+    return runs
+
+
+def params_of_trial(run: Run) -> dict[str, Any]:
+    return dict(run.ref.params)
+
+
+def next_rung(runs: Sequence[Run], spec: PrunerSpec, direction: StudyDirection,
+              slots_left: int, n_trials: int, lr_bounds: tuple[float, float] | None = None,
+              params_of: Callable[[Run], dict[str, Any]] = params_of_trial) -> Rung:
     """The rung of the study's next run, and what it runs (see the module's doc).
     ``slots_left``: the budget's slots not yet taken, this one included; ``lr_bounds``: the
-    base LR's search range (a corrected LR stays inside it)."""
+    base LR's search range (a corrected LR stays inside it); ``params_of``: a promoted
+    run's parameters (read for that run alone)."""
     rungs, eta = shape(spec)
     sign = 1.0 if direction == StudyDirection.MINIMIZE else -1.0
     promoted: set[int] = set()
-    finished: list[list[tuple[float, FrozenTrial]]] = [[] for _ in range(rungs)]
-    runs = [0] * rungs
+    finished: list[list[tuple[float, Run]]] = [[] for _ in range(rungs)]
+    ended = [0] * rungs
     last = rungs - 1
-    for trial in trials:
-        run = Rung.from_attr(trial.user_attrs.get(ATTR_HORIZON))
-        if run is None or run.rungs != rungs:
+    for run in runs:
+        if run.rung.rungs != rungs:
             continue
-        if run.promoted_from is not None:
-            promoted.add(run.promoted_from)
-        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and run.rung < last:
-            runs[run.rung] += 1
-            score = _score(trial)
-            if score is not None and math.isfinite(score):
-                finished[run.rung].append((sign * score, trial))
+        if run.rung.promoted_from is not None:
+            promoted.add(run.rung.promoted_from)
+        if run.ended and run.rung.rung < last:
+            ended[run.rung.rung] += 1
+            if run.score is not None and math.isfinite(run.score):
+                finished[run.rung.rung].append((sign * run.score, run))
     for ranked in finished:
-        ranked.sort(key=lambda pair: pair[0])
+        ranked.sort(key=lambda pair: (pair[0], pair[1].number))
     if slots_left <= endgame(n_trials, rungs, eta):
         for rung in range(last - 1, -1, -1):
-            for _, trial in finished[rung]:
-                if trial.number not in promoted:
-                    return _promote(trial, rung, last, rungs, eta, lr_bounds)
+            for _, run in finished[rung]:
+                if run.number not in promoted:
+                    return _promote(run, params_of(run), rung, last, rungs, eta, lr_bounds)
         return Rung(last, rungs, 1.0)
     for rung in range(last - 1, -1, -1):
-        for _, trial in finished[rung][:runs[rung] // eta]:
-            if trial.number not in promoted:
-                return _promote(trial, rung, rung + 1, rungs, eta, lr_bounds)
+        for _, run in finished[rung][:ended[rung] // eta]:
+            if run.number not in promoted:
+                return _promote(run, params_of(run), rung, rung + 1, rungs, eta, lr_bounds)
     return Rung(0, rungs, fraction(0, rungs, eta))
 
 
-def _promote(trial: FrozenTrial, old: int, new: int, rungs: int, eta: int,
+def _promote(run: Run, params: dict[str, Any], old: int, new: int, rungs: int, eta: int,
              lr_bounds: tuple[float, float] | None) -> Rung:
-    params = dict(trial.params)
     to = fraction(new, rungs, eta)
     if "lr" in params:
         lr = float(params["lr"]) * lr_shift(fraction(old, rungs, eta), to)
         if lr_bounds is not None:
             lr = min(max(lr, lr_bounds[0]), lr_bounds[1])
         params["lr"] = lr
-    return Rung(new, rungs, to, trial.number, params)
+    return Rung(new, rungs, to, run.number, params)
 
 
 def start(study: optuna.Study, rung: Rung) -> optuna.Trial:

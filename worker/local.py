@@ -133,8 +133,8 @@ def climb_ladder(study: optuna.Study, spec: StudySpec, device: torch.device, lef
     lrtune's workers claim them; ``optimize()`` has no say in what a trial runs)."""
     bounds = horizon.lr_bounds(spec)
     for slots_left in range(left, 0, -1):
-        rung = horizon.next_rung(study.get_trials(deepcopy=False), spec.pruner,
-                                 study.direction, slots_left, spec.n_trials, bounds)
+        rung = horizon.next_rung(horizon.runs_of(study.get_trials(deepcopy=False)),
+                                 spec.pruner, study.direction, slots_left, spec.n_trials, bounds)
         trial = horizon.start(study, rung)
         outcome = run_trial(trial, spec, device)
         study.tell(trial, outcome.value if outcome.state == TrialState.COMPLETE else None,

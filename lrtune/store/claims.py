@@ -240,17 +240,21 @@ class Claims:
             study.sampler = replaced(study.sampler,
                                      lambda base: names.make_sampler(spec, previous=base))
 
-    @staticmethod
-    def _ladder(record: StudyRecord, study: optuna.Study, k: int, slots_left: int
+    def _ladder(self, record: StudyRecord, study: optuna.Study, k: int, slots_left: int
                 ) -> list[Claim]:
         """``k`` new runs of a horizon ladder, each on the rung ``horizon.next_rung`` gives
-        (it sees the runs made before it)."""
+        (it sees the runs made before it): one light read of the study's runs per new run,
+        and the parameters of a promoted run alone."""
         spec = record.search_spec
         bounds = horizon.lr_bounds(spec)
+        storage = internals.storage_of(study)
         claims = []
         for i in range(k):
-            rung = horizon.next_rung(study.get_trials(deepcopy=False), spec.pruner,
-                                     study.direction, slots_left - i, record.n_trials, bounds)
+            with self.db.read() as conn:
+                runs = trials.ladder_runs(conn, internals.study_id(study))
+            rung = horizon.next_rung(runs, spec.pruner, study.direction, slots_left - i,
+                                     record.n_trials, bounds,
+                                     lambda run: dict(storage.get_trial(run.ref).params))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "heartbeat is meant for optimize()"
                 claims.append(Claim(record, study, horizon.start(study, rung), rung=rung))

@@ -16,7 +16,9 @@ from optuna.trial import TrialState
 from sqlalchemy.dialects import postgresql, sqlite
 
 from lrtune import optuna_internals as internals
+from lrtune.attrs import ATTR_HORIZON
 from lrtune.dashboard import curve_artifact_attr
+from lrtune.horizon import Run, Rung
 
 if TYPE_CHECKING:
     import psycopg
@@ -234,3 +236,27 @@ def last_reported(conn: sa.Connection, trial_ids: list[int]) -> dict[int, float]
                                       iv.c.step == latest.c.step))):
             last[int(trial_id)] = internals.intermediate_from_stored(stored, kind)
     return last
+
+
+def ladder_runs(conn: sa.Connection, optuna_study_id: int) -> list[Run]:
+    """The horizon ladder's runs of a study in one statement: number, rung, whether ended and
+    the value (a PRUNED run's is its last report), ``ref`` the trial id. Not Optuna's whole
+    trials: a claim pays for what the ladder reads, not for every parameter and report."""
+    attrs, values = internals.USER_ATTRS, internals.VALUES
+    rows = conn.execute(
+        sa.select(T.c.trial_id, T.c.number, T.c.state, attrs.c.value_json, values.c.value,
+                  values.c.value_type)
+        .join(attrs, sa.and_(attrs.c.trial_id == T.c.trial_id, attrs.c.key == ATTR_HORIZON))
+        .outerjoin(values, sa.and_(values.c.trial_id == T.c.trial_id, values.c.objective == 0))
+        .where(T.c.study_id == optuna_study_id))
+    runs = []
+    for trial_id, number, state, rung_json, value, kind in rows:
+        rung = Rung.from_attr(json.loads(rung_json))
+        if rung is None:
+            continue
+        score = None if kind is None else (
+            float(value) if kind.name == "FINITE" else math.inf if kind.name == "INF_POS"
+            else -math.inf)
+        runs.append(Run(int(number), rung, state in (TrialState.COMPLETE, TrialState.PRUNED),
+                        score, int(trial_id)))
+    return runs

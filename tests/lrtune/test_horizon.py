@@ -38,6 +38,13 @@ def finished(study: optuna.Study, rung: Rung, value: float | None
     return study.trials[-1]
 
 
+def plan(study: optuna.Study, slots_left: int, n_trials: int,
+         lr_bounds: tuple[float, float] | None = None) -> Rung:
+    """The ladder's next rung for ``study`` as it stands."""
+    return horizon.next_rung(horizon.runs_of(study.trials), LADDER, study.direction,
+                             slots_left, n_trials, lr_bounds)
+
+
 def rung0() -> Rung:
     return Rung(0, 3, 1 / 9)
 
@@ -67,7 +74,7 @@ def test_an_empty_study_starts_on_the_lowest_rung() -> None:
 def test_the_best_of_every_eta_runs_is_promoted_once_with_its_params() -> None:
     study = optuna.create_study()
     runs = [finished(study, rung0(), v) for v in (3.0, 1.0, 2.0)]
-    rung = horizon.next_rung(study.trials, LADDER, study.direction, 30, 40, (1e-3, 1e-1))
+    rung = plan(study, 30, 40, (1e-3, 1e-1))
     assert (rung.rung, rung.promoted_from) == (1, runs[1].number)
     shift = horizon.lr_shift(1 / 9, 1 / 3)
     assert rung.params is not None
@@ -75,7 +82,7 @@ def test_the_best_of_every_eta_runs_is_promoted_once_with_its_params() -> None:
     started = horizon.start(study, rung)  # enqueued with fixed params, popped at once
     assert started.user_attrs[ATTR_HORIZON]["promoted_from"] == runs[1].number
     assert started.suggest_float("lr", 1e-3, 1e-1, log=True) == rung.params["lr"]
-    again = horizon.next_rung(study.trials, LADDER, study.direction, 29, 40)
+    again = plan(study, 29, 40)
     assert (again.rung, again.params) == (0, None)  # 3 runs promote one, and it was
 
 
@@ -84,7 +91,7 @@ def test_a_higher_rung_promotes_first_and_direction_counts() -> None:
     for v in (1.0, 5.0, 3.0, 4.0, 2.0, 0.5):
         finished(study, rung0(), v)
     ones = [finished(study, Rung(1, 3, 1 / 3, k), v) for k, v in ((1, 0.2), (3, 0.9), (2, 0.7))]
-    rung = horizon.next_rung(study.trials, LADDER, study.direction, 20, 40)
+    rung = plan(study, 20, 40)
     assert (rung.rung, rung.promoted_from) == (2, ones[1].number)  # the highest value
     assert rung.top and rung.fraction == 1.0
 
@@ -94,25 +101,25 @@ def test_diverged_runs_count_but_are_never_promoted() -> None:
     finished(study, rung0(), None)
     finished(study, rung0(), None)
     best = finished(study, rung0(), 2.0)
-    rung = horizon.next_rung(study.trials, LADDER, study.direction, 30, 40)
+    rung = plan(study, 30, 40)
     assert rung.promoted_from == best.number
     study2 = optuna.create_study()
     for _ in range(3):
         finished(study2, rung0(), None)
-    assert horizon.next_rung(study2.trials, LADDER, study2.direction, 30, 40).rung == 0
+    assert plan(study2, 30, 40).rung == 0
 
 
 def test_the_last_slots_run_the_best_unpromoted_on_the_full_horizon() -> None:
     study = optuna.create_study()
     runs = [finished(study, rung0(), v) for v in (3.0, 1.0)]  # too few to promote
     assert horizon.endgame(40, 3, 3) == 1 and horizon.endgame(120, 3, 3) == 4
-    rung = horizon.next_rung(study.trials, LADDER, study.direction, 4, 120)
+    rung = plan(study, 4, 120)
     assert (rung.rung, rung.promoted_from) == (2, runs[1].number)
     horizon.start(study, rung)
-    rung = horizon.next_rung(study.trials, LADDER, study.direction, 3, 120)
+    rung = plan(study, 3, 120)
     assert (rung.rung, rung.promoted_from) == (2, runs[0].number)
     horizon.start(study, rung)
-    fresh = horizon.next_rung(study.trials, LADDER, study.direction, 2, 120)
+    fresh = plan(study, 2, 120)
     assert (fresh.rung, fresh.params) == (2, None)  # nothing left to promote: a new draw
 
 
