@@ -303,10 +303,12 @@ def render(tasks: dict[str, Any], machine: dict[str, Any], stem: str = "search_q
         for method in SEARCHES[1:]:
             if method in f:
                 m = f[method]
-                out.append(f"- **{method}**: beats every textbook setting: "
-                           f"{'yes' if m['beats_every_textbook'] else 'NO'} (median margin "
-                           f"to the best one {m['margin_to_best_textbook']:+.4f}); beats random"
-                           f" search's median: {'yes' if m['beats_random_median'] else 'NO'}.")
+                margin = m["margin_to_best_textbook"]
+                textbook = "" if margin is None else (
+                    f"beats every textbook setting: {'yes' if m['beats_every_textbook'] else 'NO'}"
+                    f" (median margin to the best one {margin:+.4f}); ")
+                out.append(f"- **{method}**: {textbook}beats random search's median: "
+                           f"{'yes' if m['beats_random_median'] else 'NO'}.")
         for method in SEARCHES[1:]:
             if method not in f:
                 continue
