@@ -5,8 +5,9 @@ plateau, final decay) on a fraction of the study's optimizer steps. Rung ``k`` o
 ``eta ** -(R - 1 - k)`` of them (1/9, 1/3 and 1 by default), at least ``MIN_STEPS``. Each claim
 asks ``next_rung`` (asynchronous successive halving, as ASHA): the best trial of the highest
 rung below the top that ranks in the top ``1 / eta`` of its rung's finished runs and was not
-promoted yet runs again on the next rung with the same parameters, its base LR corrected for
-the longer horizon (``lr_shift``); with none to promote, a new configuration starts on rung 0.
+promoted yet runs again on the next rung with the same parameters (its base LR times
+``lr_shift``: 1, as measured, see ``LR_EXPONENT``); with none to promote, a new configuration
+starts on rung 0.
 The budget's last slots (``endgame``) run the best unpromoted trials on the full horizon at
 once, so a study always ends with full-horizon results.
 
@@ -33,7 +34,7 @@ ETA = 3  # runs of a rung per promotion; also the ratio of neighbouring rungs' h
 RUNGS = 3
 MIN_STEPS = 16  # a rung's fewest optimizer steps (a schedule's phases need some)
 # A promoted trial's LR is multiplied by (its new horizon / its old) ** -LR_EXPONENT. Measured
-# (bench/horizon_lr.py; docs/benchmarks.md, "Horizon ladder"): the winning LR grows as the
+# (bench/horizon_lr.py; docs/benchmarks.md, "Budget-aware search"): the winning LR grows as the
 # horizon shrinks on digits-mlp (exponent 0.31) but not on charlm (-0.12, shifts of both
 # signs), and the digits law applied in the ladder made its result worse (median 0.0802 vs
 # 0.0749 uncorrected, 10 seeds): no correction. Frozen with ETA and RUNGS before the held-out

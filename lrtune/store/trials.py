@@ -19,6 +19,7 @@ from lrtune import optuna_internals as internals
 from lrtune.attrs import ATTR_HORIZON
 from lrtune.dashboard import curve_artifact_attr
 from lrtune.horizon import Run, Rung
+from lrtune.store import stats
 
 if TYPE_CHECKING:
     import psycopg
@@ -254,9 +255,7 @@ def ladder_runs(conn: sa.Connection, optuna_study_id: int) -> list[Run]:
         rung = Rung.from_attr(json.loads(rung_json))
         if rung is None:
             continue
-        score = None if kind is None else (
-            float(value) if kind.name == "FINITE" else math.inf if kind.name == "INF_POS"
-            else -math.inf)
+        score = None if kind is None else stats.shown_value(value, kind.name)
         runs.append(Run(int(number), rung, state in (TrialState.COMPLETE, TrialState.PRUNED),
                         score, int(trial_id)))
     return runs
