@@ -85,6 +85,11 @@ class Rung:
         return rung if ok else None
 
 
+def rung_of(trial: optuna.Trial | FrozenTrial) -> Rung | None:
+    """The ladder's rung of a trial (its ``horizon`` attribute), if it has one."""
+    return Rung.from_attr(trial.user_attrs.get(ATTR_HORIZON))
+
+
 def shape(spec: PrunerSpec) -> tuple[int, int]:
     """The ladder's ``(rungs, eta)``."""
     return (RUNGS if spec.rungs is None else spec.rungs), (ETA if spec.eta is None else spec.eta)
@@ -127,7 +132,7 @@ def runs_of(trials: Sequence[FrozenTrial]) -> list[Run]:
     """The ladder's runs among Optuna trials (``ref``: the trial itself)."""
     runs = []
     for trial in trials:
-        rung = Rung.from_attr(trial.user_attrs.get(ATTR_HORIZON))
+        rung = rung_of(trial)
         if rung is None:
             continue
         score = trial.value

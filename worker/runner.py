@@ -12,7 +12,7 @@ import torch
 
 from lrtune import study as names
 from lrtune.errors import DatabaseUnavailable
-from lrtune.horizon import Rung
+from lrtune.horizon import Rung, rung_of
 from lrtune.space import SearchSpace, TrialConfig
 from lrtune.spec import StudySpec
 from lrtune_worker.integrations import NO_LOG, TrialLog, trial_log
@@ -169,8 +169,7 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, device: torch.device,
     try:
         task = get_task(spec.task)
         config = prepare(trial, spec, task)
-        rung = Rung.from_attr(trial.user_attrs.get(names.ATTR_HORIZON)) \
-            if spec.pruner.name == "horizon" else None
+        rung = rung_of(trial) if spec.pruner.name == "horizon" else None
         slot = Slot(trial.number, trial_seed(spec, trial), dict(trial.params), rung)
         log = open_log(slot, spec, config)
         result = train_trial(task, config, spec.epochs, spec.objective, slot.seed, device,

@@ -23,7 +23,6 @@ import sqlalchemy as sa
 from lrtune import horizon
 from lrtune import optuna_internals as internals
 from lrtune import study as names
-from lrtune.attrs import ATTR_HORIZON
 from lrtune.errors import DatabaseUnavailable, NotFound
 from lrtune.history import replaced
 from lrtune.settings import Settings
@@ -203,9 +202,8 @@ class Claims:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # "heartbeat is meant for optimize()"
                     trial = study.ask()  # pops a WAITING retry
-                rung = horizon.Rung.from_attr(trial.user_attrs.get(ATTR_HORIZON)) \
-                    if ladder else None
-                claims.append(Claim(record, study, trial, rung=rung))
+                claims.append(Claim(record, study, trial,
+                                    rung=horizon.rung_of(trial) if ladder else None))
                 waiting -= 1
             new = min(want - len(claims), record.n_trials - taken)
             if ladder and new > 0:
