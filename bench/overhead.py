@@ -1,30 +1,34 @@
 """Per-trial coordination cost: lrtune's worker path against raw Optuna ask/tell.
 
 Both sides do the same per-trial work besides coordination: sample the study's search space
-and report ``--epochs`` values with a no-op task (no training). lrtune's side is the worker's
-own path: ``Store.claim`` (exact budget, reaping), the heartbeat, per-epoch reports through
-the worker's reporter, ``Store.finish``. Raw Optuna is ``ask`` / ``report`` / ``tell`` with
-each worker taking ``trials / workers`` of the budget. The trial's result attributes that
-lrtune writes for users (LR curve, metrics, config: three writes per trial) are product data,
-not coordination, and are left out of both sides.
+and report ``--epochs`` values with a no-op task (no training). The "lrtune" side is the
+store's calls a worker makes: ``Store.claim`` (exact budget, reaping), the heartbeat,
+per-epoch reports through the worker's reporter, ``Store.finish``. Raw Optuna is ``ask`` /
+``report`` / ``tell`` with each worker taking ``trials / workers`` of the budget. The
+trial's result attributes that lrtune writes for users (LR curve, metrics, config: three
+writes per trial) are product data, not coordination, and are left out of both sides (not
+of the worker sides below).
 
     python bench/overhead.py --db postgresql --workers 1,4,16 --trials 2000 --sampler random
 
 ``--pack K`` adds lrtune's packed path (claims of K trials, the ledger's batched reports and
 endings) to the same table.
 
-The HTTP sides run the same no-op trials through the worker's own HTTP code
-(``lrtune_worker.remote.LeaseSource``, what ``lrtune worker --url`` runs, with a worker token made
-as ``lrtune token create --worker`` makes it) against a real ``lrtune serve --workers 0`` on
-loopback, started on the same database before the clock: "http" takes one trial per lease,
-"http-packK" (with ``--pack K``) leases of K trials, after the one-trial lease that sizes the
-study's pack, as the worker does. The server samples each trial's config and records what the
-protocol carries (the LR curve, the config at the claim): part of this path's cost, as it is of
-the users' workers. ``vs_direct`` is http / lrtune and http-packK / packK, both from one run;
+"db" and "http" are lrtune's worker on each of its two sources, through the one interface
+its loop and pack trainer drive (``lrtune_worker.source``): "db" the database
+(``StoreSource``, what ``lrtune worker`` runs with ``LRTUNE_DATABASE_URL``), "http" the lease
+protocol (``LeaseSource``, what ``lrtune worker --url`` runs, with a worker token made as
+``lrtune token create --worker`` makes it) against a real ``lrtune serve --workers 0`` on
+loopback, started on the same database before the clock. Both record what a training records
+(the config, the steps per epoch, each epoch's value, LR and metrics, the LR curve); only the
+training is left out. "db-packK" and "http-packK" (with ``--pack K``) do so for a study whose
+``pack`` is K; the HTTP worker's first lease of a study is one trial, which sizes its pack, as
+the worker does. ``vs_direct`` is http / db and http-packK / db-packK, both from one run;
 ``requests`` the HTTP requests the workers sent, ``request_ms`` their mean round trip, and
 ``server_ms`` the server's own time per lease route (requests, mean ms; from its /metrics).
 
-    python bench/overhead.py --db postgresql --workers 1 --trials 512 --pack 64
+    python bench/overhead.py --db postgresql --workers 1 --trials 4096 --pack 64 \
+        --sides db-pack,http-pack
 
 One JSON line per (database, sampler, workers, side) goes to bench/results/overhead.jsonl;
 ``cost_ms`` is wall time × workers / trials (worker-milliseconds per trial), and
@@ -84,9 +88,10 @@ def drop_database(url: str) -> None:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
-def spec(trials: int, epochs: int, sampler: str, pruner: str = "none") -> StudySpec:
+def spec(trials: int, epochs: int, sampler: str, pruner: str = "none", pack: int = 1
+         ) -> StudySpec:
     return StudySpec(name="overhead", task="linreg", epochs=epochs, n_trials=trials,
-                     sampler={"name": sampler}, pruner={"name": pruner},
+                     sampler={"name": sampler}, pruner={"name": pruner}, pack=pack,
                      space={"families": ["cosine", "step", "onecycle"],
                             "optimizers": ["sgd", "adam"]})
 
@@ -185,31 +190,46 @@ def raw_worker(url: str, study_spec: StudySpec, quota: int, ready: Any, go: Any,
     out.put(times)
 
 
-def http_worker(api: str, token: str, study_spec: StudySpec, pack: int, ready: Any, go: Any,
-                out: Any) -> None:
-    """lrtune's worker over HTTP: ``LeaseSource`` and its lots, in the order ``Worker._work``
-    and ``run_pack`` drive them (``train_trial`` for one trial, ``train_pack`` for a pack), the
-    training left out. ``pack``: the pack size the worker's sizer gives the study (1: one trial
-    per lease)."""
+def source_worker(where: str, token: str, study_spec: StudySpec, pack: int, ready: Any,
+                  go: Any, out: Any) -> None:
+    """lrtune's worker on either of its sources, through the one interface its loop and pack
+    trainer use (``Source`` and its lots), in the order ``Worker._work`` and ``run_pack``
+    drive them (``train_trial`` for one trial, ``train_pack`` for a pack), the training left
+    out: ``StoreSource`` on the database URL ``where`` (``lrtune worker`` with
+    ``LRTUNE_DATABASE_URL``), or ``LeaseSource`` on the API at ``where`` with the worker token
+    (``lrtune worker --url``). Each trial ends as a training ends it, with its LR curve and
+    metrics. ``pack``: the pack size the worker's sizer gives the study (1: one trial at a
+    time)."""
     import httpx
     import torch
 
     from lrtune_worker.integrations import NO_LOG
     from lrtune_worker.remote import LeaseSource
     from lrtune_worker.runner import TrialOutcome
+    from lrtune_worker.stored import StoreSource
     from lrtune_worker.tasks import get_task
+    from lrtune_worker.train import TrainResult
 
-    source = LeaseSource.connect(api, token, Settings().max_body_bytes)
+    sent: list[float] = []  # each HTTP request's round trip, seconds
+    source: Any
+    if where.startswith("http"):
+        source = LeaseSource.connect(where, token, Settings().max_body_bytes)
+
+        def timed(request: httpx.Request) -> None:
+            request.extensions["bench_start"] = time.perf_counter()
+
+        def took(response: httpx.Response) -> None:
+            sent.append(time.perf_counter() - response.request.extensions["bench_start"])
+
+        source.client.http.event_hooks = {"request": [timed], "response": [took]}
+    else:
+        import optuna_dashboard  # noqa: F401  (as in lrtune_side: an import, not a cost)
+
+        settings = Settings(database_url=where)
+        source = StoreSource(Store(settings, migrate=False), settings)
     task, device = get_task(study_spec.task), torch.device("cpu")
-    sent: list[float] = []  # each request's round trip, seconds
-
-    def timed(request: httpx.Request) -> None:
-        request.extensions["bench_start"] = time.perf_counter()
-
-    def took(response: httpx.Response) -> None:
-        sent.append(time.perf_counter() - response.request.extensions["bench_start"])
-
-    source.client.http.event_hooks = {"request": [timed], "response": [took]}
+    epochs = study_spec.epochs
+    curve = [0.1 * (epochs - e) / epochs for e in range(epochs)]
     start_line(ready, go)
     times = []
     while True:
@@ -223,16 +243,19 @@ def http_worker(api: str, token: str, study_spec: StudySpec, pack: int, ready: A
                 lot.configure(slot, search, task)
             lot.flush()
             reporters = [lot.reporter(slot, lambda: None, NO_LOG) for slot in lot.slots]
-            for epoch in range(study_spec.epochs):
+            for epoch in range(epochs):
                 for reporter in reporters:
-                    reporter.report(epoch, 1.0 / (epoch + 1), 0.1, {})
+                    reporter.report(epoch, 1.0 / (epoch + 1), curve[epoch],
+                                    {"val_loss": 1.0 / (epoch + 1)})
                 lot.reports_done()
                 for reporter in reporters:
                     reporter.should_prune()
                 lot.flush()
+            result = TrainResult("complete", 0.5, epochs, [1.0 / (e + 1) for e in range(epochs)],
+                                 curve, {"val_loss": 1.0 / epochs})
             for slot in lot.slots:
                 lot.finish(slot, TrialOutcome(optuna.trial.TrialState.COMPLETE, 0.5, None,
-                                              None))
+                                              result))
             lot.flush()
         per_trial = (time.perf_counter() - start) / len(lot.slots)
         times.extend([per_trial] * len(lot.slots))
@@ -280,7 +303,8 @@ def served(api: str) -> dict[str, list[float]]:
 def run(side: str, db: str, workers: int, trials: int, epochs: int, sampler: str,
         tmp: Path, pruner: str = "none") -> dict[str, Any]:
     url = fresh_database(db, tmp)
-    study_spec = spec(trials, epochs, sampler, pruner)
+    size = int(side.rsplit("pack", 1)[1]) if "pack" in side else 1
+    study_spec = spec(trials, epochs, sampler, pruner, size)
     server: subprocess.Popen[Any] | None = None
     api = ""
     try:
@@ -289,18 +313,19 @@ def run(side: str, db: str, workers: int, trials: int, epochs: int, sampler: str
         store.engine.dispose()
         ctx = mp.get_context("spawn")
         out, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-        if side.startswith("http"):
-            api, token, server = serve(url, tmp)
-            size = int(side[len("http-pack"):]) if side.startswith("http-pack") else 1
-            procs = [ctx.Process(target=http_worker,
-                                 args=(api, token, study_spec, size, ready, go, out))
+        if side.startswith(("http", "db")):
+            token = ""
+            if side.startswith("http"):
+                api, token, server = serve(url, tmp)
+            procs = [ctx.Process(target=source_worker,
+                                 args=(api or url, token, study_spec, size, ready, go, out))
                      for _ in range(workers)]
         elif side == "lrtune":
             procs = [ctx.Process(target=lrtune_worker, args=(url, study_spec, ready, go, out))
                      for _ in range(workers)]
         elif side.startswith("pack"):
             procs = [ctx.Process(target=packed_worker,
-                                 args=(url, study_spec, int(side[4:]), ready, go, out))
+                                 args=(url, study_spec, size, ready, go, out))
                      for _ in range(workers)]
         else:
             quotas = [trials // workers + (i < trials % workers) for i in range(workers)]
@@ -352,8 +377,8 @@ def main() -> None:
                         help="the study's pruner (none: an HTTP worker sends epochs together)")
     parser.add_argument("--pack", type=int, default=0,
                         help="also measure packed claims of this size (ledger bookkeeping)")
-    parser.add_argument("--sides", default="raw,lrtune,pack,http,http-pack",
-                        help="sides to run (pack and http-pack only with --pack)")
+    parser.add_argument("--sides", default="raw,lrtune,pack,db,db-pack,http,http-pack",
+                        help="sides to run (the -pack ones and pack only with --pack)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
@@ -362,10 +387,11 @@ def main() -> None:
                           capture_output=True).stdout.strip()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     wanted = args.sides.split(",")
-    sides = [s for s in ("raw", "lrtune", "http") if s in wanted] + (
-        [f"{s}{args.pack}" for s in ("pack", "http-pack") if s in wanted] if args.pack else [])
+    sides = [s for s in ("raw", "lrtune", "db", "http") if s in wanted] + (
+        [f"{s}{args.pack}" for s in ("pack", "db-pack", "http-pack") if s in wanted]
+        if args.pack else [])
     # the HTTP side's counterpart in the same run: its cost over it is vs_direct
-    direct = {"http": "lrtune", f"http-pack{args.pack}": f"pack{args.pack}"}
+    direct = {"http": "db", f"http-pack{args.pack}": f"db-pack{args.pack}"}
     for db in args.db.split(","):
         for sampler in args.sampler.split(","):
             for workers in (int(w) for w in args.workers.split(",")):

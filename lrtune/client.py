@@ -95,9 +95,10 @@ class Client:
             try:
                 body = response.json()["error"]
                 message, code = body["message"], body.get("code", "")
-            except (ValueError, KeyError, TypeError):
-                message, code = response.text[:500], ""
-            raise ClientError(response.status_code, message, code)
+                field = str(body.get("field") or "")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                message, code, field = response.text[:500], "", ""
+            raise ClientError(response.status_code, message, code, field)
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:

@@ -29,12 +29,12 @@ ENV_LEASE = "LRTUNE_LEASE"  # set by `lrtune agent` for the script it runs: the 
 
 
 class ClientError(RuntimeError):
-    """The API refused (``status``: its HTTP status, ``code``: its error code) or could not
-    be reached (``status`` 0)."""
+    """The API refused (``status``: its HTTP status, ``code``: its error code, ``field``: the
+    field it names) or could not be reached (``status`` 0)."""
 
-    def __init__(self, status: int, message: str, code: str = "") -> None:
+    def __init__(self, status: int, message: str, code: str = "", field: str = "") -> None:
         super().__init__(f"HTTP {status}: {message}" if status else message)
-        self.status, self.code = status, code
+        self.status, self.code, self.field = status, code, field
 
 
 class TrialPruned(Exception):  # noqa: N818 - Optuna's name for the same signal

@@ -72,6 +72,14 @@ class EpochItem(Body):
     metrics: Metrics
 
 
+class EndItem(Body):
+    number: Number
+    state: Literal["COMPLETE", "PRUNED", "FAIL"]
+    value: Finite | None = None
+    reason: str | None = Field(None, max_length=1000)
+    metrics: Metrics
+
+
 class ReportIn(Body):
     epoch: int = Field(ge=0, le=1_000_000, description="0-based epoch")
     trials: list[EpochItem] = Field(min_length=1, max_length=1024)
@@ -82,21 +90,21 @@ class ReportIn(Body):
         "judges each trial at its last epoch here); each trial's epochs in order, a trial "
         "may stop early")
     steps_per_epoch: int | None = Field(None, ge=1, le=10_000_000)
+    finish: list[EndItem] = Field(
+        default_factory=list, max_length=1024,
+        description="trials that end with this report, as `/finish` would end them (a "
+        "request saved): after their last epoch, here or sent before")
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
-        {"epoch": 0, "trials": [{"number": 7, "value": 1.0, "lr": 0.01}]}]})
+        {"epoch": 0, "trials": [{"number": 7, "value": 1.0, "lr": 0.01}]},
+        {"epoch": 9, "trials": [{"number": 7, "value": 0.4, "lr": 0.0}],
+         "finish": [{"number": 7, "state": "COMPLETE", "value": 0.4}]}]})
 
 
 class PrunedOut(BaseModel):
     pruned: list[int] = Field(description="trials the study's pruner pruned: ended PRUNED")
-
-
-class EndItem(Body):
-    number: Number
-    state: Literal["COMPLETE", "PRUNED", "FAIL"]
-    value: Finite | None = None
-    reason: str | None = Field(None, max_length=1000)
-    metrics: Metrics
+    ended: list[int] | None = Field(None, description="with `finish`: the trials it ended "
+                                    "as it asked")
 
 
 class FinishIn(Body):

@@ -44,6 +44,7 @@ from lrtune_worker.source import ApiUnavailable, Sizer, Slot
 from lrtune_worker.tasks import Task
 
 log = logging.getLogger("lrtune.worker")
+FINISH_MOST = 1024  # endings a report carries (the API's bound)
 LOST = (401, 403, 404, 409)  # the lease is gone, or no longer this token's: its trials too
 BIGGEST = 1e300  # the protocol's bound on a reported number
 BUSY_WAIT = 10.0  # seconds a request answered 503/429 is asked again before giving up
@@ -77,6 +78,7 @@ class LeaseSource:
         self.sizes: dict[int, int] = {}  # study id -> trials per claim, as sized here
         self.unsized: dict[int, StudySpec] = {}  # leased once, to be sized before a claim
         self.several_epochs = True  # False once the API refuses a report's ``later``
+        self.finish_in_report = True  # False once it refuses a report's ``finish``
         self.turn = 0
 
     @classmethod
@@ -282,15 +284,22 @@ class LeaseLot:
         self.pending[-1][1].append(item)
 
     def reports_done(self) -> None:
-        """Send the epochs buffered, unless they may wait (no pruner waits on them)."""
+        """Send the epochs buffered, unless they may wait: no pruner waits on them, or they
+        are the study's last epoch (never judged: it goes with the endings that follow)."""
         held = sum(len(items) for _, items in self.pending)
+        last = self.spec.epochs - 1
+        if self.source.finish_in_report and self.pending \
+                and all(epoch == last for epoch, _ in self.pending):
+            return
         if not (self.waits and held < REPORT_MOST
                 and time.monotonic() - self.sent_at < REPORT_EVERY):
             self.send_reports()
 
-    def send_reports(self) -> None:
+    def send_reports(self, ends: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """The buffered epochs: one request for each batch size (whose steps per epoch are
-        sent with a trial's first report), more when a body would be too big."""
+        sent with a trial's first report), more when a body would be too big. ``ends``:
+        endings to send with the last report where it has room (a request saved); those
+        that rode on none are returned."""
         pending, self.pending = self.pending, []
         self.sent_at = time.monotonic()
         groups: dict[int | None, list[tuple[int, list[dict[str, Any]]]]] = {}
@@ -300,12 +309,19 @@ class LeaseLot:
                 by_steps.setdefault(self.steps.get(item["number"]), []).append(item)
             for steps, run in by_steps.items():
                 groups.setdefault(steps, []).append((epoch, run))
+        bodies = []
         for steps, epochs in groups.items():
             first = steps is not None and any(i["number"] not in self.steps_sent
                                               for _, run in epochs for i in run)
             extra = {"steps_per_epoch": steps} if first else {}
-            for body in self._report_bodies(epochs):
-                self._send("report", {**body, **extra})
+            bodies += [{**body, **extra} for body in self._report_bodies(epochs)]
+        left = list(ends or [])
+        if bodies and left and self.source.finish_in_report and len(left) <= FINISH_MOST \
+                and _size(bodies[-1]) + _size(left) < self.source.body_limit - 512:
+            bodies[-1]["finish"], left = left, []
+        for body in bodies:
+            self._send("report", body)
+        return left
 
     def _report_bodies(self, epochs: list[tuple[int, list[dict[str, Any]]]]
                        ) -> Iterator[dict[str, Any]]:
@@ -354,9 +370,11 @@ class LeaseLot:
         if not self.endings:
             self.reports_done()
             return
-        self.send_reports()
-        items = [i for i in self.endings if i["number"] not in self.lost]
-        self.endings = []
+        items, self.endings = self.endings, []
+        left = self.send_reports([i for i in items if i["number"] not in self.lost])
+        self._finish([i for i in left if i["number"] not in self.lost])
+
+    def _finish(self, items: list[dict[str, Any]]) -> None:
         for run in self.source.chunks(items, 32):
             self._send("finish", {"trials": run})
 
@@ -379,11 +397,20 @@ class LeaseLot:
             try:
                 answer = self.source.post(self.path(action), body)
             except ClientError as error:
+                ends = body.get("finish", [])
+                if error.status == 422 and "finish" in body and error.field == "finish":
+                    self.source.finish_in_report = False  # an API before it
+                    self._send(action, {k: v for k, v in body.items() if k != "finish"})
+                    self._finish(ends)
+                    return
                 if error.status == 422 and "later" in body and "later" in str(error):
                     self.source.several_epochs = self.waits = False  # an API before them
                     extra = _extra(body)
-                    for epoch in _epochs_of(body):
-                        self._send(action, {**_report_body([epoch]), **extra})
+                    alone = [{**_report_body([epoch]), **extra} for epoch in _epochs_of(body)]
+                    if ends:
+                        alone[-1]["finish"] = ends
+                    for one in alone:
+                        self._send(action, one)
                     return
                 if error.status not in LOST:
                     raise
@@ -392,11 +419,14 @@ class LeaseLot:
                 if not gone:  # e.g. an epoch reported already, by a request that timed out
                     log.warning("study %s lease %d: %s refused, going on: %s", self.study,
                                 self.id, action, first_line(error))
+                    self._finish(ends)
                     return
                 self.lost.update(gone)
                 log.warning("study %s trials %s lost under this worker (reaped: their copies "
                             "run again); dropped: %s", self.study, gone, first_line(error))
                 body = _keeping(body, running)
+                if "epoch" not in body and body.get("finish"):  # no epoch left to report
+                    action, body = "finish", {"trials": body["finish"]}
                 continue
             if action == "report" and answer is not None:
                 self.pruned.update(int(n) for n in answer["pruned"])
@@ -433,7 +463,11 @@ def _epochs_of(body: dict[str, Any]) -> list[tuple[int, list[dict[str, Any]]]]:
 def _numbers(body: dict[str, Any]) -> list[int]:
     items = [i for _, run in _epochs_of(body) for i in run] if "epoch" in body \
         else body["trials"]
-    return list(dict.fromkeys(int(i["number"]) for i in items))
+    return list(dict.fromkeys(int(i["number"]) for i in [*items, *body.get("finish", [])]))
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")))
 
 
 def _keeping(body: dict[str, Any], running: set[int]) -> dict[str, Any]:
@@ -446,8 +480,12 @@ def _keeping(body: dict[str, Any], running: set[int]) -> dict[str, Any]:
         epochs.pop(0)
     while epochs and not epochs[-1][1]:
         epochs.pop()
-    return {**_report_body(epochs), **_extra(body)} if epochs else {"trials": []}
+    ends = [i for i in body.get("finish", []) if i["number"] in running]
+    kept: dict[str, Any] = {**_report_body(epochs), **_extra(body)} if epochs \
+        else {"trials": []}
+    return {**kept, "finish": ends} if ends else kept
 
 
 def _extra(body: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k not in ("epoch", "trials", "later")}
+    """A report's fields besides its epochs and endings."""
+    return {k: v for k, v in body.items() if k not in ("epoch", "trials", "later", "finish")}

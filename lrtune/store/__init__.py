@@ -275,25 +275,46 @@ class Store:
         attributes by trial id, set (replacing) only on the trials whose ending applied. A
         new best rewrites the study's note; with ``last_slot``, a complete budget makes the
         study ``done``."""
-        optuna_id = self.optuna_study_id(record)
         with self.db.transaction() as conn:
-            for buffered in params:
-                buffered.write_params(conn)
-            trials.bulk_insert(conn, internals.INTERMEDIATE, list(intermediate))
-            trials.bulk_insert(conn, internals.USER_ATTRS, list(user_attrs))
-            applied = trials.end_trials(conn, optuna_id, endings, record.name)
-            if end_attrs:
-                trials.replace_attrs(conn, [row for e in applied
-                                            for row in end_attrs.get(e.trial_id, ())])
+            applied = self.write_rows(conn, record, params=params, intermediate=intermediate,
+                                      user_attrs=user_attrs, endings=endings,
+                                      end_attrs=end_attrs)
+        self.after_endings(record, applied, bool(endings) and last_slot)
+        return applied
+
+    def write_rows(self, conn: sa.Connection, record: StudyRecord, *,
+                   params: Sequence[PackStorage] = (),
+                   intermediate: Sequence[dict[str, Any]] = (),
+                   user_attrs: Sequence[dict[str, Any]] = (), endings: Sequence[Ending] = (),
+                   end_attrs: Mapping[int, Sequence[dict[str, Any]]] | None = None
+                   ) -> list[Ending]:
+        """``write_trials``' rows in the caller's transaction; the endings applied, which
+        the caller passes to ``after_endings`` once it commits."""
+        for buffered in params:
+            buffered.write_params(conn)
+        trials.bulk_insert(conn, internals.INTERMEDIATE, list(intermediate))
+        trials.bulk_insert(conn, internals.USER_ATTRS, list(user_attrs))
+        if not endings:
+            return []
+        applied = trials.end_trials(conn, self.optuna_study_id(record), endings, record.name)
+        if end_attrs:
+            trials.replace_attrs(conn, [row for e in applied
+                                        for row in end_attrs.get(e.trial_id, ())])
+        return applied
+
+    def after_endings(self, record: StudyRecord, applied: Sequence[Ending],
+                      last_slot: bool) -> None:
+        """After endings commit: a new best rewrites the study's note; with ``last_slot``, a
+        complete budget makes the study ``done``."""
         completed = [e.value for e in applied
                      if e.state == TrialState.COMPLETE and e.value is not None]
-        if completed:
+        optuna_id = self.optuna_study_id(record) if completed or last_slot else None
+        if completed and optuna_id is not None:
             minimize = names.direction(record.spec) == "minimize"
             self.notes.update(record.id, optuna_id, record.name, minimize,
                               min(completed) if minimize else max(completed))
-        if endings and last_slot:  # with slots still unclaimed this cannot be the last trial
+        if last_slot:  # with slots still unclaimed this cannot be the last trial
             self.mark_done_if_complete(record, optuna_id)
-        return applied
 
     def finish(self, claim: Claim, state: TrialState, value: float | None) -> bool:
         """End one claimed trial (see ``trials.end_trials``); False when it had already

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +96,15 @@ class TrialEnd:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Reported:
+    """A report's answer: the trials the study's pruner pruned, and those its ``ends``
+    ended."""
+
+    pruned: list[int]
+    ended: list[int]
+
+
 class Leases:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -119,9 +129,10 @@ class Leases:
                 raise StudyEnded(f"study {study_id} is {record.status}"
                                  + (f" ({record.reason})" if record.reason else ""), "study_id")
             only: set[int] | None = {study_id}
+            known = {study_id: record}
         else:
-            only = None
-        only = self._sampled_here(only, caller)
+            only, known = None, {}
+        only = self._sampled_here(only, caller, known)
         if only is not None and not only:
             return None
         claims = store.claim_pack(count, only, external=None if not caller.is_worker else False,
@@ -143,16 +154,17 @@ class Leases:
         elif record.owner != caller.public_id:
             raise Forbidden(f"study {record.id} belongs to another principal")
 
-    def _sampled_here(self, only: set[int] | None, caller: Principal) -> set[int] | None:
+    def _sampled_here(self, only: set[int] | None, caller: Principal,
+                      known: Mapping[int, StudyRecord]) -> set[int] | None:
         """Studies whose trials the server can sample: not those whose base LR waits for an
-        LR range test (lrtune's own workers run it)."""
+        LR range test (lrtune's own workers run it). ``known``: records read already."""
         ids = only if only is not None else set(self.store.studies.running_ids(
             None if not caller.is_worker else False,
             None if caller.is_worker else caller.public_id))
         ready = set()
         for study_id in ids:
             try:
-                record = self.store.get_study(study_id)
+                record = known.get(study_id) or self.store.get_study(study_id)
             except NotFound:
                 continue
             if record.spec.space.lr != "auto" or record.lr_range is not None:
@@ -169,9 +181,11 @@ class Leases:
         attrs: list[dict[str, Any]] = []
         leased = []
         beat = [c.trial_id for c in claims]
-        for i, claim in enumerate(claims):
-            if i % 32 == 0:  # sampling a pack takes a while: its trials must not look lost
-                self.store.record_heartbeats(beat)
+        beaten = time.monotonic()  # the claim counts as the trials' first beat
+        for claim in claims:
+            if time.monotonic() - beaten > self.store.settings.heartbeat_interval:
+                self.store.record_heartbeats(beat)  # a slow sampler: its trials look alive
+                beaten = time.monotonic()
             config = space.sample(claim.trial)
             attrs.append(_attr(claim.trial_id, names.ATTR_CONFIG, config.to_dict()))
             if spec.steps_per_epoch is not None:
@@ -182,8 +196,8 @@ class Leases:
                                       names.derived_seed(spec.seed, claim.trial.number),
                                       claim.rung.attr() if claim.rung else None))
         params = list({id(c.params): c.params for c in claims if c.params}.values())
-        self.store.write_trials(record, params=params, user_attrs=attrs)
         with self.store.transaction() as conn:
+            self.store.write_rows(conn, record, params=params, user_attrs=attrs)
             lease_id = int(conn.execute(leases.insert().values(
                 token_id=caller.token_id, study_id=record.id, created_at=now())
                 .returning(leases.c.id)).scalar_one())
@@ -282,15 +296,18 @@ class Leases:
         return sorted(running)
 
     def report(self, caller: Principal, lease_id: int, epoch: int,
-               epochs: Sequence[Sequence[EpochReport]], steps_per_epoch: int | None = None
-               ) -> list[int]:
+               epochs: Sequence[Sequence[EpochReport]], steps_per_epoch: int | None = None,
+               ends: Sequence[TrialEnd] = ()) -> Reported:
         """Record epochs ``epoch``, ``epoch + 1``, … of the lease's trials (``epochs[k]``: the
         metric, LR and metrics of epoch ``epoch + k``; each trial's epochs in order, from
-        the next it owes), and beat them; the numbers of those the study's pruner prunes,
-        judged at each trial's last epoch here, which end PRUNED here and now. One
-        transaction, the trials' rows locked: a finish or a reap in between waits, then finds
-        them ended (409, nothing written)."""
+        the next it owes), and beat them; ``ends``: trials that end with it, as ``finish``
+        ends them (its request and transaction saved). Answers the numbers the study's
+        pruner prunes, judged at each trial's last epoch here (those not ending), which end
+        PRUNED here and now, and those of ``ends`` ended. One transaction, the trials' rows
+        locked: a finish or a reap in between waits, then finds them ended (409, nothing
+        written)."""
         record, held = self._held(caller, lease_id)
+        ending = self._check_ends(ends, "finish")
         if sum(len(reports) for reports in epochs) > MOST_REPORTED:
             raise SpecError("later", f"at most {MOST_REPORTED} values in one report (trials "
                             "times epochs): send the rest in another")
@@ -309,11 +326,12 @@ class Leases:
             for i, r in enumerate(reports):
                 sent.setdefault(r.number, f"{where}[{i}].number")
         numbers = list(sent)
-        ids = self._in_lease(held, sent)
+        ids = self._in_lease(held, {**ending, **sent})
         iv, attrs = internals.INTERMEDIATE, internals.USER_ATTRS
+        applied: list[Ending] = []
         try:
             with self.store.transaction() as conn:
-                reported = self._still_running(conn, ids, sent)
+                reported = self._still_running(conn, ids, {**ending, **sent})
                 owed = {ids[n]: reported[ids[n]] for n in numbers}  # the next epoch of each
                 for k, (reports, where) in enumerate(zip(epochs, wheres, strict=True)):
                     for i, r in enumerate(reports):
@@ -357,46 +375,74 @@ class Leases:
                 bulk_insert(conn, iv, values)
                 replace_attrs(conn, rows)
                 record_heartbeats(conn, list(ids.values()))  # a report is a sign of life
+                if ends:
+                    endings, notes = self._endings(conn, record, ids, ends)
+                    applied = self.store.write_rows(conn, record, endings=endings,
+                                                    end_attrs=notes)
         except sa.exc.IntegrityError:  # the same epoch written by a request at the same time
             raise Conflict(f"epoch {epoch} of these trials was reported already",
                            "epoch") from None
         self._keep_curves(curved)
-        judged = [t for t, next_epoch in owed.items() if next_epoch < record.spec.epochs]
+        if ends:
+            self.store.after_endings(record, applied, last_slot=True)
+        ended = sorted(e.number for e in applied)
+        closing = {ids[n] for n in ending}
+        judged = [t for t, next_epoch in owed.items()
+                  if next_epoch < record.spec.epochs and t not in closing]
         if not judged:  # the last epoch is a result, never pruned
-            return []
+            return Reported([], ended)
         study = self.store.optuna_study(record)
         pruned = self.judge.prune(record, study, judged)
         if not pruned:
-            return []
-        applied = self.store.write_trials(
+            return Reported([], ended)
+        cut = self.store.write_trials(
             record, endings=[Ending(ids[n], n, TrialState.PRUNED) for n in pruned],
             end_attrs={ids[n]: [_attr(ids[n], names.ATTR_REASON, "pruned")] for n in pruned},
             last_slot=True)
-        return sorted(e.number for e in applied)
+        return Reported(sorted(e.number for e in cut), ended)
 
     def finish(self, caller: Principal, lease_id: int, ends: Sequence[TrialEnd]) -> list[int]:
         """End the lease's trials as the client says; the numbers ended. Conflict when none
         could end (each had ended already: finished, pruned, reaped or handed back)."""
         record, held = self._held(caller, lease_id)
-        numbers = [e.number for e in ends]
-        if len(set(numbers)) != len(numbers):
-            raise SpecError("trials", "a trial is finished twice in one request")
-        for i, e in enumerate(ends):
-            if e.state == "COMPLETE" and (e.value is None or not math.isfinite(e.value)):
-                raise SpecError(f"trials[{i}].value", "a COMPLETE trial needs its finite value "
-                                "(a diverged one ends PRUNED with reason \"diverged\")")
-        sent = {n: f"trials[{i}].number" for i, n in enumerate(numbers)}
+        sent = self._check_ends(ends, "trials")
         ids = self._in_lease(held, sent)
-        short: dict[int, Rung] = {}
         with self.store.transaction() as conn:
             self._still_running(conn, ids, sent)
-            if record.spec.pruner.name == "horizon":
-                short = _below_the_top(conn, list(ids.values()))
+            endings, notes = self._endings(conn, record, ids, ends)
+        applied = self.store.write_trials(record, endings=endings, end_attrs=notes,
+                                          last_slot=True)
+        if not applied:  # another request ended them between the check and the ending
+            raise Conflict("these trials ended meanwhile (finished by another request, or "
+                           "reaped as lost)", "trials[0].number")
+        return sorted(e.number for e in applied)
+
+    @staticmethod
+    def _check_ends(ends: Sequence[TrialEnd], where: str) -> dict[int, str]:
+        """Each ending's number -> the field that sent it; SpecError for a trial ended twice
+        or a COMPLETE without a finite value."""
+        numbers = [e.number for e in ends]
+        if len(set(numbers)) != len(numbers):
+            raise SpecError(where, "a trial is finished twice in one request")
+        for i, e in enumerate(ends):
+            if e.state == "COMPLETE" and (e.value is None or not math.isfinite(e.value)):
+                raise SpecError(f"{where}[{i}].value", "a COMPLETE trial needs its finite "
+                                'value (a diverged one ends PRUNED with reason "diverged")')
+        return {n: f"{where}[{i}].number" for i, n in enumerate(numbers)}
+
+    @staticmethod
+    def _endings(conn: sa.Connection, record: StudyRecord, ids: dict[int, int],
+                 ends: Sequence[TrialEnd]) -> tuple[list[Ending], dict[int, list[dict[str, Any]]]]:
+        """The client's endings as written (a horizon ladder's run below the top rung ends
+        PRUNED: only full horizons COMPLETE) and their reasons' and metrics' attributes."""
+        short: dict[int, Rung] = {}
+        if record.spec.pruner.name == "horizon":
+            short = _below_the_top(conn, [ids[e.number] for e in ends])
         notes: dict[int, list[dict[str, Any]]] = {}
         endings = []
         for e in ends:
             trial_id = ids[e.number]
-            if e.state == "COMPLETE" and trial_id in short:  # only full horizons COMPLETE
+            if e.state == "COMPLETE" and trial_id in short:
                 e = TrialEnd(e.number, "PRUNED", None, short[trial_id].reason(), e.metrics)
             rows = notes.setdefault(trial_id, [])
             if e.state != "COMPLETE":
@@ -406,12 +452,7 @@ class Leases:
                 rows.append(_attr(trial_id, names.ATTR_METRICS, e.metrics))
             endings.append(Ending(trial_id, e.number, ENDED[e.state],
                                   e.value if e.state == "COMPLETE" else None))
-        applied = self.store.write_trials(record, endings=endings, end_attrs=notes,
-                                          last_slot=True)
-        if not applied:  # another request ended them between the check and the ending
-            raise Conflict("these trials ended meanwhile (finished by another request, or "
-                           "reaped as lost)", "trials[0].number")
-        return sorted(e.number for e in applied)
+        return endings, notes
 
     def release(self, caller: Principal, lease_id: int, reason: str) -> list[int]:
         """Hand the lease's running trials back (re-queued, not counted as failures)."""

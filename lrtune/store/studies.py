@@ -200,7 +200,7 @@ class Studies:
         return optuna_id
 
     def get(self, study_id: int) -> StudyRecord:
-        with self.db.transaction() as conn:
+        with self.db.read() as conn:
             row = conn.execute(sa.select(studies).where(studies.c.id == study_id)).first()
         if row is None:
             raise NotFound(f"no study {study_id}")

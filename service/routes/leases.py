@@ -17,6 +17,7 @@ from lrtune_service.lease_schemas import (
     PROTOCOL,
     ClaimIn,
     EndedOut,
+    EndItem,
     FinishIn,
     LeaseOut,
     PrunedOut,
@@ -66,24 +67,29 @@ def heartbeat(lease_id: LeaseId, store: StoreDep, caller: Leaser) -> RunningOut:
     return RunningOut(running=store.leases.heartbeat(caller, lease_id))
 
 
-@router.post("/{lease_id}/report", response_model=PrunedOut, responses=ON_LEASE)
+@router.post("/{lease_id}/report", response_model=PrunedOut, responses=ON_LEASE,
+             response_model_exclude_none=True)
 def report(lease_id: LeaseId, body: ReportIn, store: StoreDep, caller: Leaser) -> PrunedOut:
     """One epoch of the lease's trials (or several: ``later``): the objective's value and the
     LR. The answer names the trials the study's pruner prunes (decided here, with the study's
-    history); they are ended PRUNED and must stop. 409 for a trial not running under this
-    lease."""
+    history); they are ended PRUNED and must stop. ``finish``: trials that end with it (a
+    request saved), ended as ``/finish`` ends them and named in the answer's ``ended``. 409 for
+    a trial not running under this lease; a refused report writes nothing."""
     epochs = [[EpochReport(t.number, t.value, t.lr, dict(t.metrics)) for t in items]
               for items in (body.trials, *body.later)]
-    return PrunedOut(pruned=store.leases.report(caller, lease_id, body.epoch, epochs,
-                                                body.steps_per_epoch))
+    done = store.leases.report(caller, lease_id, body.epoch, epochs, body.steps_per_epoch,
+                               _ends(body.finish))
+    return PrunedOut(pruned=done.pruned, ended=done.ended if body.finish else None)
 
 
 @router.post("/{lease_id}/finish", response_model=EndedOut, responses=ON_LEASE)
 def finish(lease_id: LeaseId, body: FinishIn, store: StoreDep, caller: Leaser) -> EndedOut:
     """End the lease's trials: COMPLETE with the value, PRUNED or FAIL with a reason."""
-    ends = [TrialEnd(t.number, t.state, t.value, t.reason, dict(t.metrics))
-            for t in body.trials]
-    return EndedOut(ended=store.leases.finish(caller, lease_id, ends))
+    return EndedOut(ended=store.leases.finish(caller, lease_id, _ends(body.trials)))
+
+
+def _ends(items: list[EndItem]) -> list[TrialEnd]:
+    return [TrialEnd(t.number, t.state, t.value, t.reason, dict(t.metrics)) for t in items]
 
 
 @router.post("/{lease_id}/release", response_model=ReleasedOut, responses=ON_LEASE)

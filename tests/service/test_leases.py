@@ -161,6 +161,12 @@ def test_who_may_claim_and_use_a_lease(client: TestClient) -> None:
     r = client.post(f"{url}/report", headers=B, json={
         "epoch": 0, "trials": [{"number": 0, "value": 1.0}]})
     assert r.status_code == 403
+    r = client.post(f"{url}/report", headers=B, json={
+        "epoch": 0, "trials": [{"number": 0, "value": 1.0}],
+        "finish": [{"number": 0, "state": "FAIL"}]})
+    assert r.status_code == 403  # another token ends nothing either
+    assert client.get(f"/studies/{study['id']}/trials/0", headers=A).json()["state"] == \
+        "RUNNING"
     r = client.post(f"{url}/report", headers=A, json={
         "epoch": 0, "trials": [{"number": 99, "value": 1.0}]})
     assert r.status_code == 409 and r.json()["error"]["field"] == "trials[0].number"
@@ -349,3 +355,64 @@ def test_a_ladder_run_below_the_top_never_ends_complete(client: TestClient) -> N
     assert ended["state"] == "PRUNED" and ended["reason"].startswith("rung 0 of 3")
     assert ended["value"] == 0.7 and ended["horizon"]["rung"] == 0
     assert client.get(f"/studies/{study['id']}/best").status_code == 409  # none COMPLETE
+    lease = claim(client, study["id"])  # the same, its ending riding on its report
+    assert lease is not None and lease["trials"][0]["horizon"]["rung"] == 0
+    number = lease["trials"][0]["number"]
+    r = client.post(f"/v1/leases/{lease['lease']}/report", headers=A, json={
+        "epoch": 0, "trials": [{"number": number, "value": 0.6}],
+        "finish": [{"number": number, "state": "COMPLETE", "value": 0.6}]})
+    assert r.json() == {"pruned": [], "ended": [number]}
+    ended = client.get(f"/studies/{study['id']}/trials/{number}").json()
+    assert ended["state"] == "PRUNED" and ended["reason"].startswith("rung 0 of 3")
+
+
+def test_a_report_may_carry_its_trials_endings(client: TestClient, store: Store) -> None:
+    """``finish`` in a report ends trials as ``/finish`` does, in the same request: after the
+    epochs written, the answer names them in ``ended``; a refused report ends nothing, and
+    its refusals name the item."""
+    study = create(client, n_trials=3, epochs=2)
+    lease = claim(client, study["id"], count=3)
+    assert lease is not None
+    url = f"/v1/leases/{lease['lease']}/report"
+    one = {"number": 0, "value": 0.9, "lr": 0.1}
+    refusals = [
+        ({"finish": [{"number": 7, "state": "COMPLETE", "value": 1.0}]}, 409,
+         "finish[0].number"),  # not in this lease
+        ({"finish": [{"number": 1, "state": "COMPLETE"}]}, 422, "finish[0].value"),
+        ({"finish": [{"number": 1, "state": "FAIL"}] * 2}, 422, "finish"),
+        ({"finish": [{"number": 1, "state": "DONE"}]}, 422, "finish.0.state"),
+        ({"epoch": 5, "finish": [{"number": 1, "state": "FAIL"}]}, 422, "epoch"),
+        ({"finish": [{"number": 1, "state": "FAIL"}] * 1025}, 422, "finish"),
+    ]
+    for change, status, field in refusals:
+        r = client.post(url, headers=A, json={"epoch": 0, "trials": [one], **change})
+        assert r.status_code == status, (change, r.text)
+        assert r.json()["error"]["field"] == field
+    before = client.get(f"/studies/{study['id']}/trials").json()["items"]
+    assert {t["state"] for t in before} == {"RUNNING"}  # nothing written by a refusal
+    assert client.get(f"/studies/{study['id']}/trials/0").json()["metric_curve"] == []
+    r = client.post(url, headers=A, json={
+        "epoch": 0, "trials": [one, {"number": 1, "value": 0.8}],
+        "later": [[{"number": 0, "value": 0.5, "lr": 0.05}]],
+        "finish": [{"number": 0, "state": "COMPLETE", "value": 0.5, "metrics": {"val_acc": 0.9}},
+                   {"number": 2, "state": "FAIL", "reason": "out of data"}]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"pruned": [], "ended": [0, 2]}
+    trials = {t["number"]: t
+              for t in client.get(f"/studies/{study['id']}/trials").json()["items"]}
+    assert [trials[n]["state"] for n in range(3)] == ["COMPLETE", "RUNNING", "FAIL"]
+    zero = client.get(f"/studies/{study['id']}/trials/0").json()
+    assert zero["value"] == 0.5 and zero["metric_curve"] == [0.9, 0.5]
+    assert zero["lr_curve"] == [0.1, 0.05] and zero["metrics"] == {"val_acc": 0.9}
+    assert client.get(f"/studies/{study['id']}/trials/2").json()["reason"] == "out of data"
+    ended = client.post(url, headers=A, json={"epoch": 1, "trials": [
+        {"number": 1, "value": 0.7}], "finish": [{"number": 0, "state": "COMPLETE",
+                                                  "value": 0.5}]})
+    assert ended.status_code == 409 and ended.json()["error"]["field"] == "finish[0].number"
+    assert client.get(f"/studies/{study['id']}/trials/1").json()["metric_curve"] == [0.8]
+    r = client.post(url, headers=A, json={"epoch": 1, "trials": [{"number": 1, "value": 0.7}],
+                                          "finish": [{"number": 1, "state": "COMPLETE",
+                                                      "value": 0.7}]})
+    assert r.json() == {"pruned": [], "ended": [1]}
+    one = client.get(f"/studies/{study['id']}/trials/1").json()
+    assert one["state"] == "COMPLETE" and one["metric_curve"] == [0.8, 0.7]

@@ -94,6 +94,7 @@ def test_a_pack_over_http_reports_each_epoch_in_one_request(
     monkeypatch.setattr(remote, "REPORT_EVERY", 0.0)  # no epoch waits for the next
     record = store.create_study(StudySpec(name="packed", n_trials=10, pack=4,
                                           pruner={"name": "none"}, **TINY), "me")
+    bodies = report_bodies(served)
     w = worker(served.source())
     assert w.run() == 10 and w.store is None  # never opened a database
     assert store.get_study(record.id).status == "done"
@@ -110,7 +111,12 @@ def test_a_pack_over_http_reports_each_epoch_in_one_request(
     assert served.leased == [1, 4, 4, 1]
     reports, finishes = served.per_lease("report"), served.per_lease("finish")
     assert len(reports) == 4 and set(reports.values()) == {3}  # one request per epoch
-    assert set(finishes.values()) == {1}  # every trial of a pack ends with the last epoch
+    assert not finishes  # every trial of a pack ends riding on its last epoch's report
+    last = [b for b in bodies if b["epoch"] == 2]
+    assert [len(b["finish"]) for b in last] == [1, 4, 4, 1]
+    assert all({e["number"] for e in b["finish"]} == {t["number"] for t in b["trials"]}
+               and {e["state"] for e in b["finish"]} == {"COMPLETE"} for b in last)
+    assert not any("finish" in b for b in bodies if b["epoch"] < 2)
 
 
 def report_bodies(served: Served) -> list[dict]:
@@ -148,22 +154,18 @@ def test_epochs_no_pruner_waits_on_go_together(store: Store, served: Served,
     assert len(bodies) == 9 and not any("later" in b for b in bodies)
 
 
-def test_an_api_without_later_gets_one_epoch_a_request(store: Store,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """An API of before ``later`` refuses it (422 naming it): the worker sends those epochs
-    one by one, and no more ``later`` to it."""
-    monkeypatch.setattr(remote, "REPORT_EVERY", 3600.0)
-    app = create_app(store.settings, store)
-
-    async def before_later(scope: dict, receive: Any, send: Any) -> None:
+def older_api(app: Any, field: str) -> Any:
+    """``app`` as an API of before the report's ``field`` answers: a 422 naming it."""
+    async def older(scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].endswith("/report"):
             body, more = b"", True
             while more:
                 message = await receive()
                 body, more = body + message.get("body", b""), message.get("more_body", False)
-            if b'"later"' in body:
-                refusal = JSONResponse({"error": {"code": "invalid", "field": "later", "message":
-                                                  "later: extra inputs are not permitted"}}, 422)
+            if f'"{field}"'.encode() in body:
+                refusal = JSONResponse({"error": {"code": "invalid", "field": field, "message":
+                                                  f"{field}: extra inputs are not permitted"}},
+                                       422)
                 await refusal(scope, receive, send)
                 return
             replay = iter([{"type": "http.request", "body": body, "more_body": False}])
@@ -173,10 +175,17 @@ def test_an_api_without_later_gets_one_epoch_a_request(store: Store,
             await app(scope, again, send)
             return
         await app(scope, receive, send)
+    return older
 
+
+def test_an_api_without_later_gets_one_epoch_a_request(store: Store,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An API of before ``later`` refuses it (422 naming it): the worker sends those epochs
+    one by one, and no more ``later`` to it."""
+    monkeypatch.setattr(remote, "REPORT_EVERY", 3600.0)
     record = store.create_study(StudySpec(name="older", n_trials=5, pack=4,
                                           pruner={"name": "none"}, **TINY), "me")
-    with TestClient(before_later) as http:
+    with TestClient(older_api(create_app(store.settings, store), "later")) as http:
         http.headers["Authorization"] = f"Bearer {WORKER}"
         served = Served(http)
         bodies = report_bodies(served)
@@ -185,6 +194,30 @@ def test_an_api_without_later_gets_one_epoch_a_request(store: Store,
     assert all(sorted(t.intermediate_values) == [0, 1, 2] for t in store.all_trials(record))
     assert "later" in bodies[0] and not any("later" in b for b in bodies[1:])
     assert len(bodies) == 1 + 3 + 3  # the refused one, its three epochs, the next lease's
+    assert "finish" in bodies[3]  # the endings ride on the last epoch's report
+
+
+def test_an_api_without_finish_in_reports_gets_finish_requests(store: Store) -> None:
+    """An API of before a report's ``finish`` refuses it (422 naming it): the worker sends
+    that report without it and the endings as a finish, and no more ``finish`` in reports;
+    nothing is lost or run twice."""
+    record = store.create_study(StudySpec(name="older", n_trials=9, pack=4,
+                                          pruner={"name": "percentile"}, **TINY), "me")
+    with TestClient(older_api(create_app(store.settings, store), "finish")) as http:
+        http.headers["Authorization"] = f"Bearer {WORKER}"
+        served = Served(http)
+        bodies = report_bodies(served)
+        assert worker(served.source()).run() == 9
+        finishes = served.per_lease("finish")
+    assert_exact_budget(store, record)
+    assert {t.state for t in store.all_trials(record)} <= {TrialState.COMPLETE,
+                                                            TrialState.PRUNED}
+    assert all(len(t.intermediate_values) == 3 for t in store.all_trials(record)
+               if t.state == TrialState.COMPLETE)
+    with_finish = [i for i, b in enumerate(bodies) if "finish" in b]
+    assert len(with_finish) == 1 and with_finish[0] == 2  # the first lease's last epoch
+    assert bodies[3] == {k: v for k, v in bodies[2].items() if k != "finish"}  # sent again
+    assert len(finishes) == len(served.leased)  # one finish request a lease, from then on
 
 
 def test_a_report_too_big_for_one_body_is_split(store: Store, served: Served) -> None:
