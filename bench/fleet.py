@@ -18,7 +18,7 @@ every N and N measures concurrency (connections, leases, pollers), not overload.
 For each N: a fresh database, ``--replicas`` ``lrtune serve --workers 0`` with small fixed
 pools, the workers split across them, ``--studies`` linreg studies (random sampler: coordination
 is measured, not TPE) of max(N, what the fleet finishes in ``--seconds``) trials in all; a
-separate process counts ``pg_stat_activity`` connections every 50 ms. Then the database is
+separate process counts ``pg_stat_activity`` connections every 25 ms. Then the database is
 checked: every study done with exactly its budget COMPLETE + PRUNED, nothing RUNNING or WAITING,
 no (study, number) twice, each abandoned trial FAIL "lost" with a copy that ended COMPLETE or
 PRUNED. One JSON line per N in bench/results/fleet.jsonl (with the machine), then a table.
@@ -159,7 +159,7 @@ async def worker(fleet: Fleet, http: httpx.AsyncClient) -> None:
 
 
 def sample_connections(dsn: str, done: Any, out: Any) -> None:
-    """Peak connections to the database (other than this one), every 50 ms, in a process of
+    """Peak connections to the database (other than this one), every 25 ms, in a process of
     its own so that the fleet's event loop cannot delay it, it and its database backend
     scheduled ahead of the servers (``ahead``) so that a loaded CPU delays it less."""
     peak, samples, gap, last = 0, 0, 0.0, time.monotonic()
@@ -172,14 +172,14 @@ def sample_connections(dsn: str, done: Any, out: Any) -> None:
             peak, samples = max(peak, int(n[0]) if n else 0), samples + 1
             now = time.monotonic()
             gap, last = max(gap, now - last), now
-            time.sleep(max(0.0, 0.05 - (time.monotonic() - now)))
+            time.sleep(max(0.0, 0.025 - (time.monotonic() - now)))
     out.send({"peak": peak, "samples": samples, "max_gap_ms": round(gap * 1000),
               "sampler_priority": max(kinds)})  # the weaker of the two
 
 
 def ahead(pid: int) -> str:
     """Schedule process ``pid`` (0: this one) before the others: real-time (SCHED_FIFO: it
-    runs as soon as it wakes; it sleeps 50 ms a sample, so it cannot starve the rest) where
+    runs as soon as it wakes; it sleeps 25 ms a sample, so it cannot starve the rest) where
     allowed (root), else niced ahead, else as it is. The kind given."""
     try:
         os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(10))

@@ -22,8 +22,10 @@ class Body(BaseModel):
 class ClaimIn(Body):
     study_id: int | None = Field(None, ge=1, le=2**31 - 1, description="a study to claim "
                                  "from; none: any study this token may train")
-    count: int = Field(1, ge=1, le=1_000_000, description="trials to claim at once (a pack; "
-                       "at most the server's max_pack)")
+    count: Annotated[int, Field(ge=1, le=1_000_000)] | Literal["pack"] = Field(
+        1, description='trials to claim at once (a pack; at most the server\'s max_pack), or '
+        '"pack": the study\'s own `pack` where its spec gives a number, else one trial (a '
+        "worker that does not know the study yet)")
 
     model_config = ConfigDict(extra="forbid", strict=True,
                               json_schema_extra={"examples": [{"study_id": 1, "count": 1}]})

@@ -44,6 +44,8 @@ from lrtune_worker.source import ApiUnavailable, Sizer, Slot
 from lrtune_worker.tasks import Task
 
 log = logging.getLogger("lrtune.worker")
+STUDYS_PACK = "pack"  # a claim's count: the study's own pack where its spec gives one
+Count = int | str
 FINISH_MOST = 1024  # endings a report carries (the API's bound)
 LOST = (401, 403, 404, 409)  # the lease is gone, or no longer this token's: its trials too
 BIGGEST = 1e300  # the protocol's bound on a reported number
@@ -79,6 +81,7 @@ class LeaseSource:
         self.unsized: dict[int, StudySpec] = {}  # leased once, to be sized before a claim
         self.several_epochs = True  # False once the API refuses a report's ``later``
         self.finish_in_report = True  # False once it refuses a report's ``finish``
+        self.pack_counts = True  # False once it refuses a claim's ``"count": "pack"``
         self.turn = 0
 
     @classmethod
@@ -141,9 +144,10 @@ class LeaseSource:
                 return lot
         return None
 
-    def _asks(self, only: set[int] | None) -> list[tuple[int | None, int]]:
+    def _asks(self, only: set[int] | None) -> list[tuple[int | None, Count]]:
         """(study, count) to ask for in turn: the packed studies known here (or those of
-        ``only``), each for its pack, taking turns first; then one trial of any study."""
+        ``only``), each for its pack, taking turns first; then any study, for its pack where
+        its spec gives it (``"pack"``: one trial of an ``auto`` one, sized here from it)."""
         if only is not None:
             ids = sorted(only)
         else:
@@ -152,14 +156,18 @@ class LeaseSource:
         if ids:
             k = self.turn % len(ids)
             ids = ids[k:] + ids[:k]
-        asks: list[tuple[int | None, int]] = [(s, self.sizes.get(s, 1)) for s in ids]
-        return asks if only is not None else [*asks, (None, 1)]
+        first: Count = STUDYS_PACK if self.pack_counts else 1  # a study not sized here
+        asks: list[tuple[int | None, Count]] = [(s, self.sizes.get(s, first)) for s in ids]
+        return asks if only is not None else [*asks, (None, first)]
 
-    def _claim(self, study_id: int | None, count: int) -> dict[str, Any] | None:
+    def _claim(self, study_id: int | None, count: Count) -> dict[str, Any] | None:
         try:
             return self.post(LEASE_PATH, {"study_id": study_id, "count": count},
-                             CLAIM_TIMEOUT if count > 1 else None)
+                             CLAIM_TIMEOUT if count != 1 else None)
         except ClientError as error:
+            if error.status == 422 and count == STUDYS_PACK and error.field == "count":
+                self.pack_counts = False  # an API before it: a first lease of one trial
+                return self._claim(study_id, 1)
             if error.code == "study_ended":  # ended, or waits for its LR range test
                 if self.sizes.pop(study_id or 0, None) is not None:
                     log.info("study %s hands out no more trials (%s)", study_id, error)
@@ -168,7 +176,8 @@ class LeaseSource:
                 self.sizes.pop(study_id, None)
                 log.warning("study %d: %s", study_id, error)
                 return None
-            if error.status == 422 and count > 1 and study_id is not None:
+            if error.status == 422 and isinstance(count, int) and count > 1 \
+                    and study_id is not None:
                 self.sizes[study_id] = max(1, count // 2)  # over the API's max_pack
                 log.warning("study %d: a pack of %d refused (%s); asking for %d", study_id,
                             count, error, self.sizes[study_id])

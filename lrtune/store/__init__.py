@@ -223,8 +223,9 @@ class Store:
 
     def claim_pack(self, want: int | None = None, only: set[int] | None = None,
                    sizer: Callable[[StudyRecord], int] | None = None,
-                   external: bool | None = False, owner: str | None = None) -> list[Claim]:
-        return self.claims.claim_pack(want, only, sizer, external, owner)
+                   external: bool | None = False, owner: str | None = None,
+                   most: int | None = None) -> list[Claim]:
+        return self.claims.claim_pack(want, only, sizer, external, owner, most)
 
     def hand_back(self, claims: list[Claim], reason: str) -> None:
         self.claims.hand_back(claims, reason)

@@ -107,9 +107,11 @@ class Claims:
 
     def claim_pack(self, want: int | None = None, only: set[int] | None = None,
                    sizer: Callable[[StudyRecord], int] | None = None,
-                   external: bool | None = False, owner: str | None = None) -> list[Claim]:
+                   external: bool | None = False, owner: str | None = None,
+                   most: int | None = None) -> list[Claim]:
         """Claim up to ``want`` trials of one running study under one lock; never past the
-        budget. ``want=None`` takes the study's ``pack`` (``sizer`` sizes ``"auto"``).
+        budget. ``want=None`` takes the study's ``pack`` (``sizer`` sizes ``"auto"``), at
+        most ``most``.
         ``external`` and ``owner`` choose the studies as ``Studies.running_ids`` does
         (lrtune's workers never claim an external study). Empty when there is no work."""
         stamp = time.monotonic()
@@ -121,24 +123,25 @@ class Claims:
         self._cursor = (self._cursor + 1) % len(candidates)
         busy = []
         for study_id in candidates[self._cursor:] + candidates[:self._cursor]:
-            claims = self._try(study_id, want, sizer)
+            claims = self._try(study_id, want, sizer, most=most)
             if claims:
                 return claims
             if claims is None:
                 busy.append(study_id)
         for study_id in busy:  # every study with work was being claimed: wait for one
-            claims = self._try(study_id, want, sizer, wait=True)
+            claims = self._try(study_id, want, sizer, wait=True, most=most)
             if claims:
                 return claims
         return []
 
     def _try(self, study_id: int, want: int | None,
-             sizer: Callable[[StudyRecord], int] | None, wait: bool = False
-             ) -> list[Claim] | None:
+             sizer: Callable[[StudyRecord], int] | None, wait: bool = False,
+             most: int | None = None) -> list[Claim] | None:
         """``_claim_in``, with one study's own error kept to that study: logged, and the
         study left alone for a while by this claimer (other studies go on)."""
         try:
             size = want or self._pack_size(study_id, sizer)  # sized before taking the lock
+            size = min(size, most) if most else size
             return self._claim_in(study_id, size, wait)
         except DatabaseUnavailable:
             raise

@@ -117,10 +117,12 @@ class Leases:
         self._curves: OrderedDict[int, list[float]] = OrderedDict()
 
     # -- claim ----------------------------------------------------------------------------------
-    def claim(self, caller: Principal, study_id: int | None, count: int) -> Lease | None:
+    def claim(self, caller: Principal, study_id: int | None, count: int | None,
+              most: int | None = None) -> Lease | None:
         """Up to ``count`` trials of ``study_id`` (or of any study the caller may train) as
-        one lease; None when there is nothing to claim now. An owner trains its own studies;
-        a worker token any study of lrtune's own tasks."""
+        one lease; None when there is nothing to claim now. ``count=None``: the study's
+        ``pack`` where it is a number (at most ``most``), else one trial. An owner trains
+        its own studies; a worker token any study of lrtune's own tasks."""
         store = self.store
         if study_id is not None:
             record = store.get_study(study_id)
@@ -135,8 +137,10 @@ class Leases:
         only = self._sampled_here(only, caller, known)
         if only is not None and not only:
             return None
-        claims = store.claim_pack(count, only, external=None if not caller.is_worker else False,
-                                  owner=None if caller.is_worker else caller.public_id)
+        claims = store.claim_pack(count, only, lambda _record: 1,
+                                  external=None if not caller.is_worker else False,
+                                  owner=None if caller.is_worker else caller.public_id,
+                                  most=most)
         if not claims:
             return None
         record = claims[0].record

@@ -41,10 +41,11 @@ def claim(body: ClaimIn, store: StoreDep, settings: SettingsDep, caller: Leaser)
     """Claim ``count`` trials of a study (or of any study this token may train) as one lease:
     each trial's parameters, schedule and optimizer config and seed. 409 ``study_ended``
     when the study named no longer hands out trials."""
-    if body.count > settings.max_pack:
-        raise ApiError(422, "over_limit", f"count: {body.count} is over the limit "
+    count = None if body.count == "pack" else body.count
+    if count is not None and count > settings.max_pack:
+        raise ApiError(422, "over_limit", f"count: {count} is over the limit "
                        f"{settings.max_pack}", "count")
-    lease = store.leases.claim(caller, body.study_id, body.count)
+    lease = store.leases.claim(caller, body.study_id, count, settings.max_pack)
     if lease is None:
         return Response(status_code=204)
     spec = lease.record.spec

@@ -40,7 +40,7 @@ def create(client: TestClient, **changes: object) -> dict:
     return r.json()
 
 
-def claim(client: TestClient, study_id: int | None, count: int = 1, headers: dict = A
+def claim(client: TestClient, study_id: int | None, count: int | str = 1, headers: dict = A
           ) -> dict | None:
     r = client.post("/v1/leases", json={"study_id": study_id, "count": count}, headers=headers)
     if r.status_code == 204:
@@ -416,3 +416,20 @@ def test_a_report_may_carry_its_trials_endings(client: TestClient, store: Store)
     assert r.json() == {"pruned": [], "ended": [1]}
     one = client.get(f"/studies/{study['id']}/trials/1").json()
     assert one["state"] == "COMPLETE" and one["metric_curve"] == [0.8, 0.7]
+
+
+def test_a_claim_may_ask_for_the_studys_own_pack(client: TestClient) -> None:
+    """``"count": "pack"``: the study's ``pack`` where its spec gives a number (a worker that
+    does not know the study yet gets a whole pack at once), one trial for ``auto``."""
+    own = {"task": "linreg", "epochs": 2, "objective": "val_loss", "direction": None,
+           "space": {"lr": {"low": 1e-3, "high": 1e-2}}}
+    packed = create(client, name="packed", n_trials=5, pack=3, **own)
+    lease = claim(client, packed["id"], count="pack")
+    assert lease is not None and len(lease["trials"]) == 3
+    lease = claim(client, packed["id"], count="pack")
+    assert lease is not None and len(lease["trials"]) == 2  # the budget's rest
+    auto = create(client, name="auto", n_trials=5, pack="auto", **own)
+    lease = claim(client, auto["id"], count="pack")
+    assert lease is not None and len(lease["trials"]) == 1
+    r = client.post("/v1/leases", json={"study_id": auto["id"], "count": "all"}, headers=A)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "count"

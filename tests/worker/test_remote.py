@@ -107,13 +107,13 @@ def test_a_pack_over_http_reports_each_epoch_in_one_request(
         assert t.user_attrs["config"]["schedule"]["family"] == t.params["schedule"]
         assert t.user_attrs["steps_per_epoch"] == spe
         assert set(t.user_attrs["metrics"]) >= {"val_loss", "train_loss"}
-    # the study's first lease on this worker is one trial (its pack size learnt from it)
-    assert served.leased == [1, 4, 4, 1]
+    # the study's pack from its first lease on (its spec gives it): as over the database
+    assert served.leased == [4, 4, 2]
     reports, finishes = served.per_lease("report"), served.per_lease("finish")
-    assert len(reports) == 4 and set(reports.values()) == {3}  # one request per epoch
+    assert len(reports) == 3 and set(reports.values()) == {3}  # one request per epoch
     assert not finishes  # every trial of a pack ends riding on its last epoch's report
     last = [b for b in bodies if b["epoch"] == 2]
-    assert [len(b["finish"]) for b in last] == [1, 4, 4, 1]
+    assert [len(b["finish"]) for b in last] == [4, 4, 2]
     assert all({e["number"] for e in b["finish"]} == {t["number"] for t in b["trials"]}
                and {e["state"] for e in b["finish"]} == {"COMPLETE"} for b in last)
     assert not any("finish" in b for b in bodies if b["epoch"] < 2)
@@ -137,9 +137,9 @@ def test_epochs_no_pruner_waits_on_go_together(store: Store, served: Served,
     bodies = report_bodies(served)
     assert worker(served.source()).run() == 6
     assert_exact_budget(store, record)
-    assert served.leased == [1, 4, 1]
+    assert served.leased == [4, 2]
     assert set(served.per_lease("report").values()) == {1}  # one report for three epochs
-    assert [b["epoch"] for b in bodies] == [0, 0, 0] and all(len(b["later"]) == 2
+    assert [b["epoch"] for b in bodies] == [0, 0] and all(len(b["later"]) == 2
                                                              for b in bodies)
     spe = get_task("linreg").steps_per_epoch(get_task("linreg").info.batch_size)
     for t in store.all_trials(record):
@@ -154,15 +154,18 @@ def test_epochs_no_pruner_waits_on_go_together(store: Store, served: Served,
     assert len(bodies) == 9 and not any("later" in b for b in bodies)
 
 
-def older_api(app: Any, field: str) -> Any:
-    """``app`` as an API of before the report's ``field`` answers: a 422 naming it."""
+def older_api(app: Any, field: str, sent: str = "", path: str = "/report") -> Any:
+    """``app`` as an API of before the ``field`` (with ``sent`` as its JSON value, when
+    given) of requests to ``path`` answers: a 422 naming it."""
+    marker = f'"{field}":{sent}' if sent else f'"{field}"'
+
     async def older(scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].endswith("/report"):
+        if scope["type"] == "http" and scope["path"].endswith(path):
             body, more = b"", True
             while more:
                 message = await receive()
                 body, more = body + message.get("body", b""), message.get("more_body", False)
-            if f'"{field}"'.encode() in body:
+            if marker.encode() in body:
                 refusal = JSONResponse({"error": {"code": "invalid", "field": field, "message":
                                                   f"{field}: extra inputs are not permitted"}},
                                        422)
@@ -220,6 +223,26 @@ def test_an_api_without_finish_in_reports_gets_finish_requests(store: Store) -> 
     assert len(finishes) == len(served.leased)  # one finish request a lease, from then on
 
 
+def test_an_api_without_a_studys_pack_count_gets_a_first_lease_of_one(store: Store) -> None:
+    """An API of before ``"count": "pack"`` refuses it (422 naming ``count``): the worker
+    claims one trial, learns the study's pack from it, and asks no more for ``"pack"``."""
+    record = store.create_study(StudySpec(name="older", n_trials=10, pack=4,
+                                          pruner={"name": "none"}, **TINY), "me")
+    claims: list[dict] = []
+    with TestClient(older_api(create_app(store.settings, store), "count", '"pack"',
+                              "/leases")) as http:
+        http.headers["Authorization"] = f"Bearer {WORKER}"
+        served = Served(http)
+        http.event_hooks["request"].append(
+            lambda r: claims.append(json.loads(r.read())) if r.url.path == "/v1/leases"
+            else None)
+        assert worker(served.source()).run() == 10
+    assert_exact_budget(store, record)
+    assert served.leased == [1, 4, 4, 1]
+    assert [c["count"] for c in claims[:3]] == ["pack", 1, 4]
+    assert "pack" not in [c["count"] for c in claims[1:]]
+
+
 def test_a_report_too_big_for_one_body_is_split(store: Store, served: Served) -> None:
     """A pack's epoch is split into bodies under the API's limit (64 KiB by default: a
     thousand trials' report passes it), each under the limit, none lost."""
@@ -231,7 +254,7 @@ def test_a_report_too_big_for_one_body_is_split(store: Store, served: Served) ->
     assert worker(served.source(body_limit=2048), studies={record.id}).run() == 24
     assert_exact_budget(store, record)
     assert all(len(t.intermediate_values) == 3 for t in store.all_trials(record))
-    assert served.leased == [1, 23]
+    assert served.leased == [24]
     assert max(sizes) <= 2048 and served.per_lease("report").most_common(1)[0][1] > 3
 
 
