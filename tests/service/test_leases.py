@@ -418,7 +418,7 @@ def test_a_report_may_carry_its_trials_endings(client: TestClient, store: Store)
     assert one["state"] == "COMPLETE" and one["metric_curve"] == [0.8, 0.7]
 
 
-def test_a_claim_may_ask_for_the_studys_own_pack(client: TestClient) -> None:
+def test_a_claim_may_ask_for_the_studys_own_pack(client: TestClient, store: Store) -> None:
     """``"count": "pack"``: the study's ``pack`` where its spec gives a number (a worker that
     does not know the study yet gets a whole pack at once), one trial for ``auto``."""
     own = {"task": "linreg", "epochs": 2, "objective": "val_loss", "direction": None,
@@ -433,3 +433,6 @@ def test_a_claim_may_ask_for_the_studys_own_pack(client: TestClient) -> None:
     assert lease is not None and len(lease["trials"]) == 1
     r = client.post("/v1/leases", json={"study_id": auto["id"], "count": "all"}, headers=A)
     assert r.status_code == 422 and r.json()["error"]["field"] == "count"
+    big = create(client, name="big", n_trials=5, pack=4, **own)
+    lease = store.leases.claim(store.principal(OWNER), big["id"], None, most=3)
+    assert lease is not None and len(lease.trials) == 3  # never past the server's max_pack
