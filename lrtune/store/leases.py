@@ -346,7 +346,7 @@ class Leases:
                                 f"{where}[{i}].number")
                         owed[ids[r.number]] += 1
                 curves = self._kept_curves({ids[n]: reported[ids[n]] for n in numbers})
-                if missing := [t for t in ids.values() if t not in curves]:
+                if missing := [ids[n] for n in numbers if ids[n] not in curves]:
                     curves.update({int(t): json.loads(v) for t, v in conn.execute(
                         sa.select(attrs.c.trial_id, attrs.c.value_json).where(
                             ids_in(attrs.c.trial_id, missing),
@@ -375,7 +375,7 @@ class Leases:
                     rows.append(_attr(trial_id, names.ATTR_METRICS, kept))
                 if steps_per_epoch is not None:
                     rows += [_attr(t, names.ATTR_STEPS_PER_EPOCH, steps_per_epoch)
-                             for t in ids.values()]
+                             for t in {ids[n] for n in numbers}]  # not those only ending
                 bulk_insert(conn, iv, values)
                 replace_attrs(conn, rows)
                 record_heartbeats(conn, list(ids.values()))  # a report is a sign of life

@@ -392,7 +392,7 @@ def test_a_report_may_carry_its_trials_endings(client: TestClient, store: Store)
     assert {t["state"] for t in before} == {"RUNNING"}  # nothing written by a refusal
     assert client.get(f"/studies/{study['id']}/trials/0").json()["metric_curve"] == []
     r = client.post(url, headers=A, json={
-        "epoch": 0, "trials": [one, {"number": 1, "value": 0.8}],
+        "epoch": 0, "trials": [one, {"number": 1, "value": 0.8}], "steps_per_epoch": 5,
         "later": [[{"number": 0, "value": 0.5, "lr": 0.05}]],
         "finish": [{"number": 0, "state": "COMPLETE", "value": 0.5, "metrics": {"val_acc": 0.9}},
                    {"number": 2, "state": "FAIL", "reason": "out of data"}]})
@@ -405,6 +405,8 @@ def test_a_report_may_carry_its_trials_endings(client: TestClient, store: Store)
     assert zero["value"] == 0.5 and zero["metric_curve"] == [0.9, 0.5]
     assert zero["lr_curve"] == [0.1, 0.05] and zero["metrics"] == {"val_acc": 0.9}
     assert client.get(f"/studies/{study['id']}/trials/2").json()["reason"] == "out of data"
+    attrs = {t.number: t.user_attrs for t in store.all_trials(store.get_study(study["id"]))}
+    assert attrs[0]["steps_per_epoch"] == 5 and "steps_per_epoch" not in attrs[2]  # not sent
     ended = client.post(url, headers=A, json={"epoch": 1, "trials": [
         {"number": 1, "value": 0.7}], "finish": [{"number": 0, "state": "COMPLETE",
                                                   "value": 0.5}]})
