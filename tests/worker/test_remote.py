@@ -7,6 +7,7 @@ out of reach is waited out."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -75,11 +76,18 @@ class Served:
                        if (m := re.fullmatch(rf"/v1/leases/(\d+)/{action}", path)))
 
 
-@pytest.fixture
-def served(store: Store) -> Iterator[Served]:
-    with TestClient(create_app(store.settings, store)) as http:
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[Served]:
+    """``app`` in process, called with the worker token."""
+    with TestClient(app) as http:
         http.headers["Authorization"] = f"Bearer {WORKER}"
         yield Served(http)
+
+
+@pytest.fixture
+def served(store: Store) -> Iterator[Served]:
+    with serving(create_app(store.settings, store)) as served:
+        yield served
 
 
 def worker(source: LeaseSource, **kwargs: object) -> Worker:
@@ -188,9 +196,7 @@ def test_an_api_without_later_gets_one_epoch_a_request(store: Store,
     monkeypatch.setattr(remote, "REPORT_EVERY", 3600.0)
     record = store.create_study(StudySpec(name="older", n_trials=5, pack=4,
                                           pruner={"name": "none"}, **TINY), "me")
-    with TestClient(older_api(create_app(store.settings, store), "later")) as http:
-        http.headers["Authorization"] = f"Bearer {WORKER}"
-        served = Served(http)
+    with serving(older_api(create_app(store.settings, store), "later")) as served:
         bodies = report_bodies(served)
         assert worker(served.source()).run() == 5
     assert_exact_budget(store, record)
@@ -206,9 +212,7 @@ def test_an_api_without_finish_in_reports_gets_finish_requests(store: Store) -> 
     nothing is lost or run twice."""
     record = store.create_study(StudySpec(name="older", n_trials=9, pack=4,
                                           pruner={"name": "percentile"}, **TINY), "me")
-    with TestClient(older_api(create_app(store.settings, store), "finish")) as http:
-        http.headers["Authorization"] = f"Bearer {WORKER}"
-        served = Served(http)
+    with serving(older_api(create_app(store.settings, store), "finish")) as served:
         bodies = report_bodies(served)
         assert worker(served.source()).run() == 9
         finishes = served.per_lease("finish")
@@ -229,11 +233,9 @@ def test_an_api_without_a_studys_pack_count_gets_a_first_lease_of_one(store: Sto
     record = store.create_study(StudySpec(name="older", n_trials=10, pack=4,
                                           pruner={"name": "none"}, **TINY), "me")
     claims: list[dict] = []
-    with TestClient(older_api(create_app(store.settings, store), "count", '"pack"',
-                              "/leases")) as http:
-        http.headers["Authorization"] = f"Bearer {WORKER}"
-        served = Served(http)
-        http.event_hooks["request"].append(
+    with serving(older_api(create_app(store.settings, store), "count", '"pack"',
+                           "/leases")) as served:
+        served.http.event_hooks["request"].append(
             lambda r: claims.append(json.loads(r.read())) if r.url.path == "/v1/leases"
             else None)
         assert worker(served.source()).run() == 10
