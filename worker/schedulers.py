@@ -25,7 +25,9 @@ class ScheduleDriver:
     """Steps a scheduler the way the pure formula counts: per batch, metrics per epoch.
 
     The step that crosses into a new epoch is taken after that epoch's metric is known, so
-    metric-driven formulas see it exactly as ``ReduceLROnPlateau`` does.
+    metric-driven formulas see it exactly as ``ReduceLROnPlateau`` does. Every batch is one
+    step, no more: an epoch cut short (a horizon ladder's rung ending mid-epoch) has no step
+    held back, and a scheduler with a fixed length (``OneCycleLR``) never steps past it.
     """
 
     def __init__(self, scheduler: Any, steps_per_epoch: int, metrics: list[float],
@@ -35,18 +37,25 @@ class ScheduleDriver:
         self.metrics = metrics
         self.on_metric = on_metric
         self.batches = 0
+        self.held_back = 0  # boundary steps waiting for the epoch's end
 
     def after_batch(self) -> None:
         self.batches += 1
-        if not self.on_metric and self.batches % self.steps_per_epoch:
+        if self.on_metric:
+            return
+        if self.batches % self.steps_per_epoch:
             self.scheduler.step()
+        else:
+            self.held_back += 1
 
     def after_epoch(self, metric: float) -> None:
         self.metrics.append(metric)
         if self.on_metric:
             self.scheduler.step(metric)
-        else:
+            return
+        for _ in range(self.held_back):
             self.scheduler.step()
+        self.held_back = 0
 
 
 def build_scheduler(optimizer: Optimizer, schedule: Schedule, total_steps: int,

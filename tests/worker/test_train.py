@@ -122,3 +122,7 @@ def test_a_rung_runs_the_whole_schedule_on_its_share_of_the_steps() -> None:
                         Counter(), rung=Rung(0, 3, 1 / 9))  # 230 steps / 9: 26 = 23 + 3
     assert short.epochs_run == 2 and steps == [None, 3.0]
     assert short.metrics["epoch_steps"] == 3 and short.outcome == "complete"
+    for fixed_length in (config("onecycle", lr=0.05), config("polynomial", lr=0.05)):
+        run = train_trial(get_task("digits-mlp"), fixed_length, 10, "val_loss", 0, CPU,
+                          rung=Rung(0, 3, 1 / 9))  # no step past the rung's 26
+        assert run.outcome == "complete" and run.epochs_run == 2
