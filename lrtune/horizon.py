@@ -143,6 +143,19 @@ def runs_of(trials: Sequence[FrozenTrial]) -> list[Run]:
     return runs
 
 
+def latest_runs(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Each configuration's latest run: ``trials`` without those promoted to a higher rung.
+    What TPE models in a ladder study: one point per configuration, ranked by how far it
+    went and its value there (Optuna ranks a PRUNED trial by its last step), not the same
+    parameters once among the best and again among the rest."""
+    promoted = set()
+    for trial in trials:
+        rung = rung_of(trial)
+        if rung is not None and rung.promoted_from is not None:
+            promoted.add(rung.promoted_from)
+    return [t for t in trials if t.number not in promoted] if promoted else trials
+
+
 def params_of_trial(run: Run) -> dict[str, Any]:
     return dict(run.ref.params)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -148,6 +148,22 @@ def study_view(study: optuna.Study, storage: object) -> optuna.Study:
     view = copy.copy(study)
     vars(view)["_storage"] = storage
     view._thread_local = _ThreadLocalStudyAttribute()
+    return view
+
+
+def trials_view(study: optuna.Study,
+                keep: Callable[[list[FrozenTrial]], list[FrozenTrial]]) -> optuna.Study:
+    """``study`` whose trial reads as samplers make them (``_get_trials``) show only what
+    ``keep`` keeps of all the study's trials (then filtered by the states asked for)."""
+    view = copy.copy(study)
+    read = study._get_trials
+
+    def get_trials(deepcopy: bool = True, states: Container[TrialState] | None = None,
+                   use_cache: bool = False) -> list[FrozenTrial]:
+        kept = keep(read(deepcopy=deepcopy, states=None, use_cache=use_cache))
+        return kept if states is None else [t for t in kept if t.state in states]
+
+    vars(view)["_get_trials"] = get_trials
     return view
 
 

@@ -14,6 +14,9 @@ once its sampling is done (a group's parameters are suggested one after another)
 grouped TPE also stores all its draws as a note on the trial, one more write per trial, for
 the draws it made before the trial suggested them, including the groups never used. lrtune's
 writes none.
+
+In a horizon ladder's study, TPE models each configuration once, at its latest run
+(``horizon.latest_runs``): a promoted run repeats its parent's parameters.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from optuna.distributions import check_distribution_compatibility
 from optuna.samplers import TPESampler
 
+from lrtune import horizon
 from lrtune import optuna_internals as internals
 
 if TYPE_CHECKING:
@@ -76,6 +80,7 @@ class LazyGroupTPESampler(TPESampler):
 
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
+        study = internals.trials_view(study, horizon.latest_runs)
         group = self._group_of(param_name, param_distribution)
         drawn = self._drawn_for(internals.trial_id(trial))
         if group is not None and param_name not in drawn:

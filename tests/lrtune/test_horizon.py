@@ -86,6 +86,34 @@ def test_the_best_of_every_eta_runs_is_promoted_once_with_its_params() -> None:
     assert (again.rung, again.params) == (0, None)  # 3 runs promote one, and it was
 
 
+def test_tpe_sees_each_configuration_once_at_its_latest_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A promoted run repeats its parent's parameters: TPE's view of a ladder study keeps
+    the latest run of each configuration (its parent ranked below the best, its copy among
+    the best, would cancel out in TPE's ratio of the two densities)."""
+    from lrtune.tpe import LazyGroupTPESampler
+
+    study = optuna.create_study(sampler=LazyGroupTPESampler(seed=0, n_startup_trials=2))
+    runs = [finished(study, rung0(), v) for v in (3.0, 1.0, 2.0)]
+    promoted = horizon.start(study, plan(study, 30, 40))
+    latest = [runs[0].number, runs[2].number, promoted.number]
+    assert [t.number for t in horizon.latest_runs(study.trials)] == latest
+    promoted.report(0.5, 2)
+    study.tell(promoted, state=TrialState.PRUNED)
+    seen: list[list[int]] = []
+    kept_by_lrtune = horizon.latest_runs
+
+    def recorded(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+        kept = kept_by_lrtune(trials)
+        seen.append([t.number for t in kept if t.state == TrialState.PRUNED])
+        return kept
+
+    monkeypatch.setattr(horizon, "latest_runs", recorded)
+    fresh = study.ask()  # TPE draws through the view: 3 configurations, past its start-up
+    assert 1e-3 <= fresh.suggest_float("lr", 1e-3, 1e-1, log=True) <= 1e-1
+    assert seen and all(numbers == latest for numbers in seen)
+
+
 def test_a_higher_rung_promotes_first_and_direction_counts() -> None:
     study = optuna.create_study(direction="maximize")
     for v in (1.0, 5.0, 3.0, 4.0, 2.0, 0.5):

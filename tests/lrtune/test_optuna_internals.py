@@ -98,6 +98,16 @@ def test_study_view_reads_through_its_own_storage(study: optuna.Study) -> None:
     assert internals.storage_of(study) is storage  # the original study is untouched
 
 
+def test_trials_view_filters_what_samplers_read(study: optuna.Study) -> None:
+    study.tell(study.ask(), 1.0)
+    study.tell(study.ask(), 2.0)
+    study.ask()  # running
+    view = internals.trials_view(study, lambda trials: trials[1:])
+    assert [t.number for t in view._get_trials(deepcopy=False)] == [1, 2]
+    assert [t.number for t in view._get_trials(states=(TrialState.COMPLETE,))] == [1]
+    assert len(study.trials) == 3  # the study itself reads all
+
+
 def test_finished_trials(study: optuna.Study) -> None:
     study.tell(study.ask(), 1.0)
     pruned = study.ask()
