@@ -128,8 +128,10 @@ def run_search(task_name: str, method: str, epochs: int, budget: int, seed: int
             spe = int(study.trials[-1].user_attrs[ATTR_STEPS_PER_EPOCH])
             steps = rung.steps(epochs * spe)
             spent += min(result.epochs_run * spe, steps) / spe  # a diverged run stops early
+        elif result is None:  # failed: charged its whole horizon (a ladder's run, its rung's)
+            spent += rung.fraction * epochs if ladder else epochs
         else:
-            spent += result.epochs_run if result else epochs
+            spent += result.epochs_run
         complete = [t.value for t in study.trials
                     if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
         curve.append([spent, min(complete) if complete else None])

@@ -150,7 +150,7 @@ def latest_runs(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     parameters once among the best and again among the rest."""
     promoted = set()
     for trial in trials:
-        rung = rung_of(trial)
+        rung = rung_of(trial) if ATTR_HORIZON in trial.user_attrs else None  # most have none
         if rung is not None and rung.promoted_from is not None:
             promoted.add(rung.promoted_from)
     return [t for t in trials if t.number not in promoted] if promoted else trials
