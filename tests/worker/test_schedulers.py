@@ -42,10 +42,9 @@ def reference(schedule: Schedule, T: int, spe: int) -> list[float] | None:
         return None
 
 
-@pytest.mark.parametrize("schedule", GRID, ids=schedule_id)
-@pytest.mark.parametrize("epochs,spe", HORIZONS)
-def test_torch_scheduler_matches_pure_formula(schedule: Schedule, epochs: int, spe: int) -> None:
-    T = epochs * spe
+def check_driven(schedule: Schedule, T: int, spe: int) -> None:
+    """The built scheduler, driven batch by batch over ``T`` steps (an epoch cut short
+    ends with ``after_epoch`` too), follows the pure formula and never steps past ``T``."""
     want = reference(schedule, T, spe)
     if want is None:
         pytest.skip("horizon too short for this schedule")
@@ -55,27 +54,24 @@ def test_torch_scheduler_matches_pure_formula(schedule: Schedule, epochs: int, s
         warnings.simplefilter("ignore")
         got = drive(opt, lambda: driver.after_batch(),
                     lambda m: (driver.after_batch(), driver.after_epoch(m)), T, spe)
+        if T % spe:
+            driver.after_epoch(METRICS[T // spe])
     assert close(got, want), (type(driver.scheduler).__name__, got[:5], want[:5])
+    assert isinstance(float(opt.param_groups[0]["lr"]), float)
+
+
+@pytest.mark.parametrize("schedule", GRID, ids=schedule_id)
+@pytest.mark.parametrize("epochs,spe", HORIZONS)
+def test_torch_scheduler_matches_pure_formula(schedule: Schedule, epochs: int, spe: int) -> None:
+    check_driven(schedule, epochs * spe, spe)
 
 
 @pytest.mark.parametrize("schedule", GRID, ids=schedule_id)
 def test_a_run_ending_mid_epoch_steps_once_per_batch(schedule: Schedule) -> None:
-    """A horizon ladder's rung may end mid-epoch (2 epochs of 8 steps and 3 more): the epoch
-    cut short still ends with ``after_epoch``, which must not step past the run (OneCycleLR
-    raises there; a polynomial decay past its end is complex)."""
-    T, spe = 19, 8
-    want = reference(schedule, T, spe)
-    if want is None:
-        pytest.skip("horizon too short for this schedule")
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=LR0)
-    driver = build_scheduler(opt, schedule, T, spe)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        got = drive(opt, lambda: driver.after_batch(),
-                    lambda m: (driver.after_batch(), driver.after_epoch(m)), T, spe)
-        driver.after_epoch(METRICS[T // spe])  # the short last epoch's end
-    assert close(got, want), (type(driver.scheduler).__name__, got[:5], want[:5])
-    assert isinstance(float(opt.param_groups[0]["lr"]), float)
+    """A horizon ladder's rung may end mid-epoch (2 epochs of 8 steps and 3 more): the cut
+    epoch's ``after_epoch`` must not step past the run (OneCycleLR raises there; a polynomial
+    decay past its end is complex)."""
+    check_driven(schedule, 19, 8)
 
 
 def test_builtin_classes_are_used() -> None:
