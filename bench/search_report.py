@@ -33,6 +33,7 @@ from lrtune.study import make_pruner  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 DOC = Path(__file__).parents[1] / "docs" / "benchmarks.md"
 SEARCHES = ["random", "tpe", "tpe+hyperband", "tpe+percentile", "tpe+schedule", "tpe+horizon",
+            "tpe+horizon2",
             "random+horizon"]
 TOP = 0.2  # "a winner": in the best fifth of its run's trials by final value
 PRUNERS = ["median", "percentile", "schedule"]
