@@ -12,6 +12,7 @@ with the two-rung ladder (``tpe+horizon2``), when ``synth-mlp``'s results had be
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import torch
@@ -81,43 +82,33 @@ def _split(features: object, labels: object) -> TaskData:
     return TaskData(x[:cut], y[:cut], x[cut:], y[cut:])
 
 
-class CancerMLP(DigitsMLP):
-    """A classifier as ``digits-mlp`` is (its loss and metrics), on other data."""
+class HeldOutMLP(DigitsMLP):
+    """A classifier as ``digits-mlp`` is (its loss and metrics), on other data: ``load``
+    gives the data, ``widths`` the layers (ReLU between them)."""
 
-    info = INFO
-
-    def data(self) -> TaskData:
-        return _data()
-
-    def model(self) -> nn.Module:
-        return nn.Sequential(nn.Linear(30, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
-                             nn.Linear(64, 2))
-
-
-class SynthMLP(DigitsMLP):
-    info = SYNTH_INFO
+    widths: tuple[int, ...] = ()
+    load: Callable[[], TaskData]
 
     def data(self) -> TaskData:
-        return _synth_data()
+        return type(self).load()
 
     def model(self) -> nn.Module:
-        return nn.Sequential(nn.Linear(40, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
-                             nn.Linear(128, 4))
+        layers: list[nn.Module] = []
+        for n_in, n_out in zip(self.widths, self.widths[1:], strict=False):
+            layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+        return nn.Sequential(*layers[:-1])
 
 
-class Synth6MLP(DigitsMLP):
-    info = SYNTH6_INFO
-
-    def data(self) -> TaskData:
-        return _synth6_data()
-
-    def model(self) -> nn.Module:
-        return nn.Sequential(nn.Linear(20, 48), nn.ReLU(), nn.Linear(48, 48), nn.ReLU(),
-                             nn.Linear(48, 48), nn.ReLU(), nn.Linear(48, 6))
+def held_out(info: TaskInfo, widths: tuple[int, ...], load: Callable[[], TaskData]
+             ) -> type[HeldOutMLP]:
+    return type(info.name, (HeldOutMLP,), {"info": info, "widths": widths,
+                                           "load": staticmethod(load)})
 
 
 def register() -> None:
     """Make the tasks known to lrtune's spec and trainer in this process."""
-    for info, task in ((INFO, CancerMLP), (SYNTH_INFO, SynthMLP), (SYNTH6_INFO, Synth6MLP)):
-        core_tasks.BUILTIN_TASKS[info.name] = info
-        worker_tasks.BUILTIN[info.name] = task
+    for task in (held_out(INFO, (30, 64, 64, 2), _data),
+                 held_out(SYNTH_INFO, (40, 128, 128, 4), _synth_data),
+                 held_out(SYNTH6_INFO, (20, 48, 48, 48, 6), _synth6_data)):
+        core_tasks.BUILTIN_TASKS[task.info.name] = task.info
+        worker_tasks.BUILTIN[task.info.name] = task
