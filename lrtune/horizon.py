@@ -19,7 +19,7 @@ study's best. The rung is the trial's ``horizon`` user attribute (API, dashboard
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,12 +148,14 @@ def latest_runs(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     What TPE models in a ladder study: one point per configuration, ranked by how far it
     went and its value there (Optuna ranks a PRUNED trial by its last step), not the same
     parameters once among the best and again among the rest."""
-    promoted = set()
-    for trial in trials:
-        rung = rung_of(trial) if ATTR_HORIZON in trial.user_attrs else None  # most have none
-        if rung is not None and rung.promoted_from is not None:
-            promoted.add(rung.promoted_from)
+    promoted = promoted_parents(rung_of(t) for t in trials
+                                if ATTR_HORIZON in t.user_attrs)  # most have none
     return [t for t in trials if t.number not in promoted] if promoted else trials
+
+
+def promoted_parents(rungs: Iterable[Rung | None]) -> set[int]:
+    """The trial numbers that ``rungs`` were promoted from."""
+    return {r.promoted_from for r in rungs if r is not None and r.promoted_from is not None}
 
 
 def params_of_trial(run: Run) -> dict[str, Any]:
@@ -169,15 +171,12 @@ def next_rung(runs: Sequence[Run], spec: PrunerSpec, direction: StudyDirection,
     run's parameters (read for that run alone)."""
     rungs, eta = shape(spec)
     sign = 1.0 if direction == StudyDirection.MINIMIZE else -1.0
-    promoted: set[int] = set()
+    runs = [run for run in runs if run.rung.rungs == rungs]
+    promoted = promoted_parents(run.rung for run in runs)
     finished: list[list[tuple[float, Run]]] = [[] for _ in range(rungs)]
     ended = [0] * rungs
     last = rungs - 1
     for run in runs:
-        if run.rung.rungs != rungs:
-            continue
-        if run.rung.promoted_from is not None:
-            promoted.add(run.rung.promoted_from)
         if run.ended and run.rung.rung < last:
             ended[run.rung.rung] += 1
             if run.score is not None and math.isfinite(run.score):
