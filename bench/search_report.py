@@ -275,7 +275,7 @@ def plot_task(task: str, methods: dict[str, list[dict[str, Any]]], out: Path) ->
     fig, panels = plt.subplots(1, 2, figsize=(14, 5.5))
     budget = max(r["budget"] for runs in methods.values() for r in runs)
     grid = list(range(1, budget + 1))
-    textbook = {m: statistics.median(f) for m in methods if m not in SEARCHES
+    textbook = {m: (statistics.median(f), len(f)) for m in methods if m not in SEARCHES
                 if (f := [r["best"] for r in methods[m] if r["best"] is not None])}
     for ax in panels:
         for i, method in enumerate(m for m in SEARCHES if m in methods):
@@ -289,18 +289,19 @@ def plot_task(task: str, methods: dict[str, list[dict[str, Any]]], out: Path) ->
             ax.fill_between(xs, [min(b) for b, v in zip(band, med, strict=True) if v is not None],
                             [max(b) for b, v in zip(band, med, strict=True) if v is not None],
                             color=f"C{i}", alpha=0.12)
-        for j, (method, value) in enumerate(textbook.items()):
+        for j, (method, (value, seeds)) in enumerate(textbook.items()):
             ax.axhline(value, color=plt.cm.Dark2(j % 8), linestyle=(0, (4, 2 + j % 3)),
-                       linewidth=1.2, label=f"{method} (one run)")
+                       linewidth=1.2, label=f"{method} (one run, median of {seeds} seeds)")
         ax.set(xlabel="trial-epochs spent", ylabel="best validation loss so far")
         ax.grid(alpha=0.3)
     searched = [r["best"] for m in SEARCHES if m in methods for r in methods[m]
                 if r["best"] is not None]
     full, zoom = panels
     if textbook and searched:
-        low, high = min(searched), max(textbook.values())
+        values = [value for value, _ in textbook.values()]
+        low, high = min(searched), max(values)
         full.set_ylim(low - 0.05 * (high - low), high + 0.08 * (high - low))
-        top = min(textbook.values())
+        top = min(values)
         zoom.set_ylim(low - 0.1 * (top - low), top + 0.25 * (top - low))
     if "random" in methods:  # where "reaches random search's final median" is read
         final = statistics.median(r["best"] for r in methods["random"] if r["best"] is not None)
