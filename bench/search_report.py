@@ -96,7 +96,7 @@ def reach_interval(runs: list[dict[str, Any]], randoms: list[dict[str, Any]], bu
                    resamples: int = RESAMPLES) -> tuple[float, float]:
     """The 5th and 95th percentiles of ``reach`` as a share of ``budget`` when the seeds of
     the method and of random search (whose final median is the target) are drawn again
-    with replacement; ``inf``: a draw that never reaches it. How much ten seeds can say."""
+    with replacement; ``inf``: a draw that never reaches it. How much the seeds can say."""
     end = max([budget] + [math.ceil(r["spent"]) for r in runs])
     grid = list(range(1, end + 1))
     curves = np.array([[np.nan if (v := best_at(r["curve"], x)) is None else v for x in grid]
