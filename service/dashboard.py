@@ -173,9 +173,13 @@ class DashboardGate:
 
 
 def _without_body(scope: Scope) -> Scope:
-    """A read's scope without body headers: bottle never parses a body's framing."""
+    """A read's scope without body headers: bottle never parses a body's framing. Without
+    ``Accept-Encoding`` it says ``identity``: the dashboard's static files read the header
+    and fail on a request that has none (a probe, a proxy)."""
     headers = [(k, v) for k, v in scope.get("headers") or []
                if k.lower() not in (b"content-length", b"transfer-encoding")]
+    if not any(k.lower() == b"accept-encoding" for k, _ in headers):
+        headers.append((b"accept-encoding", b"identity"))
     return {**scope, "headers": headers}
 
 

@@ -287,3 +287,7 @@ def test_dashboard_odd_requests_are_4xx_not_500(client: TestClient) -> None:
     assert missing.status_code == 404
     bundle = client.get("/static/bundle.js", headers={"Accept-Encoding": "identity"})
     assert bundle.status_code == 200 and bundle.headers.get("content-encoding") is None
+    bare = client.build_request("GET", "/static/bundle.js")
+    del bare.headers["Accept-Encoding"]  # a probe or proxy that sends none
+    plain = client.send(bare)
+    assert plain.status_code == 200 and plain.content == bundle.content
