@@ -44,12 +44,13 @@ STAMP = datetime(2026, 1, 1)
 RESAMPLES = 1000  # bootstrap draws of the seeds for a reach's interval
 
 
-def load(path: Path) -> list[dict[str, Any]]:
-    """The latest line for each (task, method, seed)."""
-    latest: dict[tuple[str, str, int], dict[str, Any]] = {}
+def load(path: Path, keys: tuple[str, ...] = ("task", "method", "seed")
+         ) -> list[dict[str, Any]]:
+    """The latest line for each value of ``keys``."""
+    latest: dict[tuple[Any, ...], dict[str, Any]] = {}
     for line in path.read_text().splitlines():
         row = json.loads(line)
-        latest[(row["task"], row["method"], row["seed"])] = row
+        latest[tuple(row[k] for k in keys)] = row
     return list(latest.values())
 
 
