@@ -42,10 +42,12 @@ heldout.register()
 
 def choice(row: dict[str, Any], share: float) -> tuple[int, float] | None:
     """The index in ``row["trials"]`` of the search's best run within ``share`` of its
-    budget, and its value; None when no run had finished on the full horizon by then."""
+    budget (all of it: to its last run, which may end past the budget, as its final value),
+    and its value; None when no run had finished on the full horizon by then."""
+    limit = share * row["budget"] + 1e-9 if share < 1 else float("inf")
     best, index = None, None
     for i, (spent, value) in enumerate(row["curve"]):
-        if spent > share * row["budget"] + 1e-9:
+        if spent > limit:
             break
         if value is not None and value != best:
             best, index = value, i
