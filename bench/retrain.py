@@ -36,7 +36,7 @@ from lrtune_worker.tasks import get_task  # noqa: E402
 from lrtune_worker.train import train_trial  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-RESEED = 2_000_000_000  # retraining seeds: RESEED + k, above every seed the searches drew
+RESEED = 2_000_000_000  # retraining seeds: RESEED + k (no trial of search_budget.jsonl drew one)
 heldout.register()
 
 
@@ -142,7 +142,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--results", type=Path, default=RESULTS / "search_budget.jsonl")
     parser.add_argument("--out", type=Path, default=RESULTS / "search_retrain.jsonl")
-    parser.add_argument("--report", action="store_true", help="print the table and stop")
+    parser.add_argument("--report", action="store_true",
+                        help="write its section of docs/benchmarks.md, print it, stop")
     args = parser.parse_args()
     if args.report:
         begin, end = markers(args.out.stem)
