@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from bench import heldout  # noqa: E402
 from bench.machine import run_units  # noqa: E402
-from bench.search_report import DOC, RESAMPLES, load, markers, write_section  # noqa: E402,E501
+from bench.search_report import DOC, load, markers, resampled_medians, write_section  # noqa: E402,E501
 from lrtune.space import SearchSpace  # noqa: E402
 from lrtune.spec import SpaceSpec  # noqa: E402
 from lrtune_worker.tasks import get_task  # noqa: E402
@@ -124,10 +124,8 @@ def distance_interval(means: list[float], reference: list[float]) -> tuple[float
     """The 5th and 95th percentiles of median(means) - median(reference) when both sets of
     seeds are drawn again with replacement (as bench/search_report.py's brackets)."""
     rng = np.random.default_rng(0)
-    ours, theirs = np.array(means), np.array(reference)
-    draws = (np.median(ours[rng.integers(len(ours), size=(RESAMPLES, len(ours)))], axis=1)
-             - np.median(theirs[rng.integers(len(theirs), size=(RESAMPLES, len(theirs)))],
-                         axis=1))
+    draws = (resampled_medians(np.array(means), rng)
+             - resampled_medians(np.array(reference), rng))
     low, high = np.percentile(draws, [5, 95], method="inverted_cdf")
     return float(low), float(high)
 

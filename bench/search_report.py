@@ -104,14 +104,20 @@ def reach_interval(runs: list[dict[str, Any]], randoms: list[dict[str, Any]], bu
                        for r in runs])
     finals = np.array([np.inf if r["best"] is None else r["best"] for r in randoms])
     rng = np.random.default_rng(0)
-    targets = np.median(finals[rng.integers(len(finals), size=(resamples, len(finals)))],
-                        axis=1)
+    targets = resampled_medians(finals, rng, resamples)
     # a grid point counts only when every drawn run has a full result there (as median_curve)
-    medians = np.median(curves[rng.integers(len(runs), size=(resamples, len(runs)))], axis=1)
+    medians = resampled_medians(curves, rng, resamples)
     reached = medians <= targets[:, None]  # NaN compares False
     shares = np.where(reached.any(axis=1), (reached.argmax(axis=1) + 1) / budget, np.inf)
     low, high = np.percentile(shares, [5, 95], method="inverted_cdf")  # inf: no blending
     return float(low), float(high)
+
+
+def resampled_medians(values: np.ndarray, rng: np.random.Generator, resamples: int = RESAMPLES
+                      ) -> np.ndarray:
+    """The medians of ``resamples`` draws with replacement of ``values``' rows (the seeds): one
+    median per draw, of each column where ``values`` has columns."""
+    return np.median(values[rng.integers(len(values), size=(resamples, len(values)))], axis=1)
 
 
 def share(value: float | None) -> str:
